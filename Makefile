@@ -1,0 +1,52 @@
+# predserve: `make run` to serve, `make test` to check everything. Both work from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard protos/*.proto)
+PROTO_OUT := $(PROTO_SRC:.proto=_pb2.py)
+HOST ?= 127.0.0.1
+PORT ?= 50051
+
+.PHONY: run test lint restart-test demo proto report clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+protos/%_pb2.py: protos/%.proto $(STAMP)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $<
+
+proto: $(PROTO_OUT)
+
+run: $(PROTO_OUT)
+	@echo "predserve will listen on $(HOST):$(PORT). Try, in another shell:"
+	@echo "  $(VENV)/bin/predserve --target $(HOST):$(PORT) ingest --dataset iris --builtin iris"
+	@echo "  $(VENV)/bin/predserve --target $(HOST):$(PORT) train --model-type iris_classifier --algorithm logistic_regression --dataset iris"
+	@echo "  $(VENV)/bin/predserve --target $(HOST):$(PORT) predict --model-type iris_classifier --row 5.1,3.5,1.4,0.2 --proba"
+	$(PY) -m server --host $(HOST) --port $(PORT)
+
+lint: $(PROTO_OUT)
+	$(VENV)/bin/ruff check server client tests scripts
+	$(VENV)/bin/mypy server client
+
+test: lint
+	$(PY) -m pytest -q
+
+restart-test: $(PROTO_OUT)
+	$(PY) scripts/restart_story.py --mode check
+
+demo: $(PROTO_OUT)
+	$(PY) scripts/restart_story.py --mode demo
+
+report: $(PROTO_OUT)
+	$(PY) scripts/make_report.py
+
+clean:
+	rm -rf $(VENV) protos/*_pb2*.py protos/*_pb2*.pyi .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -prune -exec rm -rf {} +
+	find models -type f ! -name .gitkeep -delete
+	rm -f db/predictions.db db/predictions.db-*

@@ -1,0 +1,338 @@
+"""predserve: the command line over PredserveClient.
+
+Every command prints a human-readable table, or with --json one JSON document whose keys are the
+proto's field names. Errors print one line and exit with status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from client.library import PredserveClient, PredserveClientError, TargetValue, target_value
+from protos import predserve_pb2 as pb
+
+BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "diabetes", "digits")
+Row = tuple[list[float], TargetValue]
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        with PredserveClient(args.target, deadline_seconds=args.deadline) as client:
+            document, table = args.handler(client, args)
+    except PredserveClientError as exc:
+        print(f"predserve: {exc.code.name}: {exc.details}", file=sys.stderr)
+        return 1
+    except (UsageError, OSError) as exc:
+        print(f"predserve: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(document, indent=2) if args.json else table)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="predserve", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("PREDSERVE_TARGET", "127.0.0.1:50051"),
+        help="server address HOST:PORT (env PREDSERVE_TARGET; default 127.0.0.1:50051)",
+    )
+    parser.add_argument("--deadline", type=float, default=30.0, help="seconds per call (Train gets 600)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser("ingest", help="append rows to a dataset in the server's history")
+    ingest.add_argument("--dataset", required=True)
+    source = ingest.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", type=Path, help="CSV file with a header row")
+    source.add_argument("--builtin", choices=BUILTIN_DATASETS, help="a dataset shipped with scikit-learn")
+    ingest.add_argument("--target-column", help="the CSV column holding the target")
+    ingest.set_defaults(handler=_ingest)
+
+    train = commands.add_parser("train", help="train a model type and make it current")
+    train.add_argument("--model-type", required=True)
+    train.add_argument("--algorithm", default="", help="catalog recipe (default: the model type)")
+    train.add_argument("--dataset", required=True)
+    train.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="hyper-parameter")
+    train.add_argument("--test-fraction", type=float, default=0.0)
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(handler=_train)
+
+    predict = commands.add_parser("predict", help="predict rows with the current (or a pinned) set")
+    predict.add_argument("--model-type", required=True)
+    predict.add_argument("--set", type=int, default=0, help="pin a prediction set id")
+    predict.add_argument("--row", action="append", required=True, help="comma-separated features")
+    predict.add_argument("--proba", action="store_true", help="include class probabilities")
+    predict.set_defaults(handler=_predict)
+
+    commands.add_parser("models", help="the served model types").set_defaults(handler=_models)
+    sets = commands.add_parser("sets", help="every prediction set of a model type")
+    sets.add_argument("--model-type", required=True)
+    sets.set_defaults(handler=_sets)
+    commands.add_parser("health", help="the server's health status").set_defaults(handler=_health)
+    return parser
+
+
+def _ingest(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    if args.builtin:
+        names, rows = _builtin_rows(args.builtin)
+        response = client.ingest(args.dataset, rows, names)
+    else:
+        if not args.target_column:
+            raise UsageError("--target-column is required with --csv")
+        names, reader = _csv_rows(args.csv, args.target_column)
+        source = _RememberingIterator(reader)
+        try:
+            response = client.ingest(args.dataset, source, names)
+        except PredserveClientError:
+            # gRPC reports a failing request stream as CANCELLED; the reader's own error says why.
+            if source.error is not None:
+                raise source.error from None
+            raise
+    document = {"dataset": response.dataset, "rows_added": response.rows_added, "total_rows": response.total_rows}
+    return document, f"ingested {response.rows_added} rows into {response.dataset} ({response.total_rows} in all)"
+
+
+class _RememberingIterator:
+    """Passes items through and keeps the exception that ended the iteration, if any."""
+
+    def __init__(self, items: Iterator[Row]) -> None:
+        self._items = items
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[Row]:
+        try:
+            yield from self._items
+        except Exception as exc:
+            self.error = exc
+            raise
+
+
+def _train(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    response = client.train(
+        args.model_type,
+        dataset=args.dataset,
+        algorithm=args.algorithm,
+        params=_key_values(args.param),
+        test_fraction=args.test_fraction,
+        random_seed=args.seed,
+    )
+    document = {
+        "prediction_set_id": response.prediction_set_id,
+        "model_type": response.model_type,
+        "algorithm": response.algorithm,
+        "model_artifact_path": response.model_artifact_path,
+        "artifact_sha256": response.artifact_sha256,
+        "metrics": dict(response.metrics),
+        "training_rows": response.training_rows,
+        "fit_seconds": response.fit_seconds,
+        "persist_seconds": response.persist_seconds,
+    }
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(response.metrics.items()))
+    table = format_table(
+        ["prediction_set_id", "model_type", "algorithm", "model_artifact_path", "metrics"],
+        [[response.prediction_set_id, response.model_type, response.algorithm, response.model_artifact_path, metrics]],
+    )
+    return document, table
+
+
+def _predict(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    rows = [_parse_row(text) for text in args.row]
+    response = client.predict(args.model_type, rows, args.set, args.proba)
+    values = [target_value(p.value) for p in response.predictions]
+    document: dict[str, Any] = {
+        "prediction_set_id": response.prediction_set_id,
+        "model_type": response.model_type,
+        "predictions": values,
+        "artifact_sha256_prefix": response.artifact_sha256_prefix,
+    }
+    headers = ["row", "prediction"]
+    table_rows: list[list[Any]] = [[i, v] for i, v in enumerate(values)]
+    if args.proba:
+        classes = [target_value(c) for c in response.classes]
+        document["classes"] = classes
+        document["probabilities"] = [list(p.probabilities) for p in response.predictions]
+        headers += [f"p({c})" for c in classes]
+        for table_row, p in zip(table_rows, response.predictions, strict=True):
+            table_row.extend(f"{x:.4f}" for x in p.probabilities)
+    title = f"model type {response.model_type}, prediction set {response.prediction_set_id}"
+    return document, title + "\n" + format_table(headers, table_rows)
+
+
+def _models(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    models = client.list_models().models
+    document = {
+        "models": [
+            {
+                "model_type": m.model_type,
+                "prediction_set_id": m.prediction_set_id,
+                "model_artifact_path": m.model_artifact_path,
+                "loaded": m.loaded,
+                "status_message": m.status_message,
+                "algorithm": m.algorithm,
+                "task": m.task,
+                "metrics": dict(m.metrics),
+                "feature_names": list(m.feature_names),
+                "trained_at": m.trained_at,
+            }
+            for m in models
+        ]
+    }
+    table = format_table(
+        ["model_type", "set", "loaded", "algorithm", "trained_at", "model_artifact_path", "status"],
+        [
+            [
+                m.model_type,
+                m.prediction_set_id,
+                m.loaded,
+                m.algorithm,
+                m.trained_at,
+                m.model_artifact_path,
+                m.status_message,
+            ]
+            for m in models
+        ],
+    )
+    return document, table
+
+
+def _sets(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    sets = client.list_prediction_sets(args.model_type).prediction_sets
+    document = {"prediction_sets": [_set_document(s) for s in sets]}
+    table = format_table(
+        ["id", "current", "created_at", "algorithm", "dataset", "rows", "metrics", "model_artifact_path"],
+        [
+            [
+                s.id,
+                "*" if s.is_current else "",
+                s.created_at,
+                s.algorithm,
+                s.dataset,
+                s.training_rows,
+                ", ".join(f"{k}={v:.4f}" for k, v in sorted(s.metrics.items())),
+                s.model_artifact_path,
+            ]
+            for s in sets
+        ],
+    )
+    return document, table
+
+
+def _set_document(s: pb.PredictionSet) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "model_type": s.model_type,
+        "dataset": s.dataset,
+        "created_at": s.created_at,
+        "is_current": s.is_current,
+        "metrics": dict(s.metrics),
+        "algorithm": s.algorithm,
+        "params": dict(s.params),
+        "model_artifact_path": s.model_artifact_path,
+        "artifact_sha256": s.artifact_sha256,
+        "artifact_size_bytes": s.artifact_size_bytes,
+        "sklearn_version": s.sklearn_version,
+        "joblib_version": s.joblib_version,
+        "training_rows": s.training_rows,
+        "fit_seconds": s.fit_seconds,
+    }
+
+
+def _health(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    status = client.health()
+    return {"status": status}, status
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _parse_row(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--row {text!r} is not a comma-separated list of numbers") from None
+
+
+def _key_values(pairs: Sequence[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param {pair!r} is not KEY=VALUE")
+        params[key] = value
+    return params
+
+
+def _builtin_rows(name: str) -> tuple[list[str], list[Row]]:
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")()
+    rows = [(list(map(float, x)), _native(y)) for x, y in zip(bunch.data, bunch.target, strict=True)]
+    return [str(n).replace(" ", "_") for n in bunch.feature_names], rows
+
+
+def _native(value: Any) -> TargetValue:
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+def _csv_rows(path: Path, target_column: str) -> tuple[list[str], Iterator[Row]]:
+    with open(path, newline="") as handle:
+        header = next(csv.reader(handle), None)
+    if header is None:
+        raise UsageError(f"{path} is empty")
+    if target_column not in header:
+        raise UsageError(f"{path} has no column {target_column!r}; columns: {', '.join(header)}")
+    target_index = header.index(target_column)
+    names = [name for i, name in enumerate(header) if i != target_index]
+    return names, _read_csv(path, target_index)
+
+
+def _read_csv(path: Path, target_index: int) -> Iterator[Row]:
+    with (
+        open(path, newline="") as handle,
+        tqdm(
+            total=path.stat().st_size, unit="B", unit_scale=True, desc=f"ingest {path.name}", file=sys.stderr
+        ) as progress,
+    ):
+        reader = csv.reader(handle)
+        next(reader)
+        for line_number, record in enumerate(reader, start=2):
+            progress.update(sum(len(cell) + 1 for cell in record))
+            if not record:
+                continue
+            try:
+                features = [float(cell) for i, cell in enumerate(record) if i != target_index]
+            except ValueError:
+                raise UsageError(f"{path}:{line_number}: a feature is not a number") from None
+            yield features, _csv_target(record[target_index])
+
+
+def _csv_target(text: str) -> TargetValue:
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() and "." not in text else number
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""PredserveClient: typed calls to a predserve server, with deadlines and retries on UNAVAILABLE."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos import predserve_pb2 as pb
+from protos import predserve_pb2_grpc as pb_grpc
+
+TargetValue = str | int | float
+
+# gRPC retries these calls itself on UNAVAILABLE (a restarting server, a dropped connection).
+# Train and IngestHistory are left out: they are not idempotent, and a retry could train twice.
+_RETRIED_METHODS = ("Predict", "ListModels", "ListPredictionSets")
+
+
+def _service_config(max_attempts: int) -> str:
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{"service": "predserve.v1.Predserve", "method": m} for m in _RETRIED_METHODS]
+                    + [{"service": "grpc.health.v1.Health"}],
+                    "retryPolicy": {
+                        "maxAttempts": max_attempts,
+                        "initialBackoff": "0.1s",
+                        "maxBackoff": "2s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
+class PredserveClientError(Exception):
+    """A call failed; `code` is the gRPC status code, `details` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class NotFoundError(PredserveClientError):
+    pass
+
+
+class InvalidArgumentError(PredserveClientError):
+    pass
+
+
+class FailedPreconditionError(PredserveClientError):
+    pass
+
+
+class UnavailableError(PredserveClientError):
+    pass
+
+
+_ERROR_BY_CODE: dict[grpc.StatusCode, type[PredserveClientError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+}
+
+
+def _error(exc: grpc.RpcError) -> PredserveClientError:
+    code = exc.code()  # type: ignore[attr-defined]
+    details = exc.details() or ""  # type: ignore[attr-defined]
+    return _ERROR_BY_CODE.get(code, PredserveClientError)(code, details)
+
+
+def target_value(target: pb.Target) -> TargetValue | None:
+    which = target.WhichOneof("value")
+    return None if which is None else getattr(target, which)
+
+
+def target_message(value: TargetValue) -> pb.Target:
+    if isinstance(value, str):
+        return pb.Target(label=value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return pb.Target(integer=value)
+    return pb.Target(number=float(value))
+
+
+class PredserveClient:
+    """One channel to one server. Use as a context manager, or call close()."""
+
+    def __init__(
+        self, target: str, deadline_seconds: float = 30.0, max_attempts: int = 5, train_deadline_seconds: float = 600.0
+    ) -> None:
+        self.target = target
+        self.deadline = deadline_seconds
+        self.train_deadline = train_deadline_seconds
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[("grpc.enable_retries", 1), ("grpc.service_config", _service_config(max_attempts))],
+        )
+        self._stub = pb_grpc.PredserveStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> PredserveClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any, deadline: float | None = None) -> Any:
+        try:
+            return method(request, timeout=deadline or self.deadline, wait_for_ready=False)
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+
+    def wait_until_ready(self, timeout: float = 30.0) -> None:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise UnavailableError(grpc.StatusCode.UNAVAILABLE, f"no server at {self.target}") from None
+
+    def ingest(
+        self,
+        dataset: str,
+        rows: Iterable[tuple[Sequence[float], TargetValue]],
+        feature_names: Sequence[str] = (),
+        batch_size: int = 500,
+    ) -> pb.IngestHistoryResponse:
+        def messages() -> Iterator[pb.IngestHistoryRequest]:
+            batch: list[pb.Row] = []
+            first = True
+            for features, target in rows:
+                batch.append(pb.Row(features=features, target=target_message(target)))
+                if len(batch) >= batch_size:
+                    yield pb.IngestHistoryRequest(
+                        dataset=dataset, feature_names=feature_names if first else (), rows=batch
+                    )
+                    batch, first = [], False
+            if batch or first:
+                yield pb.IngestHistoryRequest(dataset=dataset, feature_names=feature_names if first else (), rows=batch)
+
+        return self._call(self._stub.IngestHistory, messages(), self.train_deadline)
+
+    def train(
+        self,
+        model_type: str,
+        dataset: str = "",
+        algorithm: str = "",
+        params: Mapping[str, Any] | None = None,
+        test_fraction: float = 0.0,
+        random_seed: int = 0,
+    ) -> pb.TrainResponse:
+        request = pb.TrainRequest(
+            model_type=model_type,
+            algorithm=algorithm,
+            dataset=dataset,
+            params={k: str(v) for k, v in (params or {}).items()},
+            test_fraction=test_fraction,
+            random_seed=random_seed,
+        )
+        return self._call(self._stub.Train, request, self.train_deadline)
+
+    def predict(
+        self,
+        model_type: str,
+        rows: Sequence[Sequence[float]],
+        prediction_set_id: int = 0,
+        include_probabilities: bool = False,
+    ) -> pb.PredictResponse:
+        request = pb.PredictRequest(
+            model_type=model_type,
+            rows=[pb.Row(features=row) for row in rows],
+            prediction_set_id=prediction_set_id,
+            include_probabilities=include_probabilities,
+        )
+        return self._call(self._stub.Predict, request)
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return self._call(self._stub.ListModels, pb.ListModelsRequest())
+
+    def list_prediction_sets(self, model_type: str) -> pb.ListPredictionSetsResponse:
+        return self._call(self._stub.ListPredictionSets, pb.ListPredictionSetsRequest(model_type=model_type))
+
+    def health(self, service: str = "") -> str:
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

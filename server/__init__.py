@@ -1,0 +1,1 @@
+"""predserve server: trains scikit-learn pipelines, persists them, and serves their predictions over gRPC."""

@@ -1,0 +1,128 @@
+"""All translation between protobuf messages and the services' plain Python values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from protos import predserve_pb2 as pb
+from server.domain import HistoryRow, PredictionSetRecord, TargetValue
+from server.errors import InvalidArgument
+from server.services.prediction import PredictionResult
+from server.services.registry import ModelStatusView
+from server.services.training import TrainCommand, TrainOutcome
+
+
+def target_from_proto(target: pb.Target, index: int) -> TargetValue:
+    which = target.WhichOneof("value")
+    if which is None:
+        raise InvalidArgument(f"row {index} has no target")
+    value: TargetValue = getattr(target, which)
+    return value
+
+
+def target_to_proto(value: TargetValue) -> pb.Target:
+    if isinstance(value, str):
+        return pb.Target(label=value)
+    if isinstance(value, bool) or isinstance(value, int):
+        return pb.Target(integer=int(value))
+    return pb.Target(number=float(value))
+
+
+def history_rows(rows: Iterable[pb.Row], first_index: int = 0) -> list[HistoryRow]:
+    return [
+        HistoryRow(tuple(row.features), target_from_proto(row.target, first_index + i)) for i, row in enumerate(rows)
+    ]
+
+
+def feature_rows(rows: Sequence[pb.Row]) -> list[Sequence[float]]:
+    return [row.features for row in rows]
+
+
+def train_command(request: pb.TrainRequest) -> TrainCommand:
+    return TrainCommand(
+        model_type=request.model_type,
+        algorithm=request.algorithm,
+        dataset=request.dataset,
+        params=dict(request.params),
+        rows=history_rows(request.rows),
+        feature_names=list(request.feature_names),
+        test_fraction=request.test_fraction,
+        random_seed=request.random_seed,
+    )
+
+
+def train_response(outcome: TrainOutcome) -> pb.TrainResponse:
+    record = outcome.model.record
+    assert record.artifact is not None
+    return pb.TrainResponse(
+        prediction_set_id=record.id,
+        model_type=record.model_type,
+        algorithm=record.algorithm or "",
+        model_artifact_path=record.artifact.relative_path,
+        artifact_sha256=record.artifact.sha256,
+        artifact_size_bytes=record.artifact.size_bytes,
+        metrics=record.metrics,
+        training_rows=record.training_rows or 0,
+        fit_seconds=record.fit_seconds or 0.0,
+        persist_seconds=outcome.persist_seconds,
+    )
+
+
+def predict_response(result: PredictionResult) -> pb.PredictResponse:
+    response = pb.PredictResponse(
+        prediction_set_id=result.prediction_set_id,
+        model_type=result.model_type,
+        artifact_sha256_prefix=result.artifact_sha256_prefix,
+    )
+    if result.probabilities is not None:
+        response.classes.extend(target_to_proto(label) for label in result.classes)
+        for value, probabilities in zip(result.values, result.probabilities.tolist(), strict=True):
+            response.predictions.add(value=target_to_proto(value), probabilities=probabilities)
+    else:
+        for value in result.values:
+            response.predictions.add(value=target_to_proto(value))
+    return response
+
+
+def model_status(view: ModelStatusView) -> pb.ModelStatus:
+    status = pb.ModelStatus(
+        model_type=view.model_type,
+        loaded=view.loaded,
+        status_message=view.status_message,
+        load_seconds=view.load_seconds,
+    )
+    record = view.record
+    if record is not None:
+        status.prediction_set_id = record.id
+        status.metrics.update(record.metrics)
+        status.feature_names.extend(record.feature_names)
+        status.trained_at = record.created_at
+        status.algorithm = record.algorithm or ""
+        status.task = record.task or ""
+        if record.artifact is not None:
+            status.model_artifact_path = record.artifact.relative_path
+            status.artifact_sha256 = record.artifact.sha256
+    return status
+
+
+def prediction_set(record: PredictionSetRecord) -> pb.PredictionSet:
+    message = pb.PredictionSet(
+        id=record.id,
+        model_type=record.model_type,
+        dataset=record.dataset,
+        created_at=record.created_at,
+        is_current=record.is_current,
+        metrics=record.metrics,
+        algorithm=record.algorithm or "",
+        params={name: str(value) for name, value in record.params.items()},
+        sklearn_version=record.sklearn_version or "",
+        joblib_version=record.environment.get("joblib", ""),
+        training_rows=record.training_rows or 0,
+        fit_seconds=record.fit_seconds or 0.0,
+        feature_names=record.feature_names,
+    )
+    if record.artifact is not None:
+        message.model_artifact_path = record.artifact.relative_path
+        message.artifact_sha256 = record.artifact.sha256
+        message.artifact_size_bytes = record.artifact.size_bytes
+    return message

@@ -1,0 +1,82 @@
+"""The predserve.v1.Predserve servicer: convert the request, call a service, convert the result."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from protos import predserve_pb2 as pb
+from protos import predserve_pb2_grpc as pb_grpc
+from server.api import converters
+from server.api.status import maps_errors
+from server.errors import InvalidArgument
+from server.services.history import HistoryService
+from server.services.prediction import PredictionService
+from server.services.registry import ModelRegistryService
+from server.services.training import ModelTrainingService
+
+
+class PredserveServicer(pb_grpc.PredserveServicer):
+    def __init__(
+        self,
+        training: ModelTrainingService,
+        prediction: PredictionService,
+        registry: ModelRegistryService,
+        history: HistoryService,
+    ) -> None:
+        self.training = training
+        self.prediction = prediction
+        self.registry = registry
+        self.history = history
+
+    @maps_errors
+    def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> pb.TrainResponse:
+        outcome = self.training.train(converters.train_command(request))
+        return converters.train_response(outcome)
+
+    @maps_errors
+    def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
+        result = self.prediction.predict(
+            request.model_type,
+            converters.feature_rows(request.rows),
+            request.prediction_set_id,
+            request.include_probabilities,
+        )
+        return converters.predict_response(result)
+
+    @maps_errors
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        views = self.registry.list_models()
+        return pb.ListModelsResponse(models=[converters.model_status(view) for view in views])
+
+    @maps_errors
+    def ListPredictionSets(
+        self, request: pb.ListPredictionSetsRequest, context: grpc.ServicerContext
+    ) -> pb.ListPredictionSetsResponse:
+        records = self.registry.list_prediction_sets(request.model_type)
+        return pb.ListPredictionSetsResponse(prediction_sets=[converters.prediction_set(r) for r in records])
+
+    @maps_errors
+    def IngestHistory(
+        self, request_iterator: Iterator[pb.IngestHistoryRequest], context: grpc.ServicerContext
+    ) -> pb.IngestHistoryResponse:
+        dataset, feature_names, rows = _collect_ingest_stream(request_iterator)
+        total = self.history.ingest(dataset, feature_names, rows)
+        return pb.IngestHistoryResponse(dataset=dataset, rows_added=len(rows), total_rows=total)
+
+
+def _collect_ingest_stream(
+    messages: Iterator[pb.IngestHistoryRequest],
+) -> tuple[str, list[str], list]:
+    """Gathers the whole stream first, so that a bad row anywhere stores nothing."""
+    dataset = ""
+    feature_names: list[str] = []
+    rows: list = []
+    for message in messages:
+        if message.dataset and dataset and message.dataset != dataset:
+            raise InvalidArgument(f"one stream holds one dataset: got {message.dataset!r} after {dataset!r}")
+        dataset = dataset or message.dataset
+        feature_names = feature_names or list(message.feature_names)
+        rows.extend(converters.history_rows(message.rows, len(rows)))
+    return dataset, feature_names, rows

@@ -1,0 +1,97 @@
+"""Server configuration: one frozen dataclass built from flags, environment and defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MIGRATIONS_DIR = PROJECT_ROOT / "db" / "migrations"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    db_path: Path = PROJECT_ROOT / "db" / "predictions.db"
+    models_dir: Path = PROJECT_ROOT / "models"
+    migrations_dir: Path = MIGRATIONS_DIR
+    # Where to write the bound port once serving; lets tests and scripts ask for port 0.
+    port_file: Path | None = None
+    version_policy: str = "warn"
+    strict: bool = False
+    max_workers: int = 16
+    max_message_bytes: int = 64 * 1024 * 1024
+    busy_timeout_seconds: float = 5.0
+    grace_seconds: float = 30.0
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
+    env = os.environ if env is None else env
+    defaults = ServerConfig()
+    parser = argparse.ArgumentParser(
+        prog="predserve-server",
+        description="Serve predictions from persisted scikit-learn pipelines over gRPC.",
+    )
+    parser.add_argument(
+        "--host",
+        default=env.get("PREDSERVE_HOST", defaults.host),
+        help="address to bind (env PREDSERVE_HOST; default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(env.get("PREDSERVE_PORT", defaults.port)),
+        help="port to bind, 0 for any free one (env PREDSERVE_PORT; default 50051)",
+    )
+    parser.add_argument(
+        "--db",
+        type=Path,
+        default=Path(env.get("PREDSERVE_DB", defaults.db_path)),
+        help="SQLite database file (env PREDSERVE_DB; default db/predictions.db)",
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path(env.get("PREDSERVE_MODELS_DIR", defaults.models_dir)),
+        help="directory of joblib artifacts (env PREDSERVE_MODELS_DIR; default models/)",
+    )
+    parser.add_argument(
+        "--port-file", type=Path, default=None, help="write the bound port to this file once the server is ready"
+    )
+    parser.add_argument(
+        "--version-policy",
+        choices=("warn", "refuse"),
+        default=env.get("PREDSERVE_VERSION_POLICY", defaults.version_policy),
+        help="what to do with an artifact trained under other library versions",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="refuse to start when any current artifact cannot be served"
+    )
+    parser.add_argument("--max-workers", type=int, default=defaults.max_workers, help="threads answering RPCs")
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=defaults.grace_seconds,
+        help="how long in-flight calls may run on after SIGTERM",
+    )
+    args = parser.parse_args(argv)
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        db_path=args.db,
+        models_dir=args.models_dir,
+        port_file=args.port_file,
+        version_policy=args.version_policy,
+        strict=args.strict,
+        max_workers=args.max_workers,
+        grace_seconds=args.grace_seconds,
+    )

@@ -1,0 +1,80 @@
+"""Plain records that move between the storage layer, the services and the transports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# A target as stored in data_history: JSON scalar, a string label or a number.
+TargetValue = str | int | float
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    features: tuple[float, ...]
+    target: TargetValue
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    feature_names: tuple[str, ...]
+    features: list[list[float]]
+    targets: list[TargetValue]
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """Where a fitted pipeline was written and how to recognise its bytes."""
+
+    relative_path: str
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """A few held-out inputs and the answers the freshly fitted pipeline gave them."""
+
+    inputs: list[list[float]]
+    outputs: list[Any]
+
+
+@dataclass(frozen=True)
+class NewPredictionSet:
+    model_type: str
+    dataset: str
+    algorithm: str
+    task: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    feature_names: tuple[str, ...]
+    classes: tuple[TargetValue, ...] | None
+    training_rows: int
+    fit_seconds: float
+    artifact: ArtifactInfo
+    environment: dict[str, str]
+    self_check: SelfCheck
+
+
+@dataclass(frozen=True)
+class PredictionSetRecord:
+    """A row of prediction_sets; the artifact fields are None for Phase-4 rows."""
+
+    id: int
+    model_type: str
+    dataset: str
+    created_at: str
+    is_current: bool
+    metrics: dict[str, float]
+    algorithm: str | None = None
+    task: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    feature_names: tuple[str, ...] = ()
+    classes: tuple[TargetValue, ...] | None = None
+    training_rows: int | None = None
+    fit_seconds: float | None = None
+    artifact: ArtifactInfo | None = None
+    sklearn_version: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    self_check: SelfCheck | None = None

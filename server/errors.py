@@ -1,0 +1,54 @@
+"""Typed domain errors. Services raise these; only the transport layer maps them to status codes."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorKind(enum.Enum):
+    """What went wrong, independent of any transport."""
+
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    FAILED_PRECONDITION = "failed_precondition"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+class PredserveError(Exception):
+    """Base of every error whose message is safe to show to a caller."""
+
+    kind: ErrorKind = ErrorKind.INTERNAL
+
+
+class InvalidArgument(PredserveError):
+    kind = ErrorKind.INVALID_ARGUMENT
+
+
+class NotFound(PredserveError):
+    kind = ErrorKind.NOT_FOUND
+
+
+class FailedPrecondition(PredserveError):
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+class ResourceExhausted(PredserveError):
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+
+
+class Unavailable(PredserveError):
+    kind = ErrorKind.UNAVAILABLE
+
+
+class StorageError(PredserveError):
+    """A failure of the database or the artifact store that the caller cannot fix."""
+
+    kind = ErrorKind.INTERNAL
+
+
+class ArtifactRejected(PredserveError):
+    """An artifact that must not be loaded: missing, outside the store, or not the recorded bytes."""
+
+    kind = ErrorKind.FAILED_PRECONDITION

@@ -1,0 +1,117 @@
+"""Start predserve as a child process on a loopback port and wait until it serves.
+
+Used by the tests, the restart story and the benchmark, which all need the real server process,
+really stopped and really killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT = 60.0
+
+
+class ServerProcess:
+    """`python -m server` on 127.0.0.1 with its own database and models directory."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        db: Path | None = None,
+        models_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        port: int = 0,
+    ) -> None:
+        self.workdir = workdir
+        self.db = db or workdir / "predictions.db"
+        self.models_dir = models_dir or workdir / "models"
+        self.extra_args = list(extra_args)
+        self.env = env or {}
+        self.port = port
+        self.log_path = workdir / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> ServerProcess:
+        port_file = self.workdir / "server.port"
+        port_file.unlink(missing_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--port-file",
+            str(port_file),
+            "--db",
+            str(self.db),
+            "--models-dir",
+            str(self.models_dir),
+            *self.extra_args,
+        ]
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+        )
+        if wait:
+            self._wait_for_port(port_file)
+        return self
+
+    def _wait_for_port(self, port_file: Path) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if port_file.exists():
+                self.port = int(port_file.read_text())
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become ready in {STARTUP_TIMEOUT}s:\n{self.log()}")
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then wait for the graceful exit."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self._close_log()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind runs."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,0 +1,94 @@
+"""The in-memory registry of servable pipelines, one slot per model type.
+
+A slot is replaced whole, by assigning a new immutable object, so a Predict that has read a slot
+keeps a complete model for the rest of its call, whatever a concurrent Train or reload swaps in.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from server.domain import PredictionSetRecord
+from server.errors import FailedPrecondition, NotFound
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    record: PredictionSetRecord
+    pipeline: Any
+    load_seconds: float
+    # Anything an operator should know about this model: a fallback, a version mismatch.
+    note: str = ""
+
+    @property
+    def n_features(self) -> int:
+        return len(self.record.feature_names)
+
+    @property
+    def sha256_prefix(self) -> str:
+        return self.record.artifact.sha256[:12] if self.record.artifact else ""
+
+
+@dataclass(frozen=True)
+class UnavailableModel:
+    model_type: str
+    reason: str
+    record: PredictionSetRecord | None = None
+
+
+Slot = LoadedModel | UnavailableModel
+
+
+class ModelStore:
+    def __init__(self, pinned_capacity: int = 8) -> None:
+        self._slots: dict[str, Slot] = {}
+        self._pinned: OrderedDict[int, LoadedModel] = OrderedDict()
+        self._pinned_capacity = pinned_capacity
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[str, Slot], None]] = []
+
+    def add_listener(self, listener: Callable[[str, Slot], None]) -> None:
+        """Called after every swap; the health service follows the models this way."""
+        self._listeners.append(listener)
+
+    def put(self, model_type: str, slot: Slot) -> None:
+        with self._lock:
+            self._slots[model_type] = slot
+        for listener in self._listeners:
+            listener(model_type, slot)
+
+    def current(self, model_type: str) -> LoadedModel:
+        slot = self._slots.get(model_type)
+        if slot is None:
+            raise NotFound(f"unknown model type {model_type!r}")
+        if isinstance(slot, UnavailableModel):
+            raise FailedPrecondition(f"model type {model_type!r} has no usable model: {slot.reason}")
+        return slot
+
+    def slots(self) -> dict[str, Slot]:
+        with self._lock:
+            return dict(self._slots)
+
+    def knows(self, model_type: str) -> bool:
+        return model_type in self._slots
+
+    def pinned(self, set_id: int) -> LoadedModel | None:
+        """A set loaded on demand; the current model of its type counts as cached too."""
+        with self._lock:
+            for slot in self._slots.values():
+                if isinstance(slot, LoadedModel) and slot.record.id == set_id:
+                    return slot
+            model = self._pinned.get(set_id)
+            if model is not None:
+                self._pinned.move_to_end(set_id)
+            return model
+
+    def cache_pinned(self, model: LoadedModel) -> None:
+        with self._lock:
+            self._pinned[model.record.id] = model
+            while len(self._pinned) > self._pinned_capacity:
+                self._pinned.popitem(last=False)

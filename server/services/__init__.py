@@ -1,0 +1,1 @@
+"""Application services: what predserve does, independent of gRPC."""

@@ -1,0 +1,129 @@
+"""The catalog of trainable recipes: named scikit-learn Pipelines and their hyper-parameters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sklearn.base import BaseEstimator
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import InvalidParameterError
+
+from server.errors import InvalidArgument
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+ESTIMATOR_STEP = "model"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    task: str
+    make_estimator: Callable[[], BaseEstimator]
+    scaled: bool
+    description: str
+
+    def default_params(self) -> dict[str, Any]:
+        return self.make_estimator().get_params(deep=False)
+
+    def build(self, params: Mapping[str, Any], seed: int) -> Pipeline:
+        estimator = self.make_estimator()
+        settable = estimator.get_params(deep=False)
+        if "random_state" in settable and "random_state" not in params:
+            estimator.set_params(random_state=seed)
+        estimator.set_params(**params)
+        steps: list[tuple[str, Any]] = [("scale", StandardScaler())] if self.scaled else []
+        steps.append((ESTIMATOR_STEP, estimator))
+        return Pipeline(steps)
+
+
+CATALOG: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe(
+            "logistic_regression",
+            CLASSIFICATION,
+            lambda: LogisticRegression(max_iter=1000),
+            True,
+            "standardised features, multinomial logistic regression",
+        ),
+        Recipe(
+            "random_forest",
+            CLASSIFICATION,
+            lambda: RandomForestClassifier(n_estimators=100),
+            False,
+            "random forest classifier, 100 trees",
+        ),
+        Recipe(
+            "hist_gradient_boosting",
+            CLASSIFICATION,
+            HistGradientBoostingClassifier,
+            False,
+            "histogram gradient boosting classifier",
+        ),
+        Recipe("ridge", REGRESSION, Ridge, True, "standardised features, ridge regression"),
+        Recipe(
+            "random_forest_regressor",
+            REGRESSION,
+            lambda: RandomForestRegressor(n_estimators=100),
+            False,
+            "random forest regressor, 100 trees",
+        ),
+        Recipe(
+            "hist_gradient_boosting_regressor",
+            REGRESSION,
+            HistGradientBoostingRegressor,
+            False,
+            "histogram gradient boosting regressor",
+        ),
+    )
+}
+
+
+def find_recipe(algorithm: str) -> Recipe:
+    recipe = CATALOG.get(algorithm)
+    if recipe is None:
+        raise InvalidArgument(f"unknown algorithm {algorithm!r}; choose one of: {', '.join(sorted(CATALOG))}")
+    return recipe
+
+
+def parse_params(recipe: Recipe, raw: Mapping[str, str]) -> dict[str, Any]:
+    """Turns text hyper-parameters into typed ones and has scikit-learn validate them before any fit."""
+    defaults = recipe.default_params()
+    unknown = sorted(set(raw) - set(defaults))
+    if unknown:
+        raise InvalidArgument(
+            f"unknown parameter(s) {', '.join(unknown)} for algorithm {recipe.name}; "
+            f"known: {', '.join(sorted(defaults))}"
+        )
+    params = {name: _parse_value(text) for name, text in raw.items()}
+    estimator = recipe.make_estimator().set_params(**params)
+    try:
+        estimator._validate_params()  # scikit-learn's own constraint checks, run without fitting
+    except InvalidParameterError as exc:
+        raise InvalidArgument(f"invalid parameter for algorithm {recipe.name}: {exc}") from exc
+    return params
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, (int, float, str)) else text

@@ -1,0 +1,30 @@
+"""HistoryService: appends observations to a dataset in data_history, all or nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from server.domain import HistoryRow
+from server.errors import InvalidArgument
+from server.services.validation import check_name, feature_matrix
+from server.storage.database import HistoryRepository
+
+
+class HistoryService:
+    def __init__(self, history: HistoryRepository) -> None:
+        self.history = history
+
+    def ingest(self, dataset: str, feature_names: Sequence[str], rows: Sequence[HistoryRow]) -> int:
+        """Validates every row first, then stores them in one transaction; returns the dataset's size."""
+        check_name("dataset", dataset)
+        if not rows:
+            raise InvalidArgument("no rows given")
+        existing_width = self.history.feature_count(dataset)
+        feature_matrix([row.features for row in rows], existing_width)
+        width = existing_width or len(rows[0].features)
+        if feature_names and len(feature_names) != width:
+            raise InvalidArgument(f"{len(feature_names)} feature names given for {width} features")
+        for index, row in enumerate(rows):
+            if row.target is None or row.target == "":
+                raise InvalidArgument(f"row {index} has no target")
+        return self.history.append(dataset, feature_names, rows)

@@ -1,0 +1,157 @@
+"""Turning recorded prediction sets into servable models, at start-up and on demand."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from server.domain import PredictionSetRecord, SelfCheck
+from server.errors import ArtifactRejected, FailedPrecondition
+from server.model_store import LoadedModel, ModelStore, UnavailableModel
+from server.storage.artifacts import ArtifactStore, load_pipeline
+from server.storage.database import PredictionSetRepository
+
+logger = logging.getLogger(__name__)
+
+
+def environment_fingerprint() -> dict[str, str]:
+    """Versions that decide whether a pickle made here loads and behaves the same elsewhere."""
+    import joblib
+    import scipy
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "sklearn": sklearn.__version__,
+        "joblib": joblib.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+def fingerprint_mismatch(recorded: dict[str, str], running: dict[str, str]) -> str:
+    """A readable list of the versions that differ, or '' when they all match."""
+    differences = [
+        f"{name} {recorded[name]} at training, {running.get(name, '?')} now"
+        for name in sorted(recorded)
+        if recorded[name] != running.get(name)
+    ]
+    return "; ".join(differences)
+
+
+def self_check_passes(pipeline: Any, check: SelfCheck) -> bool:
+    """Whether the pipeline still gives the answers it gave to the held-out sample at training."""
+    if not check.inputs:
+        return True
+    answers = pipeline.predict(np.asarray(check.inputs, dtype=np.float64)).tolist()
+    if all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in check.outputs):
+        return bool(np.allclose(np.asarray(answers, dtype=np.float64), check.outputs, rtol=1e-9, atol=1e-12))
+    return [str(value) for value in answers] == [str(value) for value in check.outputs]
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    version_policy: str = "warn"  # or "refuse"
+
+
+class ModelLoader:
+    def __init__(
+        self, artifacts: ArtifactStore, sets: PredictionSetRepository, policy: LoadPolicy | None = None
+    ) -> None:
+        self.artifacts = artifacts
+        self.sets = sets
+        self.policy = policy or LoadPolicy()
+        self.environment = environment_fingerprint()
+
+    def load(self, record: PredictionSetRecord, note: str = "") -> LoadedModel:
+        """Loads a set's verified artifact and proves it answers as it did at training."""
+        if record.artifact is None:
+            raise FailedPrecondition(
+                f"prediction set {record.id} has no artifact (a Phase-4 set): this model type needs training"
+            )
+        mismatch = fingerprint_mismatch(record.environment, self.environment)
+        if mismatch and self.policy.version_policy == "refuse":
+            raise ArtifactRejected(f"prediction set {record.id} was trained in another environment: {mismatch}")
+        started = time.perf_counter()
+        data = self.artifacts.read_verified(record.artifact)
+        pipeline = self.load_bytes(data, record.self_check, f"artifact of prediction set {record.id}")
+        elapsed = time.perf_counter() - started
+        if mismatch:
+            note = "; ".join(filter(None, [note, f"version mismatch: {mismatch}"]))
+        return LoadedModel(record=record, pipeline=pipeline, load_seconds=elapsed, note=note)
+
+    @staticmethod
+    def load_bytes(data: bytes, check: SelfCheck | None, label: str) -> Any:
+        """Unpickles verified bytes and proves the result answers as it did at training."""
+        try:
+            pipeline = load_pipeline(data)
+        except Exception as exc:  # a corrupt pickle can raise nearly anything
+            raise ArtifactRejected(f"{label} does not unpickle: {exc!r}") from exc
+        if not hasattr(pipeline, "predict"):
+            raise ArtifactRejected(f"{label} holds no object with predict()")
+        if check is not None and not self_check_passes(pipeline, check):
+            raise ArtifactRejected(f"{label} fails its self-check: it no longer gives the answers recorded at training")
+        return pipeline
+
+    def load_current_models(self, store: ModelStore) -> None:
+        """Fills the store with the current set of every model type, falling back where one is broken."""
+        current = {record.model_type: record for record in self.sets.current_sets()}
+        for model_type in self.sets.model_types():
+            store.put(model_type, self._load_model_type(model_type, current.get(model_type)))
+
+    def _load_model_type(self, model_type: str, current: PredictionSetRecord | None) -> LoadedModel | UnavailableModel:
+        if current is None:
+            logger.warning("model type %s has no current prediction set: it needs training", model_type)
+            return UnavailableModel(model_type, "no current prediction set: train this model type")
+        if current.artifact is None:
+            logger.warning(
+                "model type %s: current prediction set %d predates artifacts (Phase 4): it needs training",
+                model_type,
+                current.id,
+            )
+            return UnavailableModel(
+                model_type,
+                f"current prediction set {current.id} predates artifacts: this model type needs training",
+                current,
+            )
+        try:
+            model = self.load(current)
+        except (ArtifactRejected, FailedPrecondition) as exc:
+            logger.error("REFUSED current artifact of model type %s (set %d): %s", model_type, current.id, exc)
+            return self._fall_back(model_type, current, str(exc))
+        _log_loaded(model)
+        return model
+
+    def _fall_back(self, model_type: str, current: PredictionSetRecord, reason: str) -> LoadedModel | UnavailableModel:
+        for older in self.sets.for_model_type(model_type):
+            if older.id >= current.id or older.artifact is None:
+                continue
+            note = f"FALLBACK: current set {current.id} refused ({reason}); serving older set {older.id}"
+            try:
+                model = self.load(older, note=note)
+            except (ArtifactRejected, FailedPrecondition) as exc:
+                logger.error("older set %d of model type %s refused too: %s", older.id, model_type, exc)
+                continue
+            logger.error("model type %s %s", model_type, note)
+            _log_loaded(model)
+            return model
+        logger.error("model type %s is unavailable: no prediction set verifies", model_type)
+        return UnavailableModel(model_type, f"current set {current.id} refused: {reason}", current)
+
+
+def _log_loaded(model: LoadedModel) -> None:
+    record = model.record
+    assert record.artifact is not None
+    logger.info(
+        "loaded model type=%s set=%d path=%s load_time=%.3fs%s",
+        record.model_type,
+        record.id,
+        record.artifact.relative_path,
+        model.load_seconds,
+        f" ({model.note})" if model.note else "",
+    )

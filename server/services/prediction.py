@@ -1,0 +1,111 @@
+"""PredictionService: answers with the current (or a pinned) pipeline of a model type.
+
+gRPC, the client library and in-process callers all come through here; it knows nothing of any
+transport, so another Python service may import and call it directly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from server.domain import TargetValue
+from server.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.model_store import LoadedModel, ModelStore
+from server.services.loading import ModelLoader
+from server.services.validation import check_finite, check_name, feature_matrix
+from server.storage.database import PredictionSetRepository
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    model_type: str
+    prediction_set_id: int
+    values: list[TargetValue]
+    # Per-row class probabilities in the order of `classes`, when asked for.
+    probabilities: np.ndarray | None
+    classes: list[TargetValue]
+    artifact_sha256_prefix: str
+
+
+class PredictionService:
+    def __init__(self, store: ModelStore, sets: PredictionSetRepository, loader: ModelLoader) -> None:
+        self.store = store
+        self.sets = sets
+        self.loader = loader
+        self._pin_lock = threading.Lock()
+
+    def predict(
+        self,
+        model_type: str,
+        rows: Sequence[Sequence[float]] | np.ndarray,
+        prediction_set_id: int = 0,
+        include_probabilities: bool = False,
+    ) -> PredictionResult:
+        model = self.resolve_model(model_type, prediction_set_id)
+        features = self._features(model, rows)
+        return self._run(model, features, include_probabilities)
+
+    def resolve_model(self, model_type: str, prediction_set_id: int = 0) -> LoadedModel:
+        check_name("model_type", model_type)
+        if prediction_set_id == 0:
+            return self.store.current(model_type)
+        if prediction_set_id < 0:
+            raise InvalidArgument(f"prediction_set_id {prediction_set_id} is negative")
+        return self._pinned(model_type, prediction_set_id)
+
+    def _pinned(self, model_type: str, set_id: int) -> LoadedModel:
+        model = self.store.pinned(set_id)
+        if model is None:
+            with self._pin_lock:  # one load per set, however many callers ask for it at once
+                model = self.store.pinned(set_id) or self._load_pinned(set_id)
+        if model.record.model_type != model_type:
+            raise NotFound(
+                f"prediction set {set_id} belongs to model type {model.record.model_type!r}, not {model_type!r}"
+            )
+        return model
+
+    def _load_pinned(self, set_id: int) -> LoadedModel:
+        record = self.sets.get(set_id)
+        if record is None:
+            raise NotFound(f"prediction set {set_id} does not exist")
+        model = self.loader.load(record)
+        self.store.cache_pinned(model)
+        return model
+
+    @staticmethod
+    def _features(model: LoadedModel, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+        expected = model.n_features
+        if isinstance(rows, np.ndarray):
+            if rows.ndim != 2 or rows.shape[0] == 0:
+                raise InvalidArgument(f"expected a non-empty [rows, {expected}] matrix, got shape {list(rows.shape)}")
+            if rows.shape[1] != expected:
+                raise InvalidArgument(f"rows have {rows.shape[1]} features, model type expects {expected}")
+            check_finite(rows)
+            return rows
+        return feature_matrix(rows, expected)
+
+    @staticmethod
+    def _run(model: LoadedModel, features: np.ndarray, include_probabilities: bool) -> PredictionResult:
+        record = model.record
+        classes = list(record.classes or [])
+        probabilities = None
+        if include_probabilities:
+            if not hasattr(model.pipeline, "predict_proba"):
+                raise FailedPrecondition(
+                    f"model type {record.model_type!r} ({record.algorithm}) does not give probabilities"
+                )
+            probabilities = model.pipeline.predict_proba(features)
+        values: list[Any] = model.pipeline.predict(features).tolist()
+        return PredictionResult(
+            model_type=record.model_type,
+            prediction_set_id=record.id,
+            values=values,
+            probabilities=probabilities,
+            classes=classes,
+            artifact_sha256_prefix=model.sha256_prefix,
+        )

@@ -1,0 +1,258 @@
+"""ModelTrainingService: fit a recipe, persist the pipeline, make it current, serve it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.utils._param_validation import InvalidParameterError
+
+from server import failpoints
+from server.domain import HistoryRow, NewPredictionSet, SelfCheck, TargetValue
+from server.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.model_store import LoadedModel, ModelStore
+from server.services.catalog import CATALOG, CLASSIFICATION, Recipe, find_recipe, parse_params
+from server.services.loading import ModelLoader
+from server.services.validation import check_name, feature_matrix
+from server.storage.artifacts import ArtifactStore
+from server.storage.database import HistoryRepository, PredictionSetRepository
+
+logger = logging.getLogger(__name__)
+
+MIN_TRAINING_ROWS = 10
+DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_SEED = 42
+SELF_CHECK_ROWS = 5
+
+
+@dataclass(frozen=True)
+class TrainCommand:
+    model_type: str
+    algorithm: str = ""
+    dataset: str = ""
+    params: Mapping[str, str] = field(default_factory=dict)
+    rows: Sequence[HistoryRow] = ()
+    feature_names: Sequence[str] = ()
+    test_fraction: float = 0.0
+    random_seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    model: LoadedModel
+    persist_seconds: float
+
+
+@dataclass(frozen=True)
+class _TrainingData:
+    dataset: str
+    features: np.ndarray
+    targets: np.ndarray
+    feature_names: tuple[str, ...]
+
+
+class ModelTrainingService:
+    def __init__(
+        self,
+        history: HistoryRepository,
+        sets: PredictionSetRepository,
+        artifacts: ArtifactStore,
+        loader: ModelLoader,
+        store: ModelStore,
+    ) -> None:
+        self.history = history
+        self.sets = sets
+        self.artifacts = artifacts
+        self.loader = loader
+        self.store = store
+        # Registration and the in-memory swap happen together, so that memory agrees with the
+        # database on which of two concurrent Trains of one model type committed last.
+        self._register_lock = threading.Lock()
+
+    def train(self, command: TrainCommand) -> TrainOutcome:
+        model_type = check_name("model_type", command.model_type)
+        recipe = find_recipe(command.algorithm or _default_algorithm(model_type))
+        params = parse_params(recipe, command.params)
+        test_fraction = _test_fraction(command.test_fraction)
+        seed = command.random_seed or DEFAULT_SEED
+        data = self._training_data(command)
+        _check_targets(recipe, data.targets)
+
+        split = _split(recipe, data, test_fraction, seed)
+        pipeline = recipe.build(params, seed)
+        started = time.perf_counter()
+        try:
+            failpoints.reach(failpoints.DURING_FIT)
+            pipeline.fit(split.x_train, split.y_train)
+        except InvalidParameterError as exc:
+            raise InvalidArgument(f"invalid parameter for algorithm {recipe.name}: {exc}") from exc
+        except ValueError as exc:
+            raise FailedPrecondition(f"algorithm {recipe.name} cannot fit dataset {data.dataset}: {exc}") from exc
+        fit_seconds = time.perf_counter() - started
+        metrics = _evaluate(recipe, pipeline, split)
+        sample = split.x_test[:SELF_CHECK_ROWS]
+        self_check = SelfCheck(sample.tolist(), pipeline.predict(sample).tolist())
+
+        persist_started = time.perf_counter()
+        artifact, data_bytes = self.artifacts.write(pipeline, model_type)
+        new_set = NewPredictionSet(
+            model_type=model_type,
+            dataset=data.dataset,
+            algorithm=recipe.name,
+            task=recipe.task,
+            params=params,
+            metrics=metrics,
+            feature_names=data.feature_names,
+            classes=tuple(pipeline.classes_.tolist()) if recipe.task == CLASSIFICATION else None,
+            training_rows=len(data.targets),
+            fit_seconds=fit_seconds,
+            artifact=artifact,
+            environment=self.loader.environment,
+            self_check=self_check,
+        )
+        model = self._register(new_set, data_bytes)
+        persist_seconds = time.perf_counter() - persist_started
+        logger.info(
+            "trained model type=%s set=%d algorithm=%s rows=%d fit=%.3fs persist=%.3fs path=%s metrics=%s",
+            model_type,
+            model.record.id,
+            recipe.name,
+            new_set.training_rows,
+            fit_seconds,
+            persist_seconds,
+            artifact.relative_path,
+            metrics,
+        )
+        return TrainOutcome(model=model, persist_seconds=persist_seconds)
+
+    def _register(self, new_set: NewPredictionSet, data_bytes: bytes) -> LoadedModel:
+        """Proves the written bytes load and answer, then commits the row and swaps the model in."""
+        try:
+            # Loading the very bytes on disk, not the fitted object, proves the artifact serves.
+            pipeline = self.loader.load_bytes(data_bytes, new_set.self_check, f"new {new_set.model_type} artifact")
+            with self._register_lock:
+                set_id = self.sets.insert_as_current(new_set)
+                failpoints.reach(failpoints.AFTER_COMMIT)
+                record = self.sets.get(set_id)
+                assert record is not None
+                model = LoadedModel(record=record, pipeline=pipeline, load_seconds=0.0)
+                self.store.put(new_set.model_type, model)
+                return model
+        except BaseException:
+            self._discard_if_unregistered(new_set)
+            raise
+
+    def _discard_if_unregistered(self, new_set: NewPredictionSet) -> None:
+        if new_set.artifact.relative_path not in self.sets.artifact_paths():
+            self.artifacts.discard(new_set.artifact.relative_path)
+
+    def _training_data(self, command: TrainCommand) -> _TrainingData:
+        if command.rows:
+            features = feature_matrix([row.features for row in command.rows])
+            targets = [row.target for row in command.rows]
+            return _TrainingData("(inline)", features, np.asarray(targets), _names(command.feature_names, features))
+        dataset_name = check_name("dataset", command.dataset)
+        dataset = self.history.load(dataset_name)
+        if dataset is None:
+            raise NotFound(f"dataset {dataset_name!r} has no rows in data_history; ingest it first")
+        try:
+            features = feature_matrix(dataset.features)
+        except InvalidArgument as exc:
+            raise FailedPrecondition(f"dataset {dataset_name!r} is not usable: {exc}") from exc
+        names = _names(command.feature_names or dataset.feature_names, features)
+        return _TrainingData(dataset_name, features, _target_array(dataset.targets), names)
+
+
+@dataclass(frozen=True)
+class _Split:
+    x_train: np.ndarray
+    x_test: np.ndarray
+    y_train: np.ndarray
+    y_test: np.ndarray
+
+
+def _default_algorithm(model_type: str) -> str:
+    if model_type in CATALOG:
+        return model_type
+    raise InvalidArgument(
+        f"algorithm is required: model type {model_type!r} does not name a recipe ({', '.join(sorted(CATALOG))})"
+    )
+
+
+def _test_fraction(value: float) -> float:
+    if value == 0:
+        return DEFAULT_TEST_FRACTION
+    if not 0.05 <= value <= 0.5:
+        raise InvalidArgument(f"test_fraction {value} is outside [0.05, 0.5]")
+    return value
+
+
+def _names(given: Sequence[str], features: np.ndarray) -> tuple[str, ...]:
+    width = features.shape[1]
+    if not given:
+        return tuple(f"f{i}" for i in range(width))
+    if len(given) != width:
+        raise InvalidArgument(f"{len(given)} feature names given for {width} features")
+    return tuple(given)
+
+
+def _target_array(targets: Sequence[TargetValue]) -> np.ndarray:
+    if all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in targets):
+        return np.asarray(targets)
+    return np.asarray([str(t) for t in targets], dtype=object)
+
+
+def _check_targets(recipe: Recipe, targets: np.ndarray) -> None:
+    if len(targets) < MIN_TRAINING_ROWS:
+        raise FailedPrecondition(f"too few rows to train: {len(targets)}, at least {MIN_TRAINING_ROWS} needed")
+    if recipe.task == CLASSIFICATION:
+        classes = np.unique(targets.astype(str)) if targets.dtype == object else np.unique(targets)
+        if len(classes) < 2:
+            raise FailedPrecondition(f"too few classes to train a classifier: {len(classes)}, at least 2 needed")
+        if targets.dtype.kind == "f" and not np.all(np.mod(targets, 1) == 0):
+            raise FailedPrecondition(
+                f"algorithm {recipe.name} is a classifier but the targets are continuous numbers; "
+                "choose a regression algorithm"
+            )
+    elif targets.dtype == object:
+        raise FailedPrecondition(f"algorithm {recipe.name} is a regressor but the targets are text labels")
+    elif not np.isfinite(targets.astype(np.float64)).all():
+        raise FailedPrecondition("the targets hold a non-finite value")
+
+
+def _split(recipe: Recipe, data: _TrainingData, test_fraction: float, seed: int) -> _Split:
+    stratify = None
+    if recipe.task == CLASSIFICATION:
+        _, counts = np.unique(data.targets, return_counts=True)
+        n_test = int(np.ceil(len(data.targets) * test_fraction))
+        if counts.min() >= 2 and n_test >= len(counts):
+            stratify = data.targets
+    x_train, x_test, y_train, y_test = train_test_split(
+        data.features, data.targets, test_size=test_fraction, random_state=seed, stratify=stratify
+    )
+    if recipe.task == CLASSIFICATION and len(np.unique(y_train)) < 2:
+        raise FailedPrecondition("too few rows per class: the training split holds a single class")
+    return _Split(x_train, x_test, y_train, y_test)
+
+
+def _evaluate(recipe: Recipe, pipeline: Any, split: _Split) -> dict[str, float]:
+    predicted = pipeline.predict(split.x_test)
+    if recipe.task == CLASSIFICATION:
+        return {
+            "accuracy": float(accuracy_score(split.y_test, predicted)),
+            "f1_macro": float(f1_score(split.y_test, predicted, average="macro")),
+            "holdout_rows": float(len(split.y_test)),
+        }
+    return {
+        "r2": float(r2_score(split.y_test, predicted)),
+        "mae": float(mean_absolute_error(split.y_test, predicted)),
+        "rmse": float(np.sqrt(mean_squared_error(split.y_test, predicted))),
+        "holdout_rows": float(len(split.y_test)),
+    }

@@ -1,0 +1,45 @@
+"""Checks on caller input shared by the services: names and feature matrices."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from server.errors import InvalidArgument
+
+# Names become parts of file names and log lines: letters, digits, '_' and '-' only.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def check_name(what: str, value: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{what} is required")
+    if not NAME_PATTERN.match(value):
+        raise InvalidArgument(
+            f"{what} {value!r} is not a valid name: "
+            "use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def feature_matrix(rows: Sequence[Sequence[float]], expected_features: int | None = None) -> np.ndarray:
+    """Rows as a float64 matrix, refusing empty input, ragged rows and non-finite values."""
+    if len(rows) == 0:
+        raise InvalidArgument("no rows given")
+    width = len(rows[0]) if expected_features is None else expected_features
+    if width == 0:
+        raise InvalidArgument("row 0 has no features")
+    for index, row in enumerate(rows):
+        if len(row) != width:
+            raise InvalidArgument(f"row {index} has {len(row)} features, expected {width}")
+    matrix = np.asarray(rows, dtype=np.float64)
+    check_finite(matrix)
+    return matrix
+
+
+def check_finite(matrix: np.ndarray) -> None:
+    if not np.isfinite(matrix).all():
+        bad_row = int(np.argwhere(~np.isfinite(matrix))[0][0])
+        raise InvalidArgument(f"row {bad_row} holds a non-finite value (NaN or infinity)")

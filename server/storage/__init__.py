@@ -1,0 +1,1 @@
+"""Persistence adapters: the SQLite registry and the joblib artifact store."""

@@ -1,0 +1,149 @@
+"""The artifact store: fitted pipelines as joblib files in one directory.
+
+Writes are atomic (temporary file, fsync, rename, fsync of the directory) so a database row can
+only ever point at a complete file. Reads are confined to the directory and verified against the
+SHA-256 recorded in the database on the very bytes that are then unpickled, because joblib.load
+runs pickle, and pickle runs code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import hashlib
+import io
+import logging
+import os
+import stat
+import uuid
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from server import failpoints
+from server.domain import ArtifactInfo
+from server.errors import ArtifactRejected, ResourceExhausted, StorageError
+
+logger = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".tmp-"
+SUFFIX = ".joblib"
+_SPACE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def prepare(self) -> None:
+        """Creates the directory (owner-only) and removes temporary files a crash left behind."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for leftover in self.root.glob(f"{TEMP_PREFIX}*"):
+            logger.warning("removing temporary artifact left by an interrupted write: %s", leftover.name)
+            leftover.unlink(missing_ok=True)
+
+    def write(self, pipeline: Any, model_type: str) -> tuple[ArtifactInfo, bytes]:
+        """Persists a pipeline under a new unique name; returns where, and the exact bytes written."""
+        data = _serialize(pipeline)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        name = f"{model_type}-{stamp}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+        temp = self.root / f"{TEMP_PREFIX}{name}"
+        final = self.root / name
+        try:
+            self._write_durably(temp, data)
+            failpoints.reach(failpoints.AFTER_TEMP_WRITE)
+            if final.exists():  # a uuid collision; never overwrite another artifact
+                raise StorageError(f"artifact {name} already exists")
+            os.replace(temp, final)
+            _fsync_directory(self.root)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            if exc.errno in _SPACE_ERRORS:
+                raise ResourceExhausted(f"no space left to write the model artifact ({exc.strerror})") from exc
+            raise StorageError(f"could not write the model artifact: {exc.strerror or exc}") from exc
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        failpoints.reach(failpoints.AFTER_RENAME)
+        return ArtifactInfo(name, hashlib.sha256(data).hexdigest(), len(data)), data
+
+    def discard(self, relative_path: str) -> None:
+        """Removes an artifact that no row points at (its registration failed)."""
+        try:
+            (self.root / relative_path).unlink(missing_ok=True)
+        except OSError as exc:
+            logger.warning("could not remove unregistered artifact %s: %s", relative_path, exc)
+
+    def read_verified(self, info: ArtifactInfo) -> bytes:
+        """The artifact's bytes, refused unless they are exactly the recorded ones."""
+        path = self.resolve(info.relative_path)
+        try:
+            with open(path, "rb", opener=_open_no_follow) as handle:
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    raise ArtifactRejected(f"artifact {info.relative_path} is not a regular file")
+                data = handle.read()
+        except FileNotFoundError as exc:
+            raise ArtifactRejected(f"artifact {info.relative_path} is missing") from exc
+        except OSError as exc:
+            raise ArtifactRejected(f"artifact {info.relative_path} cannot be read: {exc.strerror}") from exc
+        if len(data) != info.size_bytes:
+            raise ArtifactRejected(
+                f"artifact {info.relative_path} has {len(data)} bytes, the database recorded {info.size_bytes}"
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != info.sha256:
+            raise ArtifactRejected(
+                f"artifact {info.relative_path} does not match its recorded SHA-256 "
+                f"(file {digest[:12]}, recorded {info.sha256[:12]})"
+            )
+        return data
+
+    def resolve(self, relative_path: str) -> Path:
+        """The artifact's place inside the store; anything that would lead outside is refused."""
+        candidate = Path(relative_path)
+        if candidate.is_absolute() or ".." in candidate.parts or not relative_path:
+            raise ArtifactRejected(f"artifact path {relative_path!r} is not a plain name inside the models directory")
+        root = self.root.resolve()
+        resolved = (root / candidate).resolve()
+        if resolved.parent != root and root not in resolved.parents:
+            raise ArtifactRejected(f"artifact path {relative_path!r} leads outside the models directory")
+        return root / candidate
+
+    def stored_names(self) -> set[str]:
+        return {p.name for p in self.root.glob(f"*{SUFFIX}") if not p.name.startswith(TEMP_PREFIX)}
+
+    @staticmethod
+    def _write_durably(path: Path, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_pipeline(data: bytes) -> Any:
+    """Unpickles verified bytes; callers must have checked them with read_verified."""
+    return joblib.load(io.BytesIO(data))
+
+
+def _serialize(pipeline: Any) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(pipeline, buffer)
+    return buffer.getvalue()
+
+
+def _open_no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

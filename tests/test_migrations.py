@@ -1,0 +1,166 @@
+"""Migrations: numbered, applied once, recorded, and upgrading a Phase-4 database keeps every row."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from server.config import MIGRATIONS_DIR
+from server.errors import Unavailable
+from server.storage.database import Database, MigrationRunner, discover_migrations
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def migrate(path: Path) -> list[int]:
+    runner = MigrationRunner(Database(path))
+    return [m.version for m in runner.apply(discover_migrations(MIGRATIONS_DIR))]
+
+
+def schema(path: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        ).fetchall()
+
+
+def columns(path: Path, table: str) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def phase4_database(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.executescript((FIXTURES / "phase4_schema.sql").read_text())
+        conn.executemany(
+            "INSERT INTO data_history (dataset, features, target) VALUES (?, ?, ?)",
+            [("legacy", "[1.0, 2.0]", "0"), ("legacy", "[3.0, 4.0]", '"yes"'), ("other", "[5.5]", "1.25")],
+        )
+        conn.executemany(
+            "INSERT INTO prediction_sets (model_type, dataset, is_current, metrics) VALUES (?, ?, ?, ?)",
+            [
+                ("churn", "legacy", 0, '{"accuracy": 0.81}'),
+                ("churn", "legacy", 1, '{"accuracy": 0.84}'),
+                ("price", "other", 1, None),
+                ("price", "other", 1, '{"r2": 0.5}'),  # Phase 4 allowed two current rows
+            ],
+        )
+
+
+def test_migration_files_are_numbered_contiguously_from_one() -> None:
+    names = sorted(p.name for p in MIGRATIONS_DIR.glob("*.sql"))
+    assert all(re.fullmatch(r"\d{4}_[a-z0-9_]+\.sql", n) for n in names), names
+    assert [int(n[:4]) for n in names] == list(range(1, len(names) + 1))
+
+
+def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
+    db = tmp_path / "blank.db"
+    assert migrate(db) == [1, 2]
+    assert [name for name, _ in schema(db)] == [
+        "data_history",
+        "datasets",
+        "idx_data_history_dataset",
+        "idx_prediction_sets_type",
+        "prediction_sets",
+        "schema_migrations",
+        "ux_prediction_sets_one_current",
+    ]
+    assert columns(db, "prediction_sets") == [
+        "id",
+        "model_type",
+        "dataset",
+        "created_at",
+        "is_current",
+        "metrics",
+        "model_artifact_path",
+        "artifact_sha256",
+        "artifact_size_bytes",
+        "algorithm",
+        "task",
+        "params",
+        "feature_names",
+        "classes",
+        "training_rows",
+        "fit_seconds",
+        "sklearn_version",
+        "environment",
+        "self_check",
+    ]
+    with sqlite3.connect(db) as conn:
+        recorded = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+    assert recorded == [(1, "phase4_baseline"), (2, "add_model_artifact_path")]
+
+
+def test_running_migrations_twice_changes_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "twice.db"
+    migrate(db)
+    before = schema(db)
+    assert migrate(db) == []
+    assert schema(db) == before
+
+
+def test_phase4_database_upgrades_in_place_keeping_every_row(tmp_path: Path) -> None:
+    db = tmp_path / "phase4.db"
+    phase4_database(db)
+    with sqlite3.connect(db) as conn:
+        history_before = conn.execute("SELECT * FROM data_history ORDER BY id").fetchall()
+        sets_before = conn.execute(
+            "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets"
+        ).fetchall()
+
+    assert migrate(db) == [1, 2]
+
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT * FROM data_history ORDER BY id").fetchall() == history_before
+        assert (
+            conn.execute("SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets").fetchall()
+            == sets_before
+        )
+        current = conn.execute(
+            "SELECT model_type, id FROM prediction_sets WHERE is_current ORDER BY model_type"
+        ).fetchall()
+        assert conn.execute("SELECT COUNT(*) FROM prediction_sets WHERE model_artifact_path IS NULL").fetchone() == (4,)
+    # The newest of price's two current rows stays current; the other row stays, no longer current.
+    assert current == [("churn", 2), ("price", 4)]
+
+
+def test_database_refuses_a_second_current_set_per_model_type(tmp_path: Path) -> None:
+    db = tmp_path / "unique.db"
+    migrate(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO prediction_sets (model_type, dataset, is_current) VALUES ('a', 'd', 1)")
+        conn.execute("INSERT INTO prediction_sets (model_type, dataset, is_current) VALUES ('b', 'd', 1)")
+        conn.execute("INSERT INTO prediction_sets (model_type, dataset, is_current) VALUES ('a', 'd', 0)")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO prediction_sets (model_type, dataset, is_current) VALUES ('a', 'd', 1)")
+
+
+def test_a_failing_migration_is_rolled_back_with_its_record(tmp_path: Path) -> None:
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    (directory / "0001_create_t.sql").write_text("CREATE TABLE t (x INTEGER);\n")
+    (directory / "0002_broken.sql").write_text("ALTER TABLE t ADD COLUMN y INTEGER;\nTHIS IS NOT SQL;\n")
+    db = tmp_path / "broken.db"
+    runner = MigrationRunner(Database(db))
+    with pytest.raises(Exception, match="0002_broken"):
+        runner.apply(discover_migrations(directory))
+    assert runner.applied_versions() == {1}
+    assert columns(db, "t") == ["x"]
+
+
+def test_a_locked_database_reports_unavailable(tmp_path: Path) -> None:
+    db = tmp_path / "locked.db"
+    migrate(db)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        database = Database(db, busy_timeout_seconds=0.2)
+        with pytest.raises(Unavailable, match="busy"):
+            with database.writing() as conn:
+                conn.execute("DELETE FROM datasets")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

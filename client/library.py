@@ -100,10 +100,8 @@ class PredserveClient:
         self.target = target
         self.deadline = deadline_seconds
         self.train_deadline = train_deadline_seconds
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[("grpc.enable_retries", 1), ("grpc.service_config", _service_config(max_attempts))],
-        )
+        retries = [("grpc.enable_retries", 1), ("grpc.service_config", _service_config(max_attempts))]
+        self._channel = grpc.insecure_channel(target, options=retries if max_attempts > 1 else [])
         self._stub = pb_grpc.PredserveStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

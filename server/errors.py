@@ -13,6 +13,7 @@ class ErrorKind(enum.Enum):
     FAILED_PRECONDITION = "failed_precondition"
     RESOURCE_EXHAUSTED = "resource_exhausted"
     UNAVAILABLE = "unavailable"
+    CANCELLED = "cancelled"
     INTERNAL = "internal"
 
 
@@ -40,6 +41,12 @@ class ResourceExhausted(PredserveError):
 
 class Unavailable(PredserveError):
     kind = ErrorKind.UNAVAILABLE
+
+
+class Cancelled(PredserveError):
+    """The caller is gone (deadline passed, call cancelled, server stopping): its work is not committed."""
+
+    kind = ErrorKind.CANCELLED
 
 
 class StorageError(PredserveError):

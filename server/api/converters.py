@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from protos import predserve_pb2 as pb
 from server.domain import HistoryRow, PredictionSetRecord, TargetValue
@@ -38,7 +38,7 @@ def feature_rows(rows: Sequence[pb.Row]) -> list[Sequence[float]]:
     return [row.features for row in rows]
 
 
-def train_command(request: pb.TrainRequest) -> TrainCommand:
+def train_command(request: pb.TrainRequest, still_wanted: Callable[[], bool]) -> TrainCommand:
     return TrainCommand(
         model_type=request.model_type,
         algorithm=request.algorithm,
@@ -48,6 +48,7 @@ def train_command(request: pb.TrainRequest) -> TrainCommand:
         feature_names=list(request.feature_names),
         test_fraction=request.test_fraction,
         random_seed=request.random_seed,
+        still_wanted=still_wanted,
     )
 
 

@@ -32,7 +32,7 @@ class PredserveServicer(pb_grpc.PredserveServicer):
 
     @maps_errors
     def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> pb.TrainResponse:
-        outcome = self.training.train(converters.train_command(request))
+        outcome = self.training.train(converters.train_command(request, context.is_active))
         return converters.train_response(outcome)
 
     @maps_errors

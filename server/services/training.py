@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from server import failpoints
 from server.domain import HistoryRow, NewPredictionSet, SelfCheck, TargetValue
-from server.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound
 from server.model_store import LoadedModel, ModelStore
 from server.services.catalog import CATALOG, CLASSIFICATION, Recipe, find_recipe, parse_params
 from server.services.loading import ModelLoader
@@ -42,6 +42,9 @@ class TrainCommand:
     feature_names: Sequence[str] = ()
     test_fraction: float = 0.0
     random_seed: int = 0
+    # Asked before the artifact is written and before the commit: a Train nobody waits for any more
+    # (deadline passed, cancelled, server stopping) must not become the current model.
+    still_wanted: Callable[[], bool] = field(default=lambda: True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class ModelTrainingService:
         sample = split.x_test[:SELF_CHECK_ROWS]
         self_check = SelfCheck(sample.tolist(), pipeline.predict(sample).tolist())
 
+        _check_wanted(command)
         persist_started = time.perf_counter()
         artifact, data_bytes = self.artifacts.write(pipeline, model_type)
         new_set = NewPredictionSet(
@@ -117,7 +121,7 @@ class ModelTrainingService:
             environment=self.loader.environment,
             self_check=self_check,
         )
-        model = self._register(new_set, data_bytes)
+        model = self._register(new_set, data_bytes, command)
         persist_seconds = time.perf_counter() - persist_started
         logger.info(
             "trained model type=%s set=%d algorithm=%s rows=%d fit=%.3fs persist=%.3fs path=%s metrics=%s",
@@ -132,12 +136,13 @@ class ModelTrainingService:
         )
         return TrainOutcome(model=model, persist_seconds=persist_seconds)
 
-    def _register(self, new_set: NewPredictionSet, data_bytes: bytes) -> LoadedModel:
+    def _register(self, new_set: NewPredictionSet, data_bytes: bytes, command: TrainCommand) -> LoadedModel:
         """Proves the written bytes load and answer, then commits the row and swaps the model in."""
         try:
             # Loading the very bytes on disk, not the fitted object, proves the artifact serves.
             pipeline = self.loader.load_bytes(data_bytes, new_set.self_check, f"new {new_set.model_type} artifact")
             with self._register_lock:
+                _check_wanted(command)
                 set_id = self.sets.insert_as_current(new_set)
                 failpoints.reach(failpoints.AFTER_COMMIT)
                 record = self.sets.get(set_id)
@@ -176,6 +181,12 @@ class _Split:
     x_test: np.ndarray
     y_train: np.ndarray
     y_test: np.ndarray
+
+
+def _check_wanted(command: TrainCommand) -> None:
+    if not command.still_wanted():
+        logger.warning("Train of %s abandoned: the caller is gone; nothing was recorded", command.model_type)
+        raise Cancelled(f"Train of {command.model_type!r} abandoned: the caller is gone; nothing was recorded")
 
 
 def _default_algorithm(model_type: str) -> str:

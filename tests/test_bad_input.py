@@ -55,6 +55,8 @@ CASES: list[tuple[str, Call, grpc.StatusCode, str]] = [
     ("one class only", lambda c: c.train("m", "one_class", "logistic_regression"), PRECONDITION, "too few classes"),
     ("text labels for a regressor", lambda c: c.train("m", "one_class", "ridge"), PRECONDITION, "text labels"),
     ("bad test fraction", lambda c: c.train("m", "iris", "ridge", test_fraction=0.9), INVALID, "test_fraction"),
+    ("seed out of range", lambda c: c.train("m", "iris", "ridge", random_seed=2**40), INVALID, "random_seed"),
+    ("NaN target in ingest", lambda c: c.ingest("nan_target", [([1.0], math.nan)]), INVALID, "non-finite target"),
     ("bad type in ListPredictionSets", lambda c: c.list_prediction_sets("a b"), INVALID, "not a valid name"),
 ]
 

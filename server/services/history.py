@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from server.domain import HistoryRow
 from server.errors import InvalidArgument
-from server.services.validation import check_name, feature_matrix
+from server.services.validation import check_name, check_targets, feature_matrix
 from server.storage.database import HistoryRepository
 
 
@@ -24,7 +24,5 @@ class HistoryService:
         width = existing_width or len(rows[0].features)
         if feature_names and len(feature_names) != width:
             raise InvalidArgument(f"{len(feature_names)} feature names given for {width} features")
-        for index, row in enumerate(rows):
-            if row.target is None or row.target == "":
-                raise InvalidArgument(f"row {index} has no target")
+        check_targets([row.target for row in rows])
         return self.history.append(dataset, feature_names, rows)

@@ -20,7 +20,7 @@ from server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFou
 from server.model_store import LoadedModel, ModelStore
 from server.services.catalog import CATALOG, CLASSIFICATION, Recipe, find_recipe, parse_params
 from server.services.loading import ModelLoader
-from server.services.validation import check_name, feature_matrix
+from server.services.validation import check_name, check_targets, feature_matrix
 from server.storage.artifacts import ArtifactStore
 from server.storage.database import HistoryRepository, PredictionSetRepository
 
@@ -84,7 +84,7 @@ class ModelTrainingService:
         recipe = find_recipe(command.algorithm or _default_algorithm(model_type))
         params = parse_params(recipe, command.params)
         test_fraction = _test_fraction(command.test_fraction)
-        seed = command.random_seed or DEFAULT_SEED
+        seed = _seed(command.random_seed)
         data = self._training_data(command)
         _check_targets(recipe, data.targets)
 
@@ -162,6 +162,7 @@ class ModelTrainingService:
         if command.rows:
             features = feature_matrix([row.features for row in command.rows])
             targets = [row.target for row in command.rows]
+            check_targets(targets)
             return _TrainingData("(inline)", features, np.asarray(targets), _names(command.feature_names, features))
         dataset_name = check_name("dataset", command.dataset)
         dataset = self.history.load(dataset_name)
@@ -195,6 +196,14 @@ def _default_algorithm(model_type: str) -> str:
     raise InvalidArgument(
         f"algorithm is required: model type {model_type!r} does not name a recipe ({', '.join(sorted(CATALOG))})"
     )
+
+
+def _seed(value: int) -> int:
+    if value == 0:
+        return DEFAULT_SEED
+    if not 0 < value < 2**32:
+        raise InvalidArgument(f"random_seed {value} is outside [1, 2**32 - 1]")
+    return value
 
 
 def _test_fraction(value: float) -> float:

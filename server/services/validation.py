@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -43,3 +44,12 @@ def check_finite(matrix: np.ndarray) -> None:
     if not np.isfinite(matrix).all():
         bad_row = int(np.argwhere(~np.isfinite(matrix))[0][0])
         raise InvalidArgument(f"row {bad_row} holds a non-finite value (NaN or infinity)")
+
+
+def check_targets(targets: Sequence[object]) -> None:
+    """Targets are a label or a finite number, never missing."""
+    for index, value in enumerate(targets):
+        if value is None or value == "":
+            raise InvalidArgument(f"row {index} has no target")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidArgument(f"row {index} has a non-finite target")

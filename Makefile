@@ -9,7 +9,7 @@ PROTO_OUT := $(PROTO_SRC:.proto=_pb2.py)
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: run test lint restart-test demo proto report clean
+.PHONY: run test lint soak restart-test demo proto report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(PROTO_OUT)
 
 test: lint
 	$(PY) -m pytest -q
+
+SOAK_SECONDS ?= 120
+soak: $(PROTO_OUT)
+	PREDSERVE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q tests/test_soak.py
 
 restart-test: $(PROTO_OUT)
 	$(PY) scripts/restart_story.py --mode check

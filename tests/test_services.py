@@ -1,0 +1,190 @@
+"""Unit tests of the services, in process: real SQLite in tmp_path, a fake only where a fault is injected."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from server.config import MIGRATIONS_DIR
+from server.domain import ArtifactInfo, HistoryRow
+from server.errors import ArtifactRejected, InvalidArgument, StorageError, Unavailable
+from server.model_store import LoadedModel, ModelStore, UnavailableModel
+from server.services.catalog import CATALOG, REGRESSION, find_recipe, parse_params
+from server.services.history import HistoryService
+from server.services.loading import ModelLoader
+from server.services.prediction import PredictionService
+from server.services.training import ModelTrainingService, TrainCommand
+from server.storage.artifacts import ArtifactStore
+from server.storage.database import (
+    Database,
+    HistoryRepository,
+    MigrationRunner,
+    PredictionSetRepository,
+    discover_migrations,
+)
+from tests.support import IRIS_PROBES, diabetes_rows, iris_rows
+
+
+class Stack:
+    """The services wired as the bootstrap wires them, with a replaceable artifact store."""
+
+    def __init__(self, root: Path, artifacts: ArtifactStore | None = None, busy_timeout: float = 5.0) -> None:
+        self.database = Database(root / "unit.db", busy_timeout)
+        MigrationRunner(self.database).apply(discover_migrations(MIGRATIONS_DIR))
+        self.artifacts = artifacts or ArtifactStore(root / "models")
+        self.artifacts.prepare()
+        self.sets = PredictionSetRepository(self.database)
+        self.history = HistoryService(HistoryRepository(self.database))
+        self.loader = ModelLoader(self.artifacts, self.sets)
+        self.store = ModelStore(pinned_capacity=2)
+        self.training = ModelTrainingService(
+            HistoryRepository(self.database), self.sets, self.artifacts, self.loader, self.store
+        )
+        self.prediction = PredictionService(self.store, self.sets, self.loader)
+
+    def train(self, algorithm: str = "logistic_regression", model_type: str = "iris_classifier", **params: str) -> int:
+        command = TrainCommand(model_type=model_type, algorithm=algorithm, dataset="iris", params=params)
+        return self.training.train(command).model.record.id
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    stack = Stack(tmp_path)
+    names, rows = iris_rows()
+    stack.history.ingest("iris", names, [HistoryRow(tuple(f), t) for f, t in rows])
+    yield stack
+
+
+class FailingWrites(ArtifactStore):
+    def write(self, pipeline: Any, model_type: str) -> tuple[ArtifactInfo, bytes]:
+        raise StorageError("could not write the model artifact: injected failure")
+
+
+class WritesAnotherModel(ArtifactStore):
+    """Writes a different pipeline than the one trained: the self-check must catch it."""
+
+    def __init__(self, root: Path, other: Any) -> None:
+        super().__init__(root)
+        self.other = other
+
+    def write(self, pipeline: Any, model_type: str) -> tuple[ArtifactInfo, bytes]:
+        return super().write(self.other, model_type)
+
+
+def assert_current(stack: Stack, set_id: int) -> None:
+    assert [r.id for r in stack.sets.current_sets()] == [set_id]
+    assert stack.prediction.predict("iris_classifier", IRIS_PROBES).prediction_set_id == set_id
+
+
+def test_training_then_prediction_in_process(stack: Stack) -> None:
+    set_id = stack.train()
+    result = stack.prediction.predict("iris_classifier", np.asarray(IRIS_PROBES), include_probabilities=True)
+    assert result.prediction_set_id == set_id
+    assert result.values[:2] == [0, 2]
+    assert result.probabilities is not None and result.probabilities.shape == (4, 3)
+    record = stack.sets.get(set_id)
+    assert record is not None and record.artifact is not None
+    assert (stack.artifacts.root / record.artifact.relative_path).stat().st_size == record.artifact.size_bytes
+    assert record.environment["sklearn"] == record.sklearn_version
+    assert len(record.self_check.inputs) == 5 if record.self_check else False
+
+
+def test_a_failed_artifact_write_keeps_the_previous_model(stack: Stack) -> None:
+    first = stack.train()
+    stack.training.artifacts = FailingWrites(stack.artifacts.root)
+    with pytest.raises(StorageError, match="injected failure"):
+        stack.train("random_forest")
+    assert_current(stack, first)
+    assert len(stack.sets.for_model_type("iris_classifier")) == 1
+
+
+def test_a_locked_database_at_commit_keeps_the_previous_model_and_no_file(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, busy_timeout=0.2)
+    names, rows = iris_rows()
+    stack.history.ingest("iris", names, [HistoryRow(tuple(f), t) for f, t in rows])
+    first = stack.train()
+    holder = sqlite3.connect(stack.database.path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(Unavailable, match="busy"):
+            stack.train("random_forest")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert_current(stack, first)
+    assert len(list(stack.artifacts.root.glob("*.joblib"))) == 1  # the unregistered file was removed
+
+
+def test_an_artifact_that_fails_its_self_check_is_never_registered(stack: Stack) -> None:
+    first = stack.train()
+    current = stack.store.current("iris_classifier").pipeline
+    # A pipeline that answers differently from the one about to be fitted: a depth-1 stump.
+    stump = find_recipe("random_forest").build({"n_estimators": 1, "max_depth": 1}, 1)
+    x = np.asarray(IRIS_PROBES * 5)
+    stump.fit(x, [0, 1, 2, 1] * 5)
+    assert (stump.predict(x) != current.predict(x)).any()
+    stack.training.artifacts = WritesAnotherModel(stack.artifacts.root, stump)
+    with pytest.raises(ArtifactRejected, match="self-check"):
+        stack.train("logistic_regression", C="0.5")
+    assert_current(stack, first)
+    assert len(list(stack.artifacts.root.glob("*.joblib"))) == 1  # the rejected file was removed
+
+
+@pytest.mark.parametrize("algorithm", sorted(CATALOG))
+def test_every_recipe_trains_persists_and_reloads(tmp_path: Path, algorithm: str) -> None:
+    stack = Stack(tmp_path)
+    recipe = CATALOG[algorithm]
+    if recipe.task == REGRESSION:
+        rows = diabetes_rows()[:120]
+    else:
+        rows = [(f, t) for f, t in iris_rows()[1]]
+    stack.history.ingest("iris", [], [HistoryRow(tuple(f), t) for f, t in rows])
+    params = {"n_estimators": "10"} if "n_estimators" in recipe.default_params() else {}
+    set_id = stack.train(algorithm, model_type="m", **params)
+
+    fresh = ModelStore()
+    ModelLoader(stack.artifacts, stack.sets).load_current_models(fresh)
+    model = fresh.current("m")
+    assert isinstance(model, LoadedModel) and model.record.id == set_id
+    probe = np.asarray([rows[0][0]])
+    assert model.pipeline.predict(probe).tolist() == stack.store.current("m").pipeline.predict(probe).tolist()
+
+
+def test_parameters_are_typed_and_validated_before_fitting() -> None:
+    recipe = find_recipe("random_forest")
+    assert parse_params(recipe, {"n_estimators": "50", "max_depth": "none", "bootstrap": "false"}) == {
+        "n_estimators": 50,
+        "max_depth": None,
+        "bootstrap": False,
+    }
+    assert parse_params(find_recipe("logistic_regression"), {"class_weight": "balanced"}) == {
+        "class_weight": "balanced"
+    }
+    with pytest.raises(InvalidArgument, match="n_estimators"):
+        parse_params(recipe, {"n_estimators": "0"})
+    with pytest.raises(InvalidArgument, match="unknown parameter"):
+        parse_params(recipe, {"depth": "3"})
+
+
+def test_loader_marks_a_type_unavailable_when_no_set_verifies(stack: Stack) -> None:
+    set_id = stack.train()
+    record = stack.sets.get(set_id)
+    assert record is not None and record.artifact is not None
+    (stack.artifacts.root / record.artifact.relative_path).write_bytes(b"not a pickle")
+    fresh = ModelStore()
+    stack.loader.load_current_models(fresh)
+    slot = fresh.slots()["iris_classifier"]
+    assert isinstance(slot, UnavailableModel)
+    assert f"current set {set_id} refused" in slot.reason and "bytes" in slot.reason
+
+
+def test_pinned_sets_are_cached_within_the_bound(stack: Stack) -> None:
+    ids = [stack.train(), stack.train("random_forest", n_estimators="5"), stack.train(), stack.train()]
+    for set_id in ids[:3]:
+        assert stack.prediction.predict("iris_classifier", IRIS_PROBES, set_id).prediction_set_id == set_id
+    assert len(stack.store._pinned) == 2  # capacity 2: the oldest pinned set was evicted

@@ -69,7 +69,30 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="hyper-parameter")
     train.add_argument("--test-fraction", type=float, default=0.0)
     train.add_argument("--seed", type=int, default=0)
+    _add_promotion_options(train)
     train.set_defaults(handler=_train)
+
+    promote = commands.add_parser("promote", help="make a verified prediction set current")
+    promote.add_argument("--set", type=int, required=True, help="prediction set id")
+    promote.set_defaults(handler=_promote)
+    rollback = commands.add_parser("rollback", help="make the previously current set current again")
+    rollback.add_argument("--model-type", required=True)
+    rollback.set_defaults(handler=_rollback)
+
+    importer = commands.add_parser(
+        "import", help="register a joblib pipeline trained elsewhere (an administrator's action: it runs code)"
+    )
+    importer.add_argument("--model-type", required=True)
+    importer.add_argument("--artifact", type=Path, required=True, help="the .joblib file")
+    importer.add_argument("--dataset", default="", help="score it on this dataset and self-check with its rows")
+    _add_promotion_options(importer)
+    importer.set_defaults(handler=_import)
+
+    gc = commands.add_parser("gc", help="delete artifacts of old non-current sets (rows are kept, archived)")
+    gc.add_argument("--keep", type=int, required=True, help="newest non-current sets to keep per model type")
+    gc.add_argument("--model-type", default="", help="only this model type")
+    gc.add_argument("--dry-run", action="store_true", help="show what would go, delete nothing")
+    gc.set_defaults(handler=_gc)
 
     predict = commands.add_parser("predict", help="predict rows with the current (or a pinned) set")
     predict.add_argument("--model-type", required=True)
@@ -129,7 +152,32 @@ def _train(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str,
         params=_key_values(args.param),
         test_fraction=args.test_fraction,
         random_seed=args.seed,
+        promotion=args.promotion,
     )
+    return _registered(response)
+
+
+def _add_promotion_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--register-only",
+        dest="promotion",
+        action="store_const",
+        const="register-only",
+        help="record the new set but leave the current one current",
+    )
+    group.add_argument(
+        "--promote-if-better",
+        dest="promotion",
+        action="store_const",
+        const="if-better",
+        help="make it current only if its held-out metric is at least the current set's",
+    )
+    parser.set_defaults(promotion="always")
+
+
+def _registered(response: pb.TrainResponse) -> tuple[dict[str, Any], str]:
+    """Train and import answer alike: the new set, and whether it became current."""
     document = {
         "prediction_set_id": response.prediction_set_id,
         "model_type": response.model_type,
@@ -140,13 +188,53 @@ def _train(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str,
         "training_rows": response.training_rows,
         "fit_seconds": response.fit_seconds,
         "persist_seconds": response.persist_seconds,
+        "promoted": response.promoted,
+        "promotion_reason": response.promotion_reason,
     }
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(response.metrics.items()))
     table = format_table(
         ["prediction_set_id", "model_type", "algorithm", "model_artifact_path", "metrics"],
         [[response.prediction_set_id, response.model_type, response.algorithm, response.model_artifact_path, metrics]],
     )
-    return document, table
+    return document, f"{table}\n{response.promotion_reason}"
+
+
+def _promote(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    return _promotion(client.promote(args.set))
+
+
+def _rollback(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    return _promotion(client.rollback(args.model_type))
+
+
+def _promotion(response: pb.PromoteResponse) -> tuple[dict[str, Any], str]:
+    document = {
+        "model_type": response.model_type,
+        "prediction_set_id": response.prediction_set_id,
+        "previous_set_id": response.previous_set_id,
+    }
+    text = f"{response.model_type}: set {response.prediction_set_id} is current (was {response.previous_set_id})"
+    return document, text
+
+
+def _import(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    artifact = args.artifact.read_bytes()
+    return _registered(client.import_model(args.model_type, artifact, args.dataset, args.promotion))
+
+
+def _gc(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    response = client.garbage_collect(args.keep, args.dry_run, args.model_type)
+    document = {
+        "collected": [_set_document(s) for s in response.collected],
+        "bytes_freed": response.bytes_freed,
+        "dry_run": response.dry_run,
+    }
+    verb = "would free" if response.dry_run else "freed"
+    table = format_table(
+        ["id", "model_type", "created_at", "bytes", "model_artifact_path"],
+        [[s.id, s.model_type, s.created_at, s.artifact_size_bytes, s.model_artifact_path] for s in response.collected],
+    )
+    return document, f"{table}\n{len(response.collected)} set(s), {verb} {response.bytes_freed} bytes"
 
 
 def _predict(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -217,7 +305,7 @@ def _sets(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, 
         [
             [
                 s.id,
-                "*" if s.is_current else "",
+                "*" if s.is_current else ("archived" if s.archived_at else ""),
                 s.created_at,
                 s.algorithm,
                 s.dataset,
@@ -248,6 +336,8 @@ def _set_document(s: pb.PredictionSet) -> dict[str, Any]:
         "joblib_version": s.joblib_version,
         "training_rows": s.training_rows,
         "fit_seconds": s.fit_seconds,
+        "origin": s.origin,
+        "archived_at": s.archived_at,
     }
 
 

@@ -39,6 +39,14 @@ def _service_config(max_attempts: int) -> str:
     )
 
 
+# Promotion policies by the names the CLI uses.
+PROMOTION_POLICIES = {
+    "always": pb.PROMOTE_ALWAYS,
+    "register-only": pb.REGISTER_ONLY,
+    "if-better": pb.PROMOTE_IF_BETTER,
+}
+
+
 class PredserveClientError(Exception):
     """A call failed; `code` is the gRPC status code, `details` the server's message."""
 
@@ -148,6 +156,29 @@ class PredserveClient:
 
         return self._call(self._stub.IngestHistory, messages(), self.train_deadline)
 
+    def promote(self, prediction_set_id: int) -> pb.PromoteResponse:
+        return self._call(self._stub.Promote, pb.PromoteRequest(prediction_set_id=prediction_set_id))
+
+    def rollback(self, model_type: str) -> pb.PromoteResponse:
+        return self._call(self._stub.Promote, pb.PromoteRequest(rollback_model_type=model_type))
+
+    def import_model(
+        self, model_type: str, artifact: bytes, dataset: str = "", promotion: str = "always", chunk_size: int = 1 << 20
+    ) -> pb.TrainResponse:
+        """Registers a joblib file trained elsewhere; streamed in chunks, so size is not bound by message limits."""
+        policy = PROMOTION_POLICIES[promotion]
+
+        def messages() -> Iterator[pb.ImportModelRequest]:
+            yield pb.ImportModelRequest(model_type=model_type, dataset=dataset, promotion=policy)
+            for offset in range(0, len(artifact), chunk_size):
+                yield pb.ImportModelRequest(chunk=artifact[offset : offset + chunk_size])
+
+        return self._call(self._stub.ImportModel, messages(), self.train_deadline)
+
+    def garbage_collect(self, keep: int, dry_run: bool = False, model_type: str = "") -> pb.GarbageCollectResponse:
+        request = pb.GarbageCollectRequest(keep=keep, dry_run=dry_run, model_type=model_type)
+        return self._call(self._stub.GarbageCollect, request)
+
     def train(
         self,
         model_type: str,
@@ -156,6 +187,7 @@ class PredserveClient:
         params: Mapping[str, Any] | None = None,
         test_fraction: float = 0.0,
         random_seed: int = 0,
+        promotion: str = "always",
     ) -> pb.TrainResponse:
         request = pb.TrainRequest(
             model_type=model_type,
@@ -164,6 +196,7 @@ class PredserveClient:
             params={k: str(v) for k, v in (params or {}).items()},
             test_fraction=test_fraction,
             random_seed=random_seed,
+            promotion=PROMOTION_POLICIES[promotion],
         )
         return self._call(self._stub.Train, request, self.train_deadline)
 

@@ -5,12 +5,13 @@ migrate the database -> load the current pipeline of every model type -> bind th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -19,13 +20,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos import predserve_pb2, predserve_pb2_grpc
+from server import workers
 from server.api.servicer import PredserveServicer
 from server.config import ServerConfig, parse_config
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.services.history import HistoryService
+from server.services.importing import ModelImportService
+from server.services.lifecycle import ModelLifecycleService
 from server.services.loading import LoadPolicy, ModelLoader
 from server.services.prediction import PredictionService
+from server.services.registration import SetRegistrar
 from server.services.registry import ModelRegistryService
+from server.services.reload import LiveReloader
 from server.services.training import ModelTrainingService
 from server.storage.artifacts import ArtifactStore
 from server.storage.database import (
@@ -57,6 +63,9 @@ class Services:
     prediction: PredictionService
     registry: ModelRegistryService
     history: HistoryService
+    lifecycle: ModelLifecycleService
+    importer: ModelImportService
+    reloader: LiveReloader
 
 
 def build_services(config: ServerConfig) -> Services:
@@ -78,29 +87,45 @@ def build_services(config: ServerConfig) -> Services:
     if config.strict:
         _refuse_unservable(store)
 
+    registrar = SetRegistrar(sets, artifacts, loader, store)
     return Services(
         store=store,
-        training=ModelTrainingService(history_repository, sets, artifacts, loader, store),
+        training=ModelTrainingService(history_repository, artifacts, registrar),
         prediction=PredictionService(store, sets, loader),
         registry=ModelRegistryService(store, sets),
         history=HistoryService(history_repository),
+        lifecycle=ModelLifecycleService(sets, artifacts, registrar, store),
+        importer=ModelImportService(history_repository, artifacts, registrar, config.import_timeout_seconds),
+        # Not started here: threads do not survive a fork, so each serving process starts its own.
+        reloader=LiveReloader(sets, registrar, store, config.reload_interval_seconds),
     )
 
 
-def build_server(config: ServerConfig, services: Services) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """Creates the gRPC server, binds its port and starts it; raises if the port is taken."""
+def build_server(
+    config: ServerConfig, services: Services, share_port: bool = False
+) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """Creates the gRPC server, binds its port and starts it; raises if the port is taken.
+
+    share_port is for --workers only: sibling processes bind one port with SO_REUSEPORT.
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
         options=[
             # grpcio enables SO_REUSEPORT by default: a leftover server would silently share the port.
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if share_port else 0),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
         ],
     )
-    predserve_pb2_grpc.add_PredserveServicer_to_server(
-        PredserveServicer(services.training, services.prediction, services.registry, services.history), server
+    servicer = PredserveServicer(
+        services.training,
+        services.prediction,
+        services.registry,
+        services.history,
+        services.lifecycle,
+        services.importer,
     )
+    predserve_pb2_grpc.add_PredserveServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -132,32 +157,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     # A file-size limit must fail the write (EFBIG), not kill the whole server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    stop_requested = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop_requested.set())
-
     started = time.perf_counter()
     try:
         services = build_services(config)
-        server, port, health_servicer = build_server(config, services)
-    except (StartupError, RuntimeError, OSError) as exc:
+        if config.workers > 1:
+            return workers.serve(
+                config,
+                lambda port, on_ready: serve(config, services, port, on_ready, share_port=True),
+                lambda port: _write_port_file(config, port),
+            )
+        return serve(config, services, config.port, lambda port: _write_port_file(config, port), started=started)
+    except Exception as exc:  # a storage or bind error at start-up is fatal, with one clear line
         logger.error("predserve cannot start: %s", exc)
         return 1
-    except Exception as exc:  # a storage error at start-up is fatal, but gets one clear line
-        logger.error("predserve cannot start: %s", exc)
-        return 1
-    _write_port_file(config, port)
+
+
+def serve(
+    config: ServerConfig,
+    services: Services,
+    port: int,
+    on_ready: Callable[[int], None],
+    share_port: bool = False,
+    started: float | None = None,
+) -> int:
+    """Binds, serves until SIGTERM or SIGINT, then stops gracefully. Runs in each worker process too."""
+    stop_requested = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop_requested.set())
+    server, bound_port, health_servicer = build_server(dataclasses.replace(config, port=port), services, share_port)
+    services.reloader.start()
+    on_ready(bound_port)
+    elapsed = "" if started is None else f", start-up {time.perf_counter() - started:.2f}s"
     logger.info(
-        "predserve ready on %s:%d (%d model type(s), start-up %.2fs)",
+        "predserve ready on %s:%d (%d model type(s)%s, pid %d)",
         config.host,
-        port,
+        bound_port,
         len(services.store.slots()),
-        time.perf_counter() - started,
+        elapsed,
+        os.getpid(),
     )
 
     stop_requested.wait()
     logger.info("stopping: refusing new calls, letting in-flight calls finish (grace %.0fs)", config.grace_seconds)
     health_servicer.enter_graceful_shutdown()
+    services.reloader.stop()
     server.stop(config.grace_seconds).wait()
     logger.info("stopped")
     # A call still running after the grace period (a long fit) was cancelled and will not commit;

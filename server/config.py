@@ -27,6 +27,10 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     busy_timeout_seconds: float = 5.0
     grace_seconds: float = 30.0
+    # How often to look for a current set changed by another process; 0 turns live reload off.
+    reload_interval_seconds: float = 2.0
+    workers: int = 1
+    import_timeout_seconds: float = 60.0
 
     @property
     def address(self) -> str:
@@ -83,7 +87,23 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         default=defaults.grace_seconds,
         help="how long in-flight calls may run on after SIGTERM",
     )
+    parser.add_argument(
+        "--reload-interval",
+        type=float,
+        default=float(env.get("PREDSERVE_RELOAD_INTERVAL", defaults.reload_interval_seconds)),
+        help="seconds between checks for a current set changed by another process (0: off)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(env.get("PREDSERVE_WORKERS", defaults.workers)),
+        help="serving processes sharing the port (SO_REUSEPORT), forked after models are loaded",
+    )
+    parser.add_argument("--import-timeout", type=float, default=defaults.import_timeout_seconds,
+                        help="seconds an imported artifact may take to load in its probe process")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -94,4 +114,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         strict=args.strict,
         max_workers=args.max_workers,
         grace_seconds=args.grace_seconds,
+        reload_interval_seconds=args.reload_interval,
+        workers=args.workers,
+        import_timeout_seconds=args.import_timeout,
     )

@@ -55,6 +55,7 @@ class NewPredictionSet:
     artifact: ArtifactInfo
     environment: dict[str, str]
     self_check: SelfCheck
+    origin: str = "trained"  # or "imported"
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,5 @@ class PredictionSetRecord:
     sklearn_version: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
     self_check: SelfCheck | None = None
+    origin: str = "trained"
+    archived_at: str | None = None

@@ -58,13 +58,15 @@ def test_migration_files_are_numbered_contiguously_from_one() -> None:
 
 def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
     db = tmp_path / "blank.db"
-    assert migrate(db) == [1, 2]
+    assert migrate(db) == [1, 2, 3]
     assert [name for name, _ in schema(db)] == [
         "data_history",
         "datasets",
         "idx_data_history_dataset",
         "idx_prediction_sets_type",
+        "idx_promotions_type",
         "prediction_sets",
+        "promotions",
         "schema_migrations",
         "ux_prediction_sets_one_current",
     ]
@@ -88,10 +90,12 @@ def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
         "sklearn_version",
         "environment",
         "self_check",
+        "origin",
+        "archived_at",
     ]
     with sqlite3.connect(db) as conn:
         recorded = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
-    assert recorded == [(1, "phase4_baseline"), (2, "add_model_artifact_path")]
+    assert recorded == [(1, "phase4_baseline"), (2, "add_model_artifact_path"), (3, "add_lifecycle")]
 
 
 def test_running_migrations_twice_changes_nothing(tmp_path: Path) -> None:
@@ -111,9 +115,10 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(tmp_path: Path) -> 
             "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets"
         ).fetchall()
 
-    assert migrate(db) == [1, 2]
+    assert migrate(db) == [1, 2, 3]
 
     with sqlite3.connect(db) as conn:
+        promotions = conn.execute("SELECT model_type, prediction_set_id, reason FROM promotions").fetchall()
         assert conn.execute("SELECT * FROM data_history ORDER BY id").fetchall() == history_before
         assert (
             conn.execute("SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets").fetchall()
@@ -125,6 +130,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(tmp_path: Path) -> 
         assert conn.execute("SELECT COUNT(*) FROM prediction_sets WHERE model_artifact_path IS NULL").fetchone() == (4,)
     # The newest of price's two current rows stays current; the other row stays, no longer current.
     assert current == [("churn", 2), ("price", 4)]
+    assert promotions == [("churn", 2, "upgrade"), ("price", 4, "upgrade")]
 
 
 def test_database_refuses_a_second_current_set_per_model_type(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from server.services.catalog import CATALOG, REGRESSION, find_recipe, parse_para
 from server.services.history import HistoryService
 from server.services.loading import ModelLoader
 from server.services.prediction import PredictionService
+from server.services.registration import SetRegistrar
 from server.services.training import ModelTrainingService, TrainCommand
 from server.storage.artifacts import ArtifactStore
 from server.storage.database import (
@@ -42,9 +43,8 @@ class Stack:
         self.history = HistoryService(HistoryRepository(self.database))
         self.loader = ModelLoader(self.artifacts, self.sets)
         self.store = ModelStore(pinned_capacity=2)
-        self.training = ModelTrainingService(
-            HistoryRepository(self.database), self.sets, self.artifacts, self.loader, self.store
-        )
+        self.registrar = SetRegistrar(self.sets, self.artifacts, self.loader, self.store)
+        self.training = ModelTrainingService(HistoryRepository(self.database), self.artifacts, self.registrar)
         self.prediction = PredictionService(self.store, self.sets, self.loader)
 
     def train(self, algorithm: str = "logistic_regression", model_type: str = "iris_classifier", **params: str) -> int:

@@ -6,10 +6,13 @@ from collections.abc import Callable, Iterable, Sequence
 
 from protos import predserve_pb2 as pb
 from server.domain import HistoryRow, PredictionSetRecord, TargetValue
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, ResourceExhausted
+from server.services.importing import ImportCommand
+from server.services.lifecycle import Collection, Promotion
 from server.services.prediction import PredictionResult
+from server.services.registration import PromotionPolicy, Registration
 from server.services.registry import ModelStatusView
-from server.services.training import TrainCommand, TrainOutcome
+from server.services.training import TrainCommand
 
 
 def target_from_proto(target: pb.Target, index: int) -> TargetValue:
@@ -48,12 +51,48 @@ def train_command(request: pb.TrainRequest, still_wanted: Callable[[], bool]) ->
         feature_names=list(request.feature_names),
         test_fraction=request.test_fraction,
         random_seed=request.random_seed,
+        promotion=promotion_policy(request.promotion),
         still_wanted=still_wanted,
     )
 
 
-def train_response(outcome: TrainOutcome) -> pb.TrainResponse:
-    record = outcome.model.record
+_POLICIES = {
+    pb.PROMOTE_ALWAYS: PromotionPolicy.ALWAYS,
+    pb.REGISTER_ONLY: PromotionPolicy.REGISTER_ONLY,
+    pb.PROMOTE_IF_BETTER: PromotionPolicy.IF_BETTER,
+}
+
+
+def promotion_policy(value: int) -> PromotionPolicy:
+    policy = _POLICIES.get(value)  # type: ignore[call-overload]
+    if policy is None:
+        raise InvalidArgument(f"unknown promotion policy {value}")
+    return policy
+
+
+def import_command(messages: Iterable[pb.ImportModelRequest], max_bytes: int) -> ImportCommand:
+    """Gathers the streamed chunks; the first message carries the model type and options."""
+    first: pb.ImportModelRequest | None = None
+    chunks: list[bytes] = []
+    size = 0
+    for message in messages:
+        first = first or message
+        size += len(message.chunk)
+        if size > max_bytes:
+            raise ResourceExhausted(f"the artifact exceeds the import limit of {max_bytes} bytes")
+        chunks.append(message.chunk)
+    if first is None:
+        raise InvalidArgument("the import stream was empty")
+    return ImportCommand(
+        model_type=first.model_type,
+        data=b"".join(chunks),
+        dataset=first.dataset,
+        promotion=promotion_policy(first.promotion),
+    )
+
+
+def train_response(registration: Registration, persist_seconds: float = 0.0) -> pb.TrainResponse:
+    record = registration.model.record
     assert record.artifact is not None
     return pb.TrainResponse(
         prediction_set_id=record.id,
@@ -65,7 +104,24 @@ def train_response(outcome: TrainOutcome) -> pb.TrainResponse:
         metrics=record.metrics,
         training_rows=record.training_rows or 0,
         fit_seconds=record.fit_seconds or 0.0,
-        persist_seconds=outcome.persist_seconds,
+        persist_seconds=persist_seconds,
+        promoted=registration.promoted,
+        promotion_reason=registration.reason,
+    )
+
+
+def promote_response(promotion: Promotion) -> pb.PromoteResponse:
+    record = promotion.model.record
+    return pb.PromoteResponse(
+        model_type=record.model_type, prediction_set_id=record.id, previous_set_id=promotion.previous_set_id
+    )
+
+
+def garbage_collect_response(collection: Collection) -> pb.GarbageCollectResponse:
+    return pb.GarbageCollectResponse(
+        collected=[prediction_set(c.record) for c in collection.sets],
+        bytes_freed=collection.bytes_freed,
+        dry_run=collection.dry_run,
     )
 
 
@@ -121,6 +177,8 @@ def prediction_set(record: PredictionSetRecord) -> pb.PredictionSet:
         training_rows=record.training_rows or 0,
         fit_seconds=record.fit_seconds or 0.0,
         feature_names=record.feature_names,
+        origin=record.origin,
+        archived_at=record.archived_at or "",
     )
     if record.artifact is not None:
         message.model_artifact_path = record.artifact.relative_path

@@ -12,6 +12,8 @@ from server.api import converters
 from server.api.status import maps_errors
 from server.errors import InvalidArgument
 from server.services.history import HistoryService
+from server.services.importing import ModelImportService
+from server.services.lifecycle import ModelLifecycleService
 from server.services.prediction import PredictionService
 from server.services.registry import ModelRegistryService
 from server.services.training import ModelTrainingService
@@ -24,16 +26,20 @@ class PredserveServicer(pb_grpc.PredserveServicer):
         prediction: PredictionService,
         registry: ModelRegistryService,
         history: HistoryService,
+        lifecycle: ModelLifecycleService,
+        importer: ModelImportService,
     ) -> None:
         self.training = training
         self.prediction = prediction
         self.registry = registry
         self.history = history
+        self.lifecycle = lifecycle
+        self.importer = importer
 
     @maps_errors
     def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> pb.TrainResponse:
         outcome = self.training.train(converters.train_command(request, context.is_active))
-        return converters.train_response(outcome)
+        return converters.train_response(outcome.registration, outcome.persist_seconds)
 
     @maps_errors
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
@@ -64,6 +70,28 @@ class PredserveServicer(pb_grpc.PredserveServicer):
         dataset, feature_names, rows = _collect_ingest_stream(request_iterator)
         total = self.history.ingest(dataset, feature_names, rows)
         return pb.IngestHistoryResponse(dataset=dataset, rows_added=len(rows), total_rows=total)
+
+    @maps_errors
+    def Promote(self, request: pb.PromoteRequest, context: grpc.ServicerContext) -> pb.PromoteResponse:
+        if request.rollback_model_type:
+            promotion = self.lifecycle.rollback(request.rollback_model_type)
+        else:
+            promotion = self.lifecycle.promote(request.prediction_set_id)
+        return converters.promote_response(promotion)
+
+    @maps_errors
+    def ImportModel(
+        self, request_iterator: Iterator[pb.ImportModelRequest], context: grpc.ServicerContext
+    ) -> pb.TrainResponse:
+        command = converters.import_command(request_iterator, self.importer.max_bytes)
+        return converters.train_response(self.importer.import_model(command))
+
+    @maps_errors
+    def GarbageCollect(
+        self, request: pb.GarbageCollectRequest, context: grpc.ServicerContext
+    ) -> pb.GarbageCollectResponse:
+        collection = self.lifecycle.collect_garbage(request.keep, request.dry_run, request.model_type)
+        return converters.garbage_collect_response(collection)
 
 
 def _collect_ingest_stream(

@@ -74,6 +74,8 @@ class ModelLoader:
             raise FailedPrecondition(
                 f"prediction set {record.id} has no artifact (a Phase-4 set): this model type needs training"
             )
+        if record.archived_at:
+            raise FailedPrecondition(f"prediction set {record.id} was archived by retention: its artifact is gone")
         mismatch = fingerprint_mismatch(record.environment, self.environment)
         if mismatch and self.policy.version_policy == "refuse":
             raise ArtifactRejected(f"prediction set {record.id} was trained in another environment: {mismatch}")
@@ -129,7 +131,7 @@ class ModelLoader:
 
     def _fall_back(self, model_type: str, current: PredictionSetRecord, reason: str) -> LoadedModel | UnavailableModel:
         for older in self.sets.for_model_type(model_type):
-            if older.id >= current.id or older.artifact is None:
+            if older.id >= current.id or older.artifact is None or older.archived_at:
                 continue
             note = f"FALLBACK: current set {current.id} refused ({reason}); serving older set {older.id}"
             try:

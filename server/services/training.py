@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,12 +16,12 @@ from sklearn.utils._param_validation import InvalidParameterError
 from server import failpoints
 from server.domain import HistoryRow, NewPredictionSet, SelfCheck, TargetValue
 from server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound
-from server.model_store import LoadedModel, ModelStore
+from server.model_store import LoadedModel
 from server.services.catalog import CATALOG, CLASSIFICATION, Recipe, find_recipe, parse_params
-from server.services.loading import ModelLoader
+from server.services.registration import PromotionPolicy, Registration, SetRegistrar
 from server.services.validation import check_name, check_targets, feature_matrix
 from server.storage.artifacts import ArtifactStore
-from server.storage.database import HistoryRepository, PredictionSetRepository
+from server.storage.database import HistoryRepository
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +41,7 @@ class TrainCommand:
     feature_names: Sequence[str] = ()
     test_fraction: float = 0.0
     random_seed: int = 0
+    promotion: PromotionPolicy = PromotionPolicy.ALWAYS
     # Asked before the artifact is written and before the commit: a Train nobody waits for any more
     # (deadline passed, cancelled, server stopping) must not become the current model.
     still_wanted: Callable[[], bool] = field(default=lambda: True, compare=False)
@@ -49,8 +49,12 @@ class TrainCommand:
 
 @dataclass(frozen=True)
 class TrainOutcome:
-    model: LoadedModel
+    registration: Registration
     persist_seconds: float
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.registration.model
 
 
 @dataclass(frozen=True)
@@ -65,19 +69,12 @@ class ModelTrainingService:
     def __init__(
         self,
         history: HistoryRepository,
-        sets: PredictionSetRepository,
         artifacts: ArtifactStore,
-        loader: ModelLoader,
-        store: ModelStore,
+        registrar: SetRegistrar,
     ) -> None:
         self.history = history
-        self.sets = sets
         self.artifacts = artifacts
-        self.loader = loader
-        self.store = store
-        # Registration and the in-memory swap happen together, so that memory agrees with the
-        # database on which of two concurrent Trains of one model type committed last.
-        self._register_lock = threading.Lock()
+        self.registrar = registrar
 
     def train(self, command: TrainCommand) -> TrainOutcome:
         model_type = check_name("model_type", command.model_type)
@@ -118,45 +115,24 @@ class ModelTrainingService:
             training_rows=len(data.targets),
             fit_seconds=fit_seconds,
             artifact=artifact,
-            environment=self.loader.environment,
+            environment=self.registrar.loader.environment,
             self_check=self_check,
         )
-        model = self._register(new_set, data_bytes, command)
+        registration = self.registrar.register(new_set, data_bytes, command.promotion, command.still_wanted)
         persist_seconds = time.perf_counter() - persist_started
         logger.info(
-            "trained model type=%s set=%d algorithm=%s rows=%d fit=%.3fs persist=%.3fs path=%s metrics=%s",
+            "trained model type=%s set=%d algorithm=%s rows=%d fit=%.3fs persist=%.3fs path=%s metrics=%s (%s)",
             model_type,
-            model.record.id,
+            registration.model.record.id,
             recipe.name,
             new_set.training_rows,
             fit_seconds,
             persist_seconds,
             artifact.relative_path,
             metrics,
+            registration.reason,
         )
-        return TrainOutcome(model=model, persist_seconds=persist_seconds)
-
-    def _register(self, new_set: NewPredictionSet, data_bytes: bytes, command: TrainCommand) -> LoadedModel:
-        """Proves the written bytes load and answer, then commits the row and swaps the model in."""
-        try:
-            # Loading the very bytes on disk, not the fitted object, proves the artifact serves.
-            pipeline = self.loader.load_bytes(data_bytes, new_set.self_check, f"new {new_set.model_type} artifact")
-            with self._register_lock:
-                _check_wanted(command)
-                set_id = self.sets.insert_as_current(new_set)
-                failpoints.reach(failpoints.AFTER_COMMIT)
-                record = self.sets.get(set_id)
-                assert record is not None
-                model = LoadedModel(record=record, pipeline=pipeline, load_seconds=0.0)
-                self.store.put(new_set.model_type, model)
-                return model
-        except BaseException:
-            self._discard_if_unregistered(new_set)
-            raise
-
-    def _discard_if_unregistered(self, new_set: NewPredictionSet) -> None:
-        if new_set.artifact.relative_path not in self.sets.artifact_paths():
-            self.artifacts.discard(new_set.artifact.relative_path)
+        return TrainOutcome(registration=registration, persist_seconds=persist_seconds)
 
     def _training_data(self, command: TrainCommand) -> _TrainingData:
         if command.rows:

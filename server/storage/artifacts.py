@@ -45,7 +45,9 @@ class ArtifactStore:
 
     def write(self, pipeline: Any, model_type: str) -> tuple[ArtifactInfo, bytes]:
         """Persists a pipeline under a new unique name; returns where, and the exact bytes written."""
-        data = _serialize(pipeline)
+        return self.write_bytes(_serialize(pipeline), model_type)
+
+    def write_bytes(self, data: bytes, model_type: str) -> tuple[ArtifactInfo, bytes]:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         name = f"{model_type}-{stamp}-{uuid.uuid4().hex[:12]}{SUFFIX}"
         temp = self.root / f"{TEMP_PREFIX}{name}"

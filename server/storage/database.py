@@ -239,7 +239,7 @@ class HistoryRepository:
 _SET_COLUMNS = (
     "id, model_type, dataset, created_at, is_current, metrics, model_artifact_path, artifact_sha256, "
     "artifact_size_bytes, algorithm, task, params, feature_names, classes, training_rows, fit_seconds, "
-    "sklearn_version, environment, self_check"
+    "sklearn_version, environment, self_check, origin, archived_at"
 )
 
 
@@ -249,19 +249,15 @@ class PredictionSetRepository:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    def insert_as_current(self, new: NewPredictionSet) -> int:
-        """Records a prediction set and makes it the only current one of its model type, atomically."""
+    def insert(self, new: NewPredictionSet, make_current: bool) -> int:
+        """Records a prediction set, and if asked makes it the only current one of its type, atomically."""
         with self.database.writing() as conn:
-            conn.execute(
-                "UPDATE prediction_sets SET is_current = 0 WHERE model_type = ? AND is_current",
-                (new.model_type,),
-            )
             cursor = conn.execute(
                 """INSERT INTO prediction_sets (
                        model_type, dataset, is_current, metrics, model_artifact_path, artifact_sha256,
                        artifact_size_bytes, algorithm, task, params, feature_names, classes,
-                       training_rows, fit_seconds, sklearn_version, environment, self_check)
-                   VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       training_rows, fit_seconds, sklearn_version, environment, self_check, origin)
+                   VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     new.model_type,
                     new.dataset,
@@ -279,9 +275,48 @@ class PredictionSetRepository:
                     new.environment.get("sklearn"),
                     json.dumps(new.environment),
                     json.dumps({"inputs": new.self_check.inputs, "outputs": new.self_check.outputs}),
+                    new.origin,
                 ),
             )
-            return int(cursor.lastrowid or 0)
+            set_id = int(cursor.lastrowid or 0)
+            if make_current:
+                _make_current(conn, new.model_type, set_id, "import" if new.origin == "imported" else "train")
+            return set_id
+
+    def promote(self, set_id: int, reason: str) -> None:
+        """Makes an existing set the only current one of its model type and logs the promotion."""
+        with self.database.writing() as conn:
+            row = conn.execute("SELECT model_type FROM prediction_sets WHERE id = ?", (set_id,)).fetchone()
+            if row is None:
+                raise StorageError(f"prediction set {set_id} vanished before its promotion")
+            _make_current(conn, row[0], set_id, reason)
+
+    def previous_current(self, model_type: str) -> int | None:
+        """The set that was current before the present one, from the promotion log."""
+        with self.database.reading() as conn:
+            row = conn.execute(
+                """SELECT p.prediction_set_id FROM promotions p
+                    WHERE p.model_type = ?
+                      AND p.prediction_set_id NOT IN (
+                          SELECT id FROM prediction_sets WHERE model_type = ? AND is_current)
+                    ORDER BY p.id DESC LIMIT 1""",
+                (model_type, model_type),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def current_ids(self) -> dict[str, int]:
+        with self.database.reading() as conn:
+            rows = conn.execute("SELECT model_type, id FROM prediction_sets WHERE is_current").fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
+    def archive(self, set_ids: Sequence[int]) -> None:
+        """Marks sets whose artifacts retention deleted; the rows stay as history."""
+        with self.database.writing() as conn:
+            conn.executemany(
+                "UPDATE prediction_sets SET archived_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+                "WHERE id = ? AND NOT is_current",
+                [(set_id,) for set_id in set_ids],
+            )
 
     def current_sets(self) -> list[PredictionSetRecord]:
         with self.database.reading() as conn:
@@ -349,4 +384,18 @@ def _record(row: sqlite3.Row) -> PredictionSetRecord:
         sklearn_version=row["sklearn_version"],
         environment=_json(row["environment"], {}),
         self_check=None if self_check is None else SelfCheck(self_check["inputs"], self_check["outputs"]),
+        origin=row["origin"],
+        archived_at=row["archived_at"],
+    )
+
+
+def _make_current(conn: sqlite3.Connection, model_type: str, set_id: int, reason: str) -> None:
+    conn.execute(
+        "UPDATE prediction_sets SET is_current = 0 WHERE model_type = ? AND is_current AND id != ?",
+        (model_type, set_id),
+    )
+    conn.execute("UPDATE prediction_sets SET is_current = 1 WHERE id = ?", (set_id,))
+    conn.execute(
+        "INSERT INTO promotions (model_type, prediction_set_id, reason) VALUES (?, ?, ?)",
+        (model_type, set_id, reason),
     )

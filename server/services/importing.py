@@ -1,0 +1,165 @@
+"""ModelImportService: registers a pipeline trained elsewhere as a prediction set like any other.
+
+This is an administrator's action: the file is a pickle and runs code when loaded. It is first
+loaded in a separate process (server/import_probe.py) with a time limit, so that a crash or a hang
+cannot take the server down; only then is it copied atomically into the store, checksummed,
+self-checked and registered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.domain import NewPredictionSet, SelfCheck
+from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from server.services.catalog import CLASSIFICATION, REGRESSION
+from server.services.registration import PRIMARY_METRIC, PromotionPolicy, Registration, SetRegistrar
+from server.services.validation import check_name, feature_matrix
+from server.storage.artifacts import ArtifactStore
+from server.storage.database import HistoryRepository
+
+logger = logging.getLogger(__name__)
+
+SELF_CHECK_ROWS = 5
+
+
+@dataclass(frozen=True)
+class ImportCommand:
+    model_type: str
+    data: bytes
+    dataset: str = ""
+    promotion: PromotionPolicy = PromotionPolicy.ALWAYS
+
+
+class ModelImportService:
+    def __init__(
+        self,
+        history: HistoryRepository,
+        artifacts: ArtifactStore,
+        registrar: SetRegistrar,
+        probe_timeout_seconds: float = 60.0,
+        max_bytes: int = 1024**3,
+    ) -> None:
+        self.history = history
+        self.artifacts = artifacts
+        self.registrar = registrar
+        self.probe_timeout = probe_timeout_seconds
+        self.max_bytes = max_bytes
+
+    def import_model(self, command: ImportCommand) -> Registration:
+        model_type = check_name("model_type", command.model_type)
+        if not command.data:
+            raise InvalidArgument("the artifact is empty")
+        if len(command.data) > self.max_bytes:
+            raise ResourceExhausted(f"the artifact has {len(command.data)} bytes, the limit is {self.max_bytes}")
+        features, targets, dataset, dataset_names = self._dataset(command.dataset)
+        sample = None if features is None else features[:SELF_CHECK_ROWS].tolist()
+        description = self._probe(command.data, sample)
+        if features is not None and features.shape[1] != description["n_features"]:
+            raise FailedPrecondition(
+                f"the model expects {description['n_features']} features, dataset {dataset!r} has {features.shape[1]}"
+            )
+
+        started = time.perf_counter()
+        pipeline = self.registrar.loader.load_bytes(command.data, None, "imported artifact")
+        task = CLASSIFICATION if description["classes"] is not None else REGRESSION
+        self_check = SelfCheck(description["sample"], pipeline.predict(np.asarray(description["sample"])).tolist())
+        if [str(v) for v in self_check.outputs] != [str(v) for v in description["outputs"]]:
+            raise FailedPrecondition("the model answers differently in the server than in the probe process")
+        metrics = _metrics(task, pipeline, features, targets)
+        artifact, data = self.artifacts.write_bytes(command.data, model_type)
+        new_set = NewPredictionSet(
+            model_type=model_type,
+            dataset=dataset or "(imported)",
+            algorithm=f"imported:{description['estimator']}",
+            task=task,
+            params={},
+            metrics=metrics,
+            feature_names=_feature_names(description, dataset_names),
+            classes=None if description["classes"] is None else tuple(description["classes"]),
+            training_rows=0 if targets is None else len(targets),
+            fit_seconds=0.0,
+            artifact=artifact,
+            environment=self.registrar.loader.environment,
+            self_check=self_check,
+            origin="imported",
+        )
+        registration = self.registrar.register(new_set, data, command.promotion)
+        logger.info(
+            "imported model type=%s set=%d estimator=%s path=%s in %.3fs (%s)",
+            model_type,
+            registration.model.record.id,
+            description["estimator"],
+            artifact.relative_path,
+            time.perf_counter() - started,
+            registration.reason,
+        )
+        return registration
+
+    def _dataset(self, name: str) -> tuple[np.ndarray | None, np.ndarray | None, str, tuple[str, ...]]:
+        if not name:
+            return None, None, "", ()
+        dataset = self.history.load(check_name("dataset", name))
+        if dataset is None:
+            raise NotFound(f"dataset {name!r} has no rows in data_history")
+        return feature_matrix(dataset.features), np.asarray(dataset.targets), name, dataset.feature_names
+
+    def _probe(self, data: bytes, sample: list[list[float]] | None) -> dict[str, Any]:
+        with tempfile.NamedTemporaryFile(suffix=".joblib") as handle:
+            handle.write(data)
+            handle.flush()
+            try:
+                completed = subprocess.run(
+                    [sys.executable, "-m", "server.import_probe", handle.name],
+                    input=json.dumps(sample),
+                    capture_output=True,
+                    text=True,
+                    timeout=self.probe_timeout,
+                    cwd=Path(__file__).resolve().parents[2],
+                )
+            except subprocess.TimeoutExpired:
+                raise FailedPrecondition(
+                    f"loading the artifact took longer than {self.probe_timeout:.0f}s in the probe process; refused"
+                ) from None
+        if completed.returncode != 0 or not completed.stdout.strip():
+            raise FailedPrecondition(
+                f"the probe process loading the artifact died (exit status {completed.returncode}); refused"
+            )
+        description: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+        if "error" in description:
+            raise FailedPrecondition(f"the artifact cannot be served: {description['error']}")
+        return description
+
+
+def _feature_names(description: dict[str, Any], dataset_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The names the pipeline was fitted with, else the dataset's, else f0..fn."""
+    if description["feature_names"]:
+        return tuple(description["feature_names"])
+    if len(dataset_names) == description["n_features"]:
+        return dataset_names
+    return tuple(f"f{i}" for i in range(description["n_features"]))
+
+
+def _metrics(task: str, pipeline: Any, features: np.ndarray | None, targets: np.ndarray | None) -> dict[str, float]:
+    """Scored on the whole dataset given at import (the model was fitted elsewhere, on unknown rows)."""
+    if features is None or targets is None:
+        return {}
+    from sklearn.metrics import accuracy_score, r2_score
+
+    predicted = pipeline.predict(features)
+    metric = PRIMARY_METRIC[task]
+    if task == CLASSIFICATION:
+        value = accuracy_score(targets.astype(str), np.asarray(predicted).astype(str))
+    else:
+        value = r2_score(targets.astype(np.float64), predicted)
+    return {metric: float(value), "evaluated_rows": float(len(targets))}

@@ -1,0 +1,121 @@
+"""ModelLifecycleService: promote, roll back, and retention of old artifacts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from server.domain import PredictionSetRecord
+from server.errors import ArtifactRejected, FailedPrecondition, InvalidArgument, NotFound
+from server.model_store import LoadedModel, ModelStore
+from server.services.registration import SetRegistrar
+from server.services.validation import check_name
+from server.storage.artifacts import ArtifactStore
+from server.storage.database import PredictionSetRepository
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    model: LoadedModel
+    previous_set_id: int
+
+
+@dataclass(frozen=True)
+class CollectedSet:
+    record: PredictionSetRecord
+
+    @property
+    def size_bytes(self) -> int:
+        return self.record.artifact.size_bytes if self.record.artifact else 0
+
+
+@dataclass(frozen=True)
+class Collection:
+    sets: list[CollectedSet]
+    dry_run: bool
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(s.size_bytes for s in self.sets)
+
+
+class ModelLifecycleService:
+    def __init__(
+        self, sets: PredictionSetRepository, artifacts: ArtifactStore, registrar: SetRegistrar, store: ModelStore
+    ) -> None:
+        self.sets = sets
+        self.artifacts = artifacts
+        self.registrar = registrar
+        self.store = store
+
+    def promote(self, set_id: int) -> Promotion:
+        record = self._servable_record(set_id)
+        previous = self.sets.current_ids().get(record.model_type, 0)
+        if previous == set_id:
+            raise FailedPrecondition(f"prediction set {set_id} is already current for {record.model_type!r}")
+        return Promotion(self.registrar.promote(record, "promote"), previous)
+
+    def rollback(self, model_type: str) -> Promotion:
+        check_name("model_type", model_type)
+        previous_current = self.sets.current_ids().get(model_type, 0)
+        target = self.sets.previous_current(model_type)
+        if target is None:
+            if not self.sets.for_model_type(model_type):
+                raise NotFound(f"unknown model type {model_type!r}")
+            raise FailedPrecondition(f"model type {model_type!r} has no earlier current set to roll back to")
+        record = self._servable_record(target)
+        return Promotion(self.registrar.promote(record, "rollback"), previous_current)
+
+    def collect_garbage(self, keep: int, dry_run: bool, model_type: str = "") -> Collection:
+        """Deletes the artifacts of old non-current sets beyond the newest `keep` per type."""
+        if keep < 1:
+            raise InvalidArgument(f"keep must be at least 1 (got {keep}): the fallback candidate is always kept")
+        types = [check_name("model_type", model_type)] if model_type else self.sets.model_types()
+        doomed = [CollectedSet(r) for t in types for r in self._beyond_retention(t, keep)]
+        if not dry_run and doomed:
+            for collected in doomed:
+                assert collected.record.artifact is not None
+                self.artifacts.discard(collected.record.artifact.relative_path)
+            self.sets.archive([c.record.id for c in doomed])
+            logger.info(
+                "retention: archived %d set(s), freed %d bytes",
+                len(doomed),
+                sum(c.size_bytes for c in doomed),
+            )
+        return Collection(doomed, dry_run)
+
+    def _beyond_retention(self, model_type: str, keep: int) -> list[PredictionSetRecord]:
+        """Non-current sets past the newest `keep`, never the fallback candidate. Pinned sets may go:
+        the pin cache holds them in memory only."""
+        every_set = self.sets.for_model_type(model_type)
+        current_id = next((r.id for r in every_set if r.is_current), None)
+        candidates = [r for r in every_set if not r.is_current and r.artifact and not r.archived_at]
+        fallback = self._fallback_candidate(candidates, current_id)
+        return [r for r in candidates[keep:] if r.id != fallback]
+
+    def _fallback_candidate(self, newest_first: list[PredictionSetRecord], current_id: int | None) -> int | None:
+        """The set start-up would fall back to: the newest set older than the current one that verifies."""
+        for record in newest_first:
+            assert record.artifact is not None
+            if current_id is not None and record.id >= current_id:
+                continue
+            try:
+                self.artifacts.read_verified(record.artifact)
+            except ArtifactRejected:
+                continue
+            return record.id
+        return None
+
+    def _servable_record(self, set_id: int) -> PredictionSetRecord:
+        if set_id <= 0:
+            raise InvalidArgument(f"prediction_set_id {set_id} is not a valid id")
+        record = self.sets.get(set_id)
+        if record is None:
+            raise NotFound(f"prediction set {set_id} does not exist")
+        if record.archived_at:
+            raise FailedPrecondition(
+                f"prediction set {set_id} was archived on {record.archived_at}: its artifact is gone"
+            )
+        return record

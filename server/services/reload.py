@@ -1,0 +1,89 @@
+"""LiveReloader: notices that another process changed which set is current, and swaps it in.
+
+A CLI promote, another server or another worker process writes the database; every server polls
+the current set ids (a tiny indexed query) and loads what changed, without a restart and without
+failing any Predict, since a swap replaces one slot of the ModelStore whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from server.errors import PredserveError
+from server.model_store import LoadedModel, ModelStore, UnavailableModel
+from server.services.registration import SetRegistrar
+from server.storage.database import PredictionSetRepository
+
+logger = logging.getLogger(__name__)
+
+
+class LiveReloader:
+    def __init__(
+        self, sets: PredictionSetRepository, registrar: SetRegistrar, store: ModelStore, interval_seconds: float
+    ) -> None:
+        self.sets = sets
+        self.registrar = registrar
+        self.store = store
+        self.interval = interval_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Sets we failed to load once are not retried every tick; the log already said why.
+        self._refused: set[int] = set()
+
+    def start(self) -> None:
+        if self.interval <= 0:
+            return
+        self._thread = threading.Thread(target=self._run, name="live-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sync_once()
+            except PredserveError as exc:  # a busy or unreadable database: try again next tick
+                logger.warning("live reload skipped a tick: %s", exc)
+            except Exception:
+                logger.exception("live reload failed; it will try again")
+
+    def sync_once(self) -> list[str]:
+        """Loads every model type whose current set differs from the one in memory; returns them."""
+        changed = []
+        slots = self.store.slots()
+        for model_type, set_id in sorted(self.sets.current_ids().items()):
+            if _served_set(slots.get(model_type)) == set_id or set_id in self._refused:
+                continue
+            record = self.sets.get(set_id)
+            if record is None:
+                continue
+            with self.registrar.lock:
+                if self.sets.current_ids().get(model_type) != set_id:
+                    continue  # it changed again meanwhile; the next tick sees the newest
+                try:
+                    model = self.registrar.loader.load(record)
+                except PredserveError as exc:
+                    self._refused.add(set_id)
+                    logger.error(
+                        "live reload: set %d of model type %s cannot be served (%s); keeping what is served",
+                        set_id,
+                        model_type,
+                        exc,
+                    )
+                    if model_type not in slots:
+                        self.store.put(model_type, UnavailableModel(model_type, str(exc), record))
+                    continue
+                self.store.put(model_type, model)
+            logger.info("live reload: model type=%s now serves set=%d (changed by another process)", model_type, set_id)
+            changed.append(model_type)
+        return changed
+
+
+def _served_set(slot: LoadedModel | UnavailableModel | None) -> int | None:
+    if isinstance(slot, LoadedModel):
+        return slot.record.id
+    if isinstance(slot, UnavailableModel) and slot.record is not None:
+        return slot.record.id
+    return None

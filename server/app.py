@@ -19,9 +19,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos import predserve_pb2, predserve_pb2_grpc
+from protos import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc, predserve_pb2, predserve_pb2_grpc
 from server import workers
 from server.api.servicer import PredserveServicer
+from server.api.v2_servicer import InferenceServicer
 from server.config import ServerConfig, parse_config
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.services.history import HistoryService
@@ -45,6 +46,8 @@ from server.storage.database import (
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = predserve_pb2.DESCRIPTOR.services_by_name["Predserve"].full_name
+# The Open Inference Protocol (KServe V2) data plane, served on the same port.
+V2_SERVICE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 MODEL_HEALTH_PREFIX = "predserve.model."
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -83,6 +86,7 @@ def build_services(config: ServerConfig) -> Services:
     loader = ModelLoader(artifacts, sets, LoadPolicy(config.version_policy))
     store = ModelStore()
     loader.load_current_models(store)
+    store.mark_startup_loaded()
     _report_orphans(artifacts, sets)
     if config.strict:
         _refuse_unservable(store)
@@ -126,10 +130,18 @@ def build_server(
         services.importer,
     )
     predserve_pb2_grpc.add_PredserveServicer_to_server(servicer, server)
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(services.prediction, services.registry), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            SERVICE_NAME,
+            V2_SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     port = server.add_insecure_port(config.address)
@@ -150,6 +162,7 @@ def publish_health(health_servicer: health.HealthServicer, store: ModelStore) ->
     store.add_listener(publish_model)
     health_servicer.set("", SERVING)
     health_servicer.set(SERVICE_NAME, SERVING)
+    health_servicer.set(V2_SERVICE_NAME, SERVING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

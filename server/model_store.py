@@ -50,10 +50,19 @@ class ModelStore:
         self._pinned_capacity = pinned_capacity
         self._lock = threading.Lock()
         self._listeners: list[Callable[[str, Slot], None]] = []
+        self._startup_loaded = threading.Event()
 
     def add_listener(self, listener: Callable[[str, Slot], None]) -> None:
         """Called after every swap; the health service follows the models this way."""
         self._listeners.append(listener)
+
+    def mark_startup_loaded(self) -> None:
+        """Every model type has been given its slot at start-up; readiness probes may say so."""
+        self._startup_loaded.set()
+
+    @property
+    def startup_loaded(self) -> bool:
+        return self._startup_loaded.is_set()
 
     def put(self, model_type: str, slot: Slot) -> None:
         with self._lock:

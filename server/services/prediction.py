@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from server.domain import TargetValue
-from server.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.errors import ErrorKind, FailedPrecondition, InvalidArgument, NotFound, PredserveError
 from server.model_store import LoadedModel, ModelStore
 from server.services.loading import ModelLoader
 from server.services.validation import check_finite, check_name, feature_matrix
@@ -30,6 +30,18 @@ class PredictionResult:
     probabilities: np.ndarray | None
     classes: list[TargetValue]
     artifact_sha256_prefix: str
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a caller needs to know to call predict: the set that would answer, its inputs and outputs."""
+
+    model_type: str
+    prediction_set_id: int
+    feature_names: tuple[str, ...]
+    # Class labels of a classifier, in the order of its probabilities; None for a regressor.
+    classes: tuple[TargetValue, ...] | None
+    gives_probabilities: bool
 
 
 class PredictionService:
@@ -49,6 +61,31 @@ class PredictionService:
         model = self.resolve_model(model_type, prediction_set_id)
         features = self._features(model, rows)
         return self._run(model, features, include_probabilities)
+
+    def describe(self, model_type: str, prediction_set_id: int = 0) -> ModelDescription:
+        model = self.resolve_model(model_type, prediction_set_id)
+        record = model.record
+        return ModelDescription(
+            model_type=record.model_type,
+            prediction_set_id=record.id,
+            feature_names=record.feature_names,
+            classes=record.classes,
+            gives_probabilities=hasattr(model.pipeline, "predict_proba"),
+        )
+
+    def is_ready(self, model_type: str, prediction_set_id: int = 0) -> bool:
+        """Whether predict would find a loaded, verified model; a malformed name is still an error."""
+        try:
+            self.resolve_model(model_type, prediction_set_id)
+        except PredserveError as exc:
+            if exc.kind in (ErrorKind.NOT_FOUND, ErrorKind.FAILED_PRECONDITION):
+                return False
+            raise
+        return True
+
+    def server_ready(self) -> bool:
+        """True once start-up loading has filled the store."""
+        return self.store.startup_loaded
 
     def resolve_model(self, model_type: str, prediction_set_id: int = 0) -> LoadedModel:
         check_name("model_type", model_type)

@@ -99,8 +99,12 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         default=int(env.get("PREDSERVE_WORKERS", defaults.workers)),
         help="serving processes sharing the port (SO_REUSEPORT), forked after models are loaded",
     )
-    parser.add_argument("--import-timeout", type=float, default=defaults.import_timeout_seconds,
-                        help="seconds an imported artifact may take to load in its probe process")
+    parser.add_argument(
+        "--import-timeout",
+        type=float,
+        default=defaults.import_timeout_seconds,
+        help="seconds an imported artifact may take to load in its probe process",
+    )
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")

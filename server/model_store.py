@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,10 +44,11 @@ Slot = LoadedModel | UnavailableModel
 
 
 class ModelStore:
-    def __init__(self, pinned_capacity: int = 8) -> None:
+    def __init__(self, pinned_budget_bytes: int = 512 * 1024 * 1024) -> None:
         self._slots: dict[str, Slot] = {}
         self._pinned: OrderedDict[int, LoadedModel] = OrderedDict()
-        self._pinned_capacity = pinned_capacity
+        # Artifact size stands in for memory size: a joblib file is close to the unpickled object's size.
+        self._pinned_budget = pinned_budget_bytes
         self._lock = threading.Lock()
         self._listeners: list[Callable[[str, Slot], None]] = []
         self._startup_loaded = threading.Event()
@@ -99,5 +100,13 @@ class ModelStore:
     def cache_pinned(self, model: LoadedModel) -> None:
         with self._lock:
             self._pinned[model.record.id] = model
-            while len(self._pinned) > self._pinned_capacity:
+            while len(self._pinned) > 1 and _footprint(self._pinned.values()) > self._pinned_budget:
                 self._pinned.popitem(last=False)
+
+    def pinned_ids(self) -> list[int]:
+        with self._lock:
+            return list(self._pinned)
+
+
+def _footprint(models: Iterable[LoadedModel]) -> int:
+    return sum(m.record.artifact.size_bytes for m in models if m.record.artifact)

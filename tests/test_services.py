@@ -34,7 +34,13 @@ from tests.support import IRIS_PROBES, diabetes_rows, iris_rows
 class Stack:
     """The services wired as the bootstrap wires them, with a replaceable artifact store."""
 
-    def __init__(self, root: Path, artifacts: ArtifactStore | None = None, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        artifacts: ArtifactStore | None = None,
+        busy_timeout: float = 5.0,
+        pinned_budget: int = 512 * 1024 * 1024,
+    ) -> None:
         self.database = Database(root / "unit.db", busy_timeout)
         MigrationRunner(self.database).apply(discover_migrations(MIGRATIONS_DIR))
         self.artifacts = artifacts or ArtifactStore(root / "models")
@@ -42,7 +48,7 @@ class Stack:
         self.sets = PredictionSetRepository(self.database)
         self.history = HistoryService(HistoryRepository(self.database))
         self.loader = ModelLoader(self.artifacts, self.sets)
-        self.store = ModelStore(pinned_capacity=2)
+        self.store = ModelStore(pinned_budget_bytes=pinned_budget)
         self.registrar = SetRegistrar(self.sets, self.artifacts, self.loader, self.store)
         self.training = ModelTrainingService(HistoryRepository(self.database), self.artifacts, self.registrar)
         self.prediction = PredictionService(self.store, self.sets, self.loader)
@@ -183,8 +189,19 @@ def test_loader_marks_a_type_unavailable_when_no_set_verifies(stack: Stack) -> N
     assert f"current set {set_id} refused" in slot.reason and "bytes" in slot.reason
 
 
-def test_pinned_sets_are_cached_within_the_bound(stack: Stack) -> None:
+def test_pinned_sets_are_cached_within_a_memory_bound(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, pinned_budget=1)  # smaller than any artifact: only the newest pin stays
+    names, rows = iris_rows()
+    stack.history.ingest("iris", names, [HistoryRow(tuple(f), t) for f, t in rows])
     ids = [stack.train(), stack.train("random_forest", n_estimators="5"), stack.train(), stack.train()]
     for set_id in ids[:3]:
         assert stack.prediction.predict("iris_classifier", IRIS_PROBES, set_id).prediction_set_id == set_id
-    assert len(stack.store._pinned) == 2  # capacity 2: the oldest pinned set was evicted
+    assert stack.store.pinned_ids() == [ids[2]]
+
+    (tmp_path / "roomy").mkdir()
+    roomy = Stack(tmp_path / "roomy")
+    roomy.history.ingest("iris", names, [HistoryRow(tuple(f), t) for f, t in rows])
+    ids = [roomy.train(), roomy.train(), roomy.train()]
+    for set_id in ids[:2]:
+        roomy.prediction.predict("iris_classifier", IRIS_PROBES, set_id)
+    assert roomy.store.pinned_ids() == ids[:2]

@@ -39,8 +39,10 @@ from server.storage.database import (
     Database,
     HistoryRepository,
     MigrationRunner,
+    PostgresDatabase,
     PredictionSetRepository,
-    discover_migrations,
+    migrations_for,
+    open_database,
 )
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class StartupError(Exception):
 class Services:
     """Everything a transport needs; also what in-process callers use."""
 
+    database: Database | PostgresDatabase
     store: ModelStore
     training: ModelTrainingService
     prediction: PredictionService
@@ -73,11 +76,12 @@ class Services:
 
 def build_services(config: ServerConfig) -> Services:
     """Migrates the database and loads every current model; no port is bound here."""
-    database = Database(config.db_path, config.busy_timeout_seconds)
-    config.db_path.parent.mkdir(parents=True, exist_ok=True)
+    # The one place that picks the backend: a postgresql:// URL, or the SQLite file.
+    database = open_database(config.database_url or config.db_path, config.busy_timeout_seconds)
+    database.prepare()
     database.enable_wal()
-    applied = MigrationRunner(database).apply(discover_migrations(config.migrations_dir))
-    logger.info("database %s ready (%d migration(s) applied now)", config.db_path, len(applied))
+    applied = MigrationRunner(database).apply(migrations_for(database, config.migrations_dir))
+    logger.info("database %s ready (%d migration(s) applied now)", database.name, len(applied))
 
     artifacts = ArtifactStore(config.models_dir)
     artifacts.prepare()
@@ -93,6 +97,7 @@ def build_services(config: ServerConfig) -> Services:
 
     registrar = SetRegistrar(sets, artifacts, loader, store)
     return Services(
+        database=database,
         store=store,
         training=ModelTrainingService(history_repository, artifacts, registrar),
         prediction=PredictionService(store, sets, loader),
@@ -174,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         services = build_services(config)
         if config.workers > 1:
+            # Pooled connections must not cross a fork; each worker opens its own on first use.
+            services.database.close()
             return workers.serve(
                 config,
                 lambda port, on_ready: serve(config, services, port, on_ready, share_port=True),

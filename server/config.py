@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from server.storage.database import is_postgres_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS_DIR = PROJECT_ROOT / "db" / "migrations"
@@ -17,6 +19,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     db_path: Path = PROJECT_ROOT / "db" / "predictions.db"
+    # A postgresql:// URL (the registry several replicas share) replaces db_path. It may hold a password,
+    # so it stays out of repr() and the logs show it redacted.
+    database_url: str | None = field(default=None, repr=False)
     models_dir: Path = PROJECT_ROOT / "models"
     migrations_dir: Path = MIGRATIONS_DIR
     # Where to write the bound port once serving; lets tests and scripts ask for port 0.
@@ -58,9 +63,9 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     )
     parser.add_argument(
         "--db",
-        type=Path,
-        default=Path(env.get("PREDSERVE_DB", defaults.db_path)),
-        help="SQLite database file (env PREDSERVE_DB; default db/predictions.db)",
+        default=env.get("PREDSERVE_DB", str(defaults.db_path)),
+        help="SQLite database file, or a postgresql://user@host/db URL of a registry shared by several "
+        "replicas (env PREDSERVE_DB; default db/predictions.db)",
     )
     parser.add_argument(
         "--models-dir",
@@ -108,10 +113,12 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    database_url = args.db if is_postgres_url(args.db) else None
     return ServerConfig(
         host=args.host,
         port=args.port,
-        db_path=args.db,
+        db_path=defaults.db_path if database_url else Path(args.db),
+        database_url=database_url,
         models_dir=args.models_dir,
         port_file=args.port_file,
         version_policy=args.version_policy,

@@ -20,12 +20,12 @@ STARTUP_TIMEOUT = 60.0
 
 
 class ServerProcess:
-    """`python -m server` on 127.0.0.1 with its own database and models directory."""
+    """`python -m server` on 127.0.0.1 with its own database (SQLite file or PostgreSQL URL) and models directory."""
 
     def __init__(
         self,
         workdir: Path,
-        db: Path | None = None,
+        db: Path | str | None = None,
         models_dir: Path | None = None,
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,

@@ -59,3 +59,7 @@ class ArtifactRejected(PredserveError):
     """An artifact that must not be loaded: missing, outside the store, or not the recorded bytes."""
 
     kind = ErrorKind.FAILED_PRECONDITION
+
+
+class ArtifactMissing(ArtifactRejected):
+    """No file at the recorded path. On a shared store it may merely not be visible here yet."""

@@ -2,7 +2,9 @@
 
 A CLI promote, another server or another worker process writes the database; every server polls
 the current set ids (a tiny indexed query) and loads what changed, without a restart and without
-failing any Predict, since a swap replaces one slot of the ModelStore whole.
+failing any Predict, since a swap replaces one slot of the ModelStore whole. Where the database
+announces changes (PostgreSQL's LISTEN/NOTIFY), the reloader looks as soon as one arrives; the
+polling stays as the safety net for an announcement lost with a dropped connection.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from server.errors import PredserveError
+from server.errors import ArtifactMissing, PredserveError
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.services.registration import SetRegistrar
 from server.storage.database import PredictionSetRepository
@@ -30,6 +32,9 @@ class LiveReloader:
         self._thread: threading.Thread | None = None
         # Sets we failed to load once are not retried every tick; the log already said why.
         self._refused: set[int] = set()
+        # Sets whose file is not there (yet): on a shared store another host's rename may not be visible
+        # here at once (NFS caches directory lookups), so these are retried every tick, logged once.
+        self._missing: set[int] = set()
 
     def start(self) -> None:
         if self.interval <= 0:
@@ -41,13 +46,26 @@ class LiveReloader:
         self._stop.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.sync_once()
-            except PredserveError as exc:  # a busy or unreadable database: try again next tick
-                logger.warning("live reload skipped a tick: %s", exc)
-            except Exception:
-                logger.exception("live reload failed; it will try again")
+        feed = self.sets.change_feed()
+        try:
+            while not self._stop.is_set():
+                if feed is None:
+                    self._stop.wait(self.interval)
+                else:
+                    feed.wait(self.interval)
+                if not self._stop.is_set():
+                    self._sync_logging_errors()
+        finally:
+            if feed is not None:
+                feed.close()
+
+    def _sync_logging_errors(self) -> None:
+        try:
+            self.sync_once()
+        except PredserveError as exc:  # a busy or unreachable database: try again next tick
+            logger.warning("live reload skipped a tick: %s", exc)
+        except Exception:
+            logger.exception("live reload failed; it will try again")
 
     def sync_once(self) -> list[str]:
         """Loads every model type whose current set differs from the one in memory; returns them."""
@@ -64,6 +82,11 @@ class LiveReloader:
                     continue  # it changed again meanwhile; the next tick sees the newest
                 try:
                     model = self.registrar.loader.load(record)
+                except ArtifactMissing as exc:
+                    if set_id not in self._missing:
+                        logger.warning("live reload: set %d of model type %s: %s; will retry", set_id, model_type, exc)
+                    self._missing.add(set_id)
+                    continue
                 except PredserveError as exc:
                     self._refused.add(set_id)
                     logger.error(

@@ -1,9 +1,11 @@
 """The artifact store: fitted pipelines as joblib files in one directory.
 
 Writes are atomic (temporary file, fsync, rename, fsync of the directory) so a database row can
-only ever point at a complete file. Reads are confined to the directory and verified against the
-SHA-256 recorded in the database on the very bytes that are then unpickled, because joblib.load
-runs pickle, and pickle runs code.
+only ever point at a complete file. The directory may be shared by several replicas (NFS, a
+ReadWriteMany volume): names are unique, and a temporary file is named after the host and process
+writing it, so that one replica starting up never removes another's write in progress.
+Reads are confined to the directory and verified against the SHA-256 recorded in the database
+on the very bytes that are then unpickled, because joblib.load runs pickle, and pickle runs code.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import hashlib
 import io
 import logging
 import os
+import socket
 import stat
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,12 +27,14 @@ import joblib
 
 from server import failpoints
 from server.domain import ArtifactInfo
-from server.errors import ArtifactRejected, ResourceExhausted, StorageError
+from server.errors import ArtifactMissing, ArtifactRejected, ResourceExhausted, StorageError
 
 logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"
 SUFFIX = ".joblib"
+# A temporary file of another host is only known to be abandoned once it is this old; no write takes that long.
+STALE_TEMP_SECONDS = 3600.0
 _SPACE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
@@ -40,8 +46,9 @@ class ArtifactStore:
         """Creates the directory (owner-only) and removes temporary files a crash left behind."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         for leftover in self.root.glob(f"{TEMP_PREFIX}*"):
-            logger.warning("removing temporary artifact left by an interrupted write: %s", leftover.name)
-            leftover.unlink(missing_ok=True)
+            if _abandoned(leftover):
+                logger.warning("removing temporary artifact left by an interrupted write: %s", leftover.name)
+                leftover.unlink(missing_ok=True)
 
     def write(self, pipeline: Any, model_type: str) -> tuple[ArtifactInfo, bytes]:
         """Persists a pipeline under a new unique name; returns where, and the exact bytes written."""
@@ -50,7 +57,7 @@ class ArtifactStore:
     def write_bytes(self, data: bytes, model_type: str) -> tuple[ArtifactInfo, bytes]:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         name = f"{model_type}-{stamp}-{uuid.uuid4().hex[:12]}{SUFFIX}"
-        temp = self.root / f"{TEMP_PREFIX}{name}"
+        temp = self.root / f"{TEMP_PREFIX}{os.getpid()}@{socket.gethostname()}~{name}"
         final = self.root / name
         try:
             self._write_durably(temp, data)
@@ -86,7 +93,7 @@ class ArtifactStore:
                     raise ArtifactRejected(f"artifact {info.relative_path} is not a regular file")
                 data = handle.read()
         except FileNotFoundError as exc:
-            raise ArtifactRejected(f"artifact {info.relative_path} is missing") from exc
+            raise ArtifactMissing(f"artifact {info.relative_path} is missing") from exc
         except OSError as exc:
             raise ArtifactRejected(f"artifact {info.relative_path} cannot be read: {exc.strerror}") from exc
         if len(data) != info.size_bytes:
@@ -126,6 +133,30 @@ class ArtifactStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _abandoned(temp: Path) -> bool:
+    """Whether a temporary file's writer is gone: a dead process of this host, or a long-silent other host."""
+    owner, _, _ = temp.name.removeprefix(TEMP_PREFIX).partition("~")
+    pid_text, _, host = owner.partition("@")
+    if not host or not pid_text.isdigit():
+        return True  # not named by a writer that could still be running
+    if host == socket.gethostname():
+        return int(pid_text) == os.getpid() or not _process_exists(int(pid_text))
+    try:
+        return time.time() - temp.stat().st_mtime > STALE_TEMP_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_pipeline(data: bytes) -> Any:

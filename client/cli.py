@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from client.library import PredserveClient, PredserveClientError, TargetValue, target_value
+from client.library import PredserveClient, PredserveClientError, TargetValue, channel_target, target_value
 from protos import predserve_pb2 as pb
 
 BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "diabetes", "digits")
@@ -30,6 +30,11 @@ class UsageError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        channel_target(args.target)
+    except ValueError as exc:
+        print(f"predserve: {exc}", file=sys.stderr)
+        return 1
     try:
         with PredserveClient(args.target, deadline_seconds=args.deadline) as client:
             document, table = args.handler(client, args)
@@ -48,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--target",
         default=os.environ.get("PREDSERVE_TARGET", "127.0.0.1:50051"),
-        help="server address HOST:PORT (env PREDSERVE_TARGET; default 127.0.0.1:50051)",
+        help="server address HOST:PORT, several replicas as IP:PORT,IP:PORT, or one DNS name of them all "
+        "(env PREDSERVE_TARGET; default 127.0.0.1:50051)",
     )
     parser.add_argument("--deadline", type=float, default=30.0, help="seconds per call (Train gets 600)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")

@@ -1,7 +1,13 @@
-"""PredserveClient: typed calls to a predserve server, with deadlines and retries on UNAVAILABLE."""
+"""PredserveClient: typed calls to a predserve server, with deadlines and retries on UNAVAILABLE.
+
+One client can spread its calls over several replicas: give it several targets, or one DNS name that
+resolves to all of them. gRPC then balances round robin over the replicas whose health service says
+SERVING, so a replica that is stopping (NOT_SERVING) stops receiving calls before it goes away.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -19,24 +25,30 @@ TargetValue = str | int | float
 _RETRIED_METHODS = ("Predict", "ListModels", "ListPredictionSets")
 
 
+# The service whose health decides whether a replica gets calls (client-side health checking, in gRPC core).
+HEALTH_SERVICE = "predserve.v1.Predserve"
+
+
 def _service_config(max_attempts: int) -> str:
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": [{"service": "predserve.v1.Predserve", "method": m} for m in _RETRIED_METHODS]
-                    + [{"service": "grpc.health.v1.Health"}],
-                    "retryPolicy": {
-                        "maxAttempts": max_attempts,
-                        "initialBackoff": "0.1s",
-                        "maxBackoff": "2s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
-        }
-    )
+    config: dict[str, Any] = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": HEALTH_SERVICE},
+    }
+    if max_attempts > 1:  # gRPC accepts a retry policy of two attempts or more only
+        config["methodConfig"] = [
+            {
+                "name": [{"service": "predserve.v1.Predserve", "method": m} for m in _RETRIED_METHODS]
+                + [{"service": "grpc.health.v1.Health"}],
+                "retryPolicy": {
+                    "maxAttempts": max_attempts,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return json.dumps(config)
 
 
 # Promotion policies by the names the CLI uses.
@@ -86,6 +98,38 @@ def _error(exc: grpc.RpcError) -> PredserveClientError:
     return _ERROR_BY_CODE.get(code, PredserveClientError)(code, details)
 
 
+def channel_target(targets: str | Sequence[str]) -> str:
+    """One gRPC target for one server, a DNS name, or several servers (comma-separated or a list).
+
+    Several servers must be IP addresses, gRPC's `ipv4:`/`ipv6:` list syntax; for host names, give one
+    DNS name that resolves to every replica (e.g. `dns:///predserve-headless:50051`).
+    """
+    parts = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else [t.strip() for t in targets]
+    parts = [t for t in parts if t]
+    if not parts:
+        raise ValueError("no target given")
+    if len(parts) == 1 or (isinstance(targets, str) and targets.startswith(("ipv4:", "ipv6:"))):
+        return targets if isinstance(targets, str) else parts[0]
+    addresses = [_split_address(part) for part in parts]
+    families = {type(ip) for ip, _ in addresses}
+    if len(families) != 1:
+        raise ValueError(f"several targets must all be IPv4 or all IPv6 addresses: {', '.join(parts)}")
+    if families == {ipaddress.IPv6Address}:
+        return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in addresses)
+    return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in addresses)
+
+
+def _split_address(target: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    host, _, port = target.rpartition(":")
+    try:
+        return ipaddress.ip_address(host.strip("[]")), int(port)
+    except ValueError:
+        raise ValueError(
+            f"target {target!r}: several targets must be IP:PORT; for host names give one DNS name "
+            "that resolves to every replica"
+        ) from None
+
+
 def target_value(target: pb.Target) -> TargetValue | None:
     which = target.WhichOneof("value")
     return None if which is None else getattr(target, which)
@@ -100,16 +144,24 @@ def target_message(value: TargetValue) -> pb.Target:
 
 
 class PredserveClient:
-    """One channel to one server. Use as a context manager, or call close()."""
+    """One channel to one server or to several replicas (see channel_target). Use as a context manager,
+    or call close()."""
 
     def __init__(
-        self, target: str, deadline_seconds: float = 30.0, max_attempts: int = 5, train_deadline_seconds: float = 600.0
+        self,
+        target: str | Sequence[str],
+        deadline_seconds: float = 30.0,
+        max_attempts: int = 5,
+        train_deadline_seconds: float = 600.0,
     ) -> None:
-        self.target = target
+        self.target = channel_target(target)
         self.deadline = deadline_seconds
         self.train_deadline = train_deadline_seconds
-        retries = [("grpc.enable_retries", 1), ("grpc.service_config", _service_config(max_attempts))]
-        self._channel = grpc.insecure_channel(target, options=retries if max_attempts > 1 else [])
+        options: list[tuple[str, str | int]] = [
+            ("grpc.service_config", _service_config(max_attempts)),
+            ("grpc.enable_retries", 1 if max_attempts > 1 else 0),
+        ]
+        self._channel = grpc.insecure_channel(self.target, options=options)
         self._stub = pb_grpc.PredserveStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

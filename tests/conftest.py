@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.postgres_cluster import Databases, ExistingCluster, PostgresCluster, find_bindir
 from tests.support import ServerProcess, iris_rows
 
 
@@ -28,3 +30,35 @@ def trained_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
         client.train("iris_forest", dataset="iris", algorithm="random_forest", params={"n_estimators": 20})
     yield process
     process.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Databases]:
+    """PREDSERVE_TEST_POSTGRES_URL's server, or a throw-away cluster when PostgreSQL is installed.
+
+    Without either the PostgreSQL tests are skipped, except in CI (CI=true), where they fail.
+    """
+    url = os.environ.get("PREDSERVE_TEST_POSTGRES_URL")
+    if url:
+        yield ExistingCluster(url)
+        return
+    bindir = find_bindir()
+    if bindir is None:
+        message = (
+            "PostgreSQL is not installed (no initdb found: apt-get install postgresql, or set "
+            "PREDSERVE_TEST_POSTGRES_URL), so the PostgreSQL and multi-replica tests cannot run"
+        )
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"CI must run every test: {message}")
+        pytest.skip(message)
+    cluster = PostgresCluster(bindir).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Databases) -> Iterator[str]:
+    """The URL of a new, empty database of its own."""
+    url = postgres_cluster.create_database()
+    yield url
+    postgres_cluster.drop_database(url)

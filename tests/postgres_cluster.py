@@ -1,0 +1,165 @@
+"""A throw-away PostgreSQL cluster for the tests and the replica benchmark.
+
+initdb in a temporary directory, listening on 127.0.0.1 only (and on a unix socket inside that
+directory), password authentication, no fsync (nothing here must survive the machine), removed
+on stop. PostgreSQL refuses to run as root, so under root the cluster runs as the `postgres` user
+that the distribution's package creates.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import random
+import secrets
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+
+SUPERUSER = "predserve"
+START_ATTEMPTS = 8
+
+
+def find_bindir() -> Path | None:
+    """Where initdb and pg_ctl are: $PREDSERVE_POSTGRES_BIN, pg_config, Debian's layout, or PATH."""
+    candidates = [os.environ.get("PREDSERVE_POSTGRES_BIN", "")]
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        completed = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        candidates.append(completed.stdout.strip())
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_major_version, reverse=True)
+    initdb = shutil.which("initdb")
+    if initdb:
+        candidates.append(str(Path(initdb).resolve().parent))
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "initdb").is_file() and (Path(candidate) / "pg_ctl").is_file():
+            return Path(candidate)
+    return None
+
+
+def _major_version(path: str) -> int:
+    version = Path(path).parent.name
+    return int(version) if version.isdigit() else 0
+
+
+class Databases:
+    """One empty database per test, created and dropped through the superuser URL."""
+
+    url: str
+
+    def create_database(self) -> str:
+        """A new empty database; returns its URL."""
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}".encode())
+        return urlsplit(self.url)._replace(path=f"/{name}").geturl()
+
+    def drop_database(self, url: str) -> None:
+        name = urlsplit(url).path.lstrip("/")
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
+
+
+class PostgresCluster(Databases):
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="predserve-pg-"))
+        self.data = self.root / "data"
+        self.log_path = self.root / "postgres.log"
+        self.password = secrets.token_hex(16)
+        self.port = 0
+        self._run_as: list[str] = []
+
+    @property
+    def url(self) -> str:  # type: ignore[override]
+        return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> PostgresCluster:
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")  # created by the postgresql package
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+            self._run_as = ["runuser", "-u", "postgres", "--"]
+        os.chmod(self.root, 0o700)
+        password_file = self.root / "password"
+        password_file.write_text(self.password)
+        if self._run_as:
+            os.chown(password_file, pwd.getpwnam("postgres").pw_uid, -1)
+        self._run(
+            [
+                "initdb",
+                "--pgdata",
+                str(self.data),
+                "--username",
+                SUPERUSER,
+                "--pwfile",
+                str(password_file),
+                "--auth",
+                "scram-sha-256",
+                "--encoding",
+                "UTF8",
+                "--no-sync",
+            ]
+        )
+        password_file.unlink()
+        # PostgreSQL cannot be asked for "any free port"; try random ones until one binds.
+        for _ in range(START_ATTEMPTS):
+            self.port = random.randint(20000, 60000)
+            settings = (
+                f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
+                "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=200"
+            )
+            started = self._run(
+                [
+                    "pg_ctl",
+                    "--pgdata",
+                    str(self.data),
+                    "--log",
+                    str(self.log_path),
+                    "--wait",
+                    "--timeout",
+                    "60",
+                    "--options",
+                    settings,
+                    "start",
+                ],
+                check=False,
+            )
+            if started.returncode == 0:
+                return self
+            if "already in use" not in self.log():
+                break
+        raise RuntimeError(f"PostgreSQL did not start:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.port:
+            self._run(["pg_ctl", "--pgdata", str(self.data), "--mode", "immediate", "stop"], check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _run(self, command: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        binary = str(self.bindir / command[0])
+        completed = subprocess.run(
+            [*self._run_as, binary, *command[1:]], capture_output=True, text=True, check=False, cwd=self.root
+        )
+        if check and completed.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed ({completed.returncode}):\n{completed.stdout}{completed.stderr}")
+        return completed
+
+
+class ExistingCluster(Databases):
+    """A PostgreSQL server someone else runs (PREDSERVE_TEST_POSTGRES_URL, a superuser's URL)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def stop(self) -> None:
+        pass

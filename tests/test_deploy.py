@@ -1,0 +1,72 @@
+"""deploy/kubernetes/: every manifest is valid for Kubernetes (kubernetes-validate ships the schemas, so this
+runs offline), and the manifests fit together: probes on the gRPC port, the shared volume, the Secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from client.library import HEALTH_SERVICE
+from tests.support import PROJECT_ROOT
+
+MANIFESTS = sorted((PROJECT_ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+# The oldest release with gRPC probes on by default (1.27, where they went GA), and the newest the validator knows.
+VERSIONS = ["1.27.0", kubernetes_validate.latest_version()]
+
+
+def documents() -> list[dict[str, Any]]:
+    return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def by_kind(kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in documents() if doc["kind"] == kind]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_is_valid_kubernetes(path: Path, version: str) -> None:
+    for document in yaml.safe_load_all(path.read_text()):
+        kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_the_validator_rejects_a_broken_manifest() -> None:
+    (deployment,) = by_kind("Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] = "grpc"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, VERSIONS[-1], strict=True)
+
+
+def test_the_manifests_fit_together() -> None:
+    (deployment,) = by_kind("Deployment")
+    (claim,) = by_kind("PersistentVolumeClaim")
+    (secret,) = by_kind("Secret")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    port = container["ports"][0]["containerPort"]
+
+    assert f"--port={port}" in container["args"]
+    assert container["readinessProbe"]["grpc"] == {"port": port, "service": HEALTH_SERVICE}
+    assert container["livenessProbe"]["grpc"] == {"port": port}
+    assert pod["terminationGracePeriodSeconds"] > 30  # longer than --grace-seconds
+
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    artifacts = volumes[mounts["/var/lib/predserve/models"]]
+    assert artifacts["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert "--models-dir=/var/lib/predserve/models" in container["args"]
+
+    (database,) = [e for e in container["env"] if e["name"] == "PREDSERVE_DB"]
+    reference = database["valueFrom"]["secretKeyRef"]
+    assert reference["name"] == secret["metadata"]["name"] and reference["key"] in secret["stringData"]
+    assert secret["stringData"][reference["key"]].startswith("postgresql://")
+
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for service in by_kind("Service"):
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert service["spec"]["ports"][0]["port"] == port
+    assert any(s["spec"].get("clusterIP") == "None" for s in by_kind("Service"))  # for DNS round robin

@@ -9,7 +9,7 @@ PROTO_OUT := $(PROTO_SRC:.proto=_pb2.py)
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: run test lint soak restart-test demo proto report clean
+.PHONY: run test lint soak restart-test demo proto report bench-replicas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,8 @@ run: $(PROTO_OUT)
 	$(PY) -m server --host $(HOST) --port $(PORT)
 
 lint: $(PROTO_OUT)
-	$(VENV)/bin/ruff check server client tests scripts
-	$(VENV)/bin/mypy server client
+	$(VENV)/bin/ruff check server client tests scripts bench/replicas.py
+	$(VENV)/bin/mypy server client bench/replicas.py
 
 test: lint
 	$(PY) -m pytest -q
@@ -48,6 +48,11 @@ demo: $(PROTO_OUT)
 
 report: $(PROTO_OUT)
 	$(PY) scripts/make_report.py
+
+# Predict requests/s against 1 and 2 replicas (shared PostgreSQL registry when installed), round robin.
+BENCH_REPLICAS_ARGS ?=
+bench-replicas: $(PROTO_OUT)
+	$(PY) -m bench.replicas $(BENCH_REPLICAS_ARGS)
 
 clean:
 	rm -rf $(VENV) protos/*_pb2*.py protos/*_pb2*.pyi .pytest_cache .mypy_cache .ruff_cache .hypothesis

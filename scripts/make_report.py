@@ -21,8 +21,10 @@ REPORT = ROOT / "docs" / "model-persistence-report.md"
 
 def migrations_section() -> str:
     parts = []
-    for path in sorted((ROOT / "db" / "migrations").glob("*.sql")):
-        parts.append(f"#### `db/migrations/{path.name}`\n\n```sql\n{path.read_text().strip()}\n```")
+    for title, directory in (("SQLite", "db/migrations"), ("PostgreSQL", "db/migrations/postgresql")):
+        parts.append(f"#### {title}")
+        for path in sorted((ROOT / directory).glob("*.sql")):
+            parts.append(f"##### `{directory}/{path.name}`\n\n```sql\n{path.read_text().strip()}\n```")
     return "\n\n".join(parts)
 
 

@@ -19,8 +19,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos import predserve_pb2, predserve_pb2_grpc
+from server.api.auth import AuthInterceptor, AuthPolicy
 from server.api.servicer import PredserveServicer
-from server.config import ServerConfig, parse_config
+from server.api.tls import server_credentials
+from server.config import ServerConfig, parse_config, security_summary, security_warnings
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.services.history import HistoryService
 from server.services.loading import LoadPolicy, ModelLoader
@@ -62,12 +64,12 @@ class Services:
 def build_services(config: ServerConfig) -> Services:
     """Migrates the database and loads every current model; no port is bound here."""
     database = Database(config.db_path, config.busy_timeout_seconds)
-    config.db_path.parent.mkdir(parents=True, exist_ok=True)
+    database.prepare()
     database.enable_wal()
     applied = MigrationRunner(database).apply(discover_migrations(config.migrations_dir))
     logger.info("database %s ready (%d migration(s) applied now)", config.db_path, len(applied))
 
-    artifacts = ArtifactStore(config.models_dir)
+    artifacts = ArtifactStore(config.models_dir, config.artifact_hmac_key)
     artifacts.prepare()
     sets = PredictionSetRepository(database)
     history_repository = HistoryRepository(database)
@@ -80,17 +82,28 @@ def build_services(config: ServerConfig) -> Services:
 
     return Services(
         store=store,
-        training=ModelTrainingService(history_repository, sets, artifacts, loader, store),
-        prediction=PredictionService(store, sets, loader),
+        training=ModelTrainingService(
+            history_repository,
+            sets,
+            artifacts,
+            loader,
+            store,
+            max_rows=config.max_rows_per_request,
+            time_limit_seconds=config.train_deadline_seconds,
+        ),
+        prediction=PredictionService(store, sets, loader, max_rows=config.max_rows_per_request),
         registry=ModelRegistryService(store, sets),
-        history=HistoryService(history_repository),
+        history=HistoryService(history_repository, max_rows=config.max_rows_per_request),
     )
 
 
 def build_server(config: ServerConfig, services: Services) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Creates the gRPC server, binds its port and starts it; raises if the port is taken."""
+    auth = AuthPolicy(config.admin_token, config.predict_token, open_admin_without_token=config.binds_loopback)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+        interceptors=[AuthInterceptor(auth)],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
             # grpcio enables SO_REUSEPORT by default: a leftover server would silently share the port.
             ("grpc.so_reuseport", 0),
@@ -107,7 +120,11 @@ def build_server(config: ServerConfig, services: Services) -> tuple[grpc.Server,
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(config.address)
+    credentials = server_credentials(config)
+    if credentials is None:
+        port = server.add_insecure_port(config.address)
+    else:
+        port = server.add_secure_port(config.address, credentials)
     server.start()
     publish_health(health_servicer, services.store)
     return server, port, health_servicer
@@ -136,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_requested.set())
 
+    for warning in security_warnings(config):
+        logger.warning("SECURITY: %s", warning)
+    logger.info("security: %s", security_summary(config))
     started = time.perf_counter()
     try:
         services = build_services(config)

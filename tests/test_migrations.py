@@ -58,7 +58,7 @@ def test_migration_files_are_numbered_contiguously_from_one() -> None:
 
 def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
     db = tmp_path / "blank.db"
-    assert migrate(db) == [1, 2]
+    assert migrate(db) == [1, 2, 3]
     assert [name for name, _ in schema(db)] == [
         "data_history",
         "datasets",
@@ -88,10 +88,11 @@ def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
         "sklearn_version",
         "environment",
         "self_check",
+        "artifact_signature",
     ]
     with sqlite3.connect(db) as conn:
         recorded = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
-    assert recorded == [(1, "phase4_baseline"), (2, "add_model_artifact_path")]
+    assert recorded == [(1, "phase4_baseline"), (2, "add_model_artifact_path"), (3, "add_artifact_signature")]
 
 
 def test_running_migrations_twice_changes_nothing(tmp_path: Path) -> None:
@@ -111,7 +112,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(tmp_path: Path) -> 
             "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets"
         ).fetchall()
 
-    assert migrate(db) == [1, 2]
+    assert migrate(db) == [1, 2, 3]
 
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT * FROM data_history ORDER BY id").fetchall() == history_before

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, ResourceExhausted
 
 # Names become parts of file names and log lines: letters, digits, '_' and '-' only.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -43,3 +43,11 @@ def check_finite(matrix: np.ndarray) -> None:
     if not np.isfinite(matrix).all():
         bad_row = int(np.argwhere(~np.isfinite(matrix))[0][0])
         raise InvalidArgument(f"row {bad_row} holds a non-finite value (NaN or infinity)")
+
+
+def check_row_limit(what: str, count: int, limit: int | None) -> None:
+    """Refuses a request with more rows than the server allows in one call."""
+    if limit is not None and count > limit:
+        raise ResourceExhausted(
+            f"{what} has {count} rows, more than the limit of {limit} rows per request (--max-rows-per-request)"
+        )

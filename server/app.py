@@ -175,7 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         time.perf_counter() - started,
     )
 
-    stop_requested.wait()
+    # A bounded wait: Python runs signal handlers only in the main thread, and a SIGTERM that the kernel
+    # hands to one of gRPC's threads would otherwise never wake an unbounded wait.
+    while not stop_requested.wait(timeout=0.5):
+        pass
     logger.info("stopping: refusing new calls, letting in-flight calls finish (grace %.0fs)", config.grace_seconds)
     health_servicer.enter_graceful_shutdown()
     server.stop(config.grace_seconds).wait()

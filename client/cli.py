@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from client.library import PredserveClient, PredserveClientError, TargetValue, target_value
+from client.library import PredserveClient, PredserveClientError, TargetValue, read_token, target_value
 from protos import predserve_pb2 as pb
 
 BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "diabetes", "digits")
@@ -31,7 +31,16 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with PredserveClient(args.target, deadline_seconds=args.deadline) as client:
+        token = read_token(args.token_file) if args.token_file else None
+        with PredserveClient(
+            args.target,
+            deadline_seconds=args.deadline,
+            token=token,
+            ca=args.ca,
+            cert=args.cert,
+            key=args.key,
+            tls=args.tls,
+        ) as client:
             document, table = args.handler(client, args)
     except PredserveClientError as exc:
         print(f"predserve: {exc.code.name}: {exc.details}", file=sys.stderr)
@@ -52,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--deadline", type=float, default=30.0, help="seconds per call (Train gets 600)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the bearer token to send (default: env PREDSERVE_TOKEN or PREDSERVE_TOKEN_FILE)",
+    )
+    parser.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs unless --ca is given")
+    parser.add_argument("--ca", type=Path, help="PEM CA bundle that signed the server's certificate (env PREDSERVE_CA)")
+    parser.add_argument("--cert", type=Path, help="PEM client certificate, for mutual TLS (env PREDSERVE_CERT)")
+    parser.add_argument("--key", type=Path, help="PEM private key of --cert (env PREDSERVE_KEY)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     ingest = commands.add_parser("ingest", help="append rows to a dataset in the server's history")

@@ -1,9 +1,18 @@
-"""PredserveClient: typed calls to a predserve server, with deadlines and retries on UNAVAILABLE."""
+"""PredserveClient: typed calls to a predserve server, with deadlines and retries on UNAVAILABLE.
+
+Credentials not passed in come from the environment: PREDSERVE_TOKEN (or a file named by
+PREDSERVE_TOKEN_FILE) is sent as `authorization: Bearer <token>`; PREDSERVE_CA, PREDSERVE_CERT and
+PREDSERVE_KEY name PEM files for TLS (the CA bundle to trust, and a client certificate and key).
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -11,6 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import predserve_pb2 as pb
 from protos import predserve_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
 
 TargetValue = str | int | float
 
@@ -72,11 +83,26 @@ class UnavailableError(PredserveClientError):
     pass
 
 
+class UnauthenticatedError(PredserveClientError):
+    """No token, or not one the server knows."""
+
+
+class PermissionDeniedError(PredserveClientError):
+    """A known token that may not call this method (the predict token calling Train)."""
+
+
+class ResourceExhaustedError(PredserveClientError):
+    """A server limit was exceeded; the details name it."""
+
+
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[PredserveClientError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
 }
 
 
@@ -99,17 +125,60 @@ def target_message(value: TargetValue) -> pb.Target:
     return pb.Target(number=float(value))
 
 
+def token_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """PREDSERVE_TOKEN, or the contents of the file PREDSERVE_TOKEN_FILE names."""
+    env = os.environ if env is None else env
+    if env.get("PREDSERVE_TOKEN"):
+        return env["PREDSERVE_TOKEN"].strip()
+    if env.get("PREDSERVE_TOKEN_FILE"):
+        return read_token(Path(env["PREDSERVE_TOKEN_FILE"]))
+    return None
+
+
+def read_token(path: Path) -> str:
+    return path.read_text().strip()
+
+
 class PredserveClient:
-    """One channel to one server. Use as a context manager, or call close()."""
+    """One channel to one server. Use as a context manager, or call close().
+
+    TLS is used when `tls` is true or any of `ca`, `cert`, `key` is given (system roots without `ca`).
+    """
 
     def __init__(
-        self, target: str, deadline_seconds: float = 30.0, max_attempts: int = 5, train_deadline_seconds: float = 600.0
+        self,
+        target: str,
+        deadline_seconds: float = 30.0,
+        max_attempts: int = 5,
+        train_deadline_seconds: float = 600.0,
+        *,
+        token: str | None = None,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+        tls: bool = False,
     ) -> None:
         self.target = target
         self.deadline = deadline_seconds
         self.train_deadline = train_deadline_seconds
+        token = token if token is not None else token_from_env()
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        ca = ca or _env_path("PREDSERVE_CA")
+        cert = cert or _env_path("PREDSERVE_CERT")
+        key = key or _env_path("PREDSERVE_KEY")
         retries = [("grpc.enable_retries", 1), ("grpc.service_config", _service_config(max_attempts))]
-        self._channel = grpc.insecure_channel(target, options=retries if max_attempts > 1 else [])
+        options = retries if max_attempts > 1 else []
+        if tls or ca or cert or key:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca.read_bytes() if ca else None,
+                private_key=key.read_bytes() if key else None,
+                certificate_chain=cert.read_bytes() if cert else None,
+            )
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            if token and not _is_loopback(target):
+                logger.warning("sending a bearer token to %s without TLS: anyone on the path can read it", target)
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.PredserveStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -124,7 +193,7 @@ class PredserveClient:
 
     def _call(self, method: Any, request: Any, deadline: float | None = None) -> Any:
         try:
-            return method(request, timeout=deadline or self.deadline, wait_for_ready=False)
+            return method(request, timeout=deadline or self.deadline, wait_for_ready=False, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _error(exc) from None
 
@@ -224,3 +293,18 @@ class PredserveClient:
     def health(self, service: str = "") -> str:
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def _is_loopback(target: str) -> bool:
+    host = target.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -80,7 +80,7 @@ class ModelLoader:
         if mismatch and self.policy.version_policy == "refuse":
             raise ArtifactRejected(f"prediction set {record.id} was trained in another environment: {mismatch}")
         started = time.perf_counter()
-        data = self.artifacts.read_verified(record.artifact)
+        data = self.artifacts.read_verified(record.artifact, record.model_type)
         pipeline = self.load_bytes(data, record.self_check, f"artifact of prediction set {record.id}")
         elapsed = time.perf_counter() - started
         if mismatch:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sqlite3
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -98,6 +100,29 @@ class Database:
             raise _translate(exc) from exc
         finally:
             conn.close()
+
+    def prepare(self) -> None:
+        """Creates a missing database file owner-only; SQLite gives its -wal and -shm files the same mode.
+
+        Whoever can write this file chooses which artifact the server unpickles, so an existing file
+        that others may write is reported.
+        """
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            return
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot create database {self.path}: {exc.strerror}") from exc
+        mode = stat.S_IMODE(self.path.stat().st_mode)
+        if mode & 0o022:
+            logger.warning(
+                "database %s is writable by group or others (mode %04o): they can choose which artifact the "
+                "server loads; chmod 600 it",
+                self.path,
+                mode,
+            )
 
     def enable_wal(self) -> None:
         with self.reading() as conn:
@@ -239,7 +264,7 @@ class HistoryRepository:
 _SET_COLUMNS = (
     "id, model_type, dataset, created_at, is_current, metrics, model_artifact_path, artifact_sha256, "
     "artifact_size_bytes, algorithm, task, params, feature_names, classes, training_rows, fit_seconds, "
-    "sklearn_version, environment, self_check, origin, archived_at"
+    "sklearn_version, environment, self_check, origin, archived_at, artifact_signature"
 )
 
 
@@ -256,8 +281,9 @@ class PredictionSetRepository:
                 """INSERT INTO prediction_sets (
                        model_type, dataset, is_current, metrics, model_artifact_path, artifact_sha256,
                        artifact_size_bytes, algorithm, task, params, feature_names, classes,
-                       training_rows, fit_seconds, sklearn_version, environment, self_check, origin)
-                   VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       training_rows, fit_seconds, sklearn_version, environment, self_check, origin,
+                       artifact_signature)
+                   VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     new.model_type,
                     new.dataset,
@@ -276,6 +302,7 @@ class PredictionSetRepository:
                     json.dumps(new.environment),
                     json.dumps({"inputs": new.self_check.inputs, "outputs": new.self_check.outputs}),
                     new.origin,
+                    new.artifact.signature,
                 ),
             )
             set_id = int(cursor.lastrowid or 0)
@@ -363,6 +390,7 @@ def _record(row: sqlite3.Row) -> PredictionSetRecord:
             relative_path=row["model_artifact_path"],
             sha256=row["artifact_sha256"] or "",
             size_bytes=int(row["artifact_size_bytes"] or 0),
+            signature=row["artifact_signature"],
         )
     self_check = _json(row["self_check"], None)
     classes = _json(row["classes"], None)

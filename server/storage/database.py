@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server import failpoints
 from server.domain import (
     ArtifactInfo,
     Dataset,
@@ -178,10 +179,15 @@ class MigrationRunner:
 def _run_statements(conn: sqlite3.Connection, script: str) -> None:
     """Runs each complete statement of a script inside the caller's open transaction."""
     pending = ""
+    executed = 0
     for line in script.splitlines(keepends=True):
         pending += line
         if sqlite3.complete_statement(pending):
+            if executed:
+                # Between two statements, inside the transaction: a crash here must leave no trace.
+                failpoints.reach(failpoints.MID_MIGRATION)
             conn.execute(pending)
+            executed += 1
             pending = ""
     if pending.strip() and not _only_comments(pending):
         raise StorageError(f"incomplete SQL statement at the end of a migration: {pending.strip()[:80]}")

@@ -76,6 +76,13 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     parser.add_argument(
         "--strict", action="store_true", help="refuse to start when any current artifact cannot be served"
     )
+    parser.add_argument(
+        "--busy-timeout",
+        type=float,
+        default=float(env.get("PREDSERVE_BUSY_TIMEOUT", defaults.busy_timeout_seconds)),
+        help="seconds a write waits for another writer's lock before the call fails with UNAVAILABLE "
+        "(env PREDSERVE_BUSY_TIMEOUT; default 5)",
+    )
     parser.add_argument("--max-workers", type=int, default=defaults.max_workers, help="threads answering RPCs")
     parser.add_argument(
         "--grace-seconds",
@@ -93,5 +100,6 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         version_policy=args.version_policy,
         strict=args.strict,
         max_workers=args.max_workers,
+        busy_timeout_seconds=args.busy_timeout,
         grace_seconds=args.grace_seconds,
     )

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -30,6 +30,7 @@ class ServerProcess:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         port: int = 0,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.workdir = workdir
         self.db = db or workdir / "predictions.db"
@@ -37,6 +38,8 @@ class ServerProcess:
         self.extra_args = list(extra_args)
         self.env = env or {}
         self.port = port
+        # Runs in the child between fork and exec: resource limits, dropped privileges.
+        self.preexec = preexec
         self.log_path = workdir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -71,6 +74,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
+            preexec_fn=self.preexec,
         )
         if wait:
             self._wait_for_port(port_file)

@@ -26,7 +26,7 @@ from server.domain import (
     PredictionSetRecord,
     SelfCheck,
 )
-from server.errors import StorageError, Unavailable
+from server.errors import ResourceExhausted, StorageError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Database:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                _roll_back(conn)
                 raise
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
@@ -112,8 +112,17 @@ class Database:
         return [] if rows == ["ok"] else rows
 
 
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """Rolls back unless SQLite already has (it does on a full disk or an I/O error); a failing
+    ROLLBACK would otherwise hide the error that caused it."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
 def _translate(exc: sqlite3.OperationalError) -> Exception:
     message = str(exc)
+    if "disk is full" in message:
+        return ResourceExhausted(f"no space left in the database: {message}")
     if "locked" in message or "busy" in message:
         return Unavailable(f"the database is busy (another writer holds its lock): {message}")
     if "readonly" in message or "read-only" in message:
@@ -156,7 +165,7 @@ class MigrationRunner:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _roll_back(conn)
                 raise
             logger.info("applied migration %04d_%s", migration.version, migration.name)
             return True

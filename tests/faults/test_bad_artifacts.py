@@ -24,7 +24,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import Ridge
 
 from client.library import FailedPreconditionError
-from tests.faults.conftest import CLASSIFIER, FOREST, Baseline
+from tests.faults.baseline import CLASSIFIER, FOREST, Baseline
 from tests.invariants import check_invariants, sha256_of
 from tests.support import IRIS_PROBES, ServerProcess
 
@@ -109,11 +109,13 @@ def _diabetes_regressor() -> Ridge:
 
 
 CASES = {
-    "truncated": Case("artifact cut to half its size", truncate, "the database recorded"),
-    "flipped": Case("16 bytes flipped in the middle", flip_bytes, "does not match its recorded SHA-256"),
-    "deleted": Case("artifact file deleted", delete, "is missing"),
+    "truncated": Case("cut to half its size", truncate, "the database recorded"),
+    "flipped": Case("with 16 bytes flipped in the middle", flip_bytes, "does not match its recorded SHA-256"),
+    "deleted": Case("deleted", delete, "is missing"),
     "tampered": Case(
-        "replaced by another valid pickle of the same size", replace_with_other_pickle, "does not match its recorded"
+        "replaced by another valid pickle of the same size (SHA-256 mismatch)",
+        replace_with_other_pickle,
+        "does not match its recorded",
     ),
     "impostor": Case(
         "replaced by another model, its SHA-256 and size recorded too",
@@ -125,11 +127,19 @@ CASES = {
         impostor_with_recorded_hash(_diabetes_regressor()),
         "fails its self-check: predict raised ValueError",
     ),
-    "symlink_outside": Case("a symlink leading outside the models directory", symlink_outside, "leads outside"),
-    "symlink_inside": Case("a symlink to the same bytes inside the models directory", symlink_inside, "cannot be read"),
-    "dotdot_path": Case("the row's path is ../x.joblib", row_path(lambda models: "../x.joblib"), "is not a plain name"),
+    "symlink_outside": Case(
+        "replaced by a symlink leading outside the models directory", symlink_outside, "leads outside"
+    ),
+    "symlink_inside": Case(
+        "replaced by a symlink to the same bytes inside the models directory", symlink_inside, "cannot be read"
+    ),
+    "dotdot_path": Case(
+        "moved out, its row's path set to ../x.joblib", row_path(lambda models: "../x.joblib"), "is not a plain name"
+    ),
     "absolute_path": Case(
-        "the row's path is absolute", row_path(lambda models: str(models.parent / "x.joblib")), "is not a plain name"
+        "moved out, its row's path set to an absolute path",
+        row_path(lambda models: str(models.parent / "x.joblib")),
+        "is not a plain name",
     ),
 }
 
@@ -162,7 +172,7 @@ def test_start_up_survives_a_bad_current_artifact(
     baseline: Baseline, tmp_path: Path, case: str, record_property: Callable[[str, object], None]
 ) -> None:
     """Start-up with the current iris_forest artifact damaged: falls back to the older set."""
-    record_property("fault", f"current artifact {CASES[case].description}: start-up falls back to the older set")
+    record_property("fault", f"current iris_forest artifact {CASES[case].description}: falls back to the older set")
     workdir = baseline.copy(tmp_path)
     damage_current_forest(workdir, CASES[case].damage)
     server = ServerProcess(workdir)

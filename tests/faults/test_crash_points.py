@@ -18,7 +18,7 @@ from client.library import PredserveClientError
 from server.config import MIGRATIONS_DIR
 from server.failpoints import ENV_VAR, MID_MIGRATION
 from server.storage.database import Database, MigrationRunner, discover_migrations
-from tests.faults.conftest import CLASSIFIER, FOREST, SMALL_FOREST, Baseline
+from tests.faults.baseline import CLASSIFIER, FOREST, SMALL_FOREST, Baseline
 from tests.invariants import TEMP_PREFIX, check_invariants, read_rows
 from tests.support import ServerProcess
 from tests.test_migrations import columns, phase4_database

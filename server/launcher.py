@@ -13,10 +13,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 60.0
+
+_Process = TypeVar("_Process", bound="ServerProcess")
 
 
 class ServerProcess:
@@ -48,7 +50,7 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> ServerProcess:
+    def start(self: _Process, wait: bool = True) -> _Process:
         port_file = self.workdir / "server.port"
         port_file.unlink(missing_ok=True)
         command = [

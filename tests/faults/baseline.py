@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from tests.support import ServerProcess, iris_rows
 FOREST = "iris_forest"  # the model type the tests break: two sets, so it has something to fall back to
 CLASSIFIER = "iris_classifier"  # the other model type, which must keep serving
 SMALL_FOREST = {"n_estimators": 5, "max_depth": 3}
+
+# Builds a ServerProcess that the `launch` fixture kills after the test, whatever happened.
+Launch = Callable[..., ServerProcess]
 
 
 @dataclass(frozen=True)
@@ -34,13 +38,15 @@ class Baseline:
 def train_baseline(workdir: Path) -> Baseline:
     server = ServerProcess(workdir).start()
     names, rows = iris_rows()
-    with server.client() as client:
-        client.ingest("iris", rows, names)
-        trained = (
-            client.train(FOREST, dataset="iris", algorithm="random_forest", params=SMALL_FOREST),
-            client.train(CLASSIFIER, dataset="iris", algorithm="logistic_regression"),
-            client.train(FOREST, dataset="iris", algorithm="random_forest", params=SMALL_FOREST, random_seed=7),
-        )
-    assert server.stop() == 0
+    try:
+        with server.client() as client:
+            client.ingest("iris", rows, names)
+            trained = (
+                client.train(FOREST, dataset="iris", algorithm="random_forest", params=SMALL_FOREST),
+                client.train(CLASSIFIER, dataset="iris", algorithm="logistic_regression"),
+                client.train(FOREST, dataset="iris", algorithm="random_forest", params=SMALL_FOREST, random_seed=7),
+            )
+    finally:
+        assert server.stop() == 0
     assert [t.prediction_set_id for t in trained] == [1, 2, 3]
     return Baseline(workdir, trained)

@@ -24,9 +24,9 @@ from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import Ridge
 
 from client.library import FailedPreconditionError
-from tests.faults.baseline import CLASSIFIER, FOREST, Baseline
+from tests.faults.baseline import CLASSIFIER, FOREST, Baseline, Launch
 from tests.invariants import check_invariants, sha256_of
-from tests.support import IRIS_PROBES, ServerProcess
+from tests.support import IRIS_PROBES
 
 
 @dataclass(frozen=True)
@@ -169,13 +169,13 @@ def dump(db: Path) -> str:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_start_up_survives_a_bad_current_artifact(
-    baseline: Baseline, tmp_path: Path, case: str, record_property: Callable[[str, object], None]
+    launch: Launch, baseline: Baseline, tmp_path: Path, case: str, record_property: Callable[[str, object], None]
 ) -> None:
     """Start-up with the current iris_forest artifact damaged: falls back to the older set."""
     record_property("fault", f"current iris_forest artifact {CASES[case].description}: falls back to the older set")
     workdir = baseline.copy(tmp_path)
     damage_current_forest(workdir, CASES[case].damage)
-    server = ServerProcess(workdir)
+    server = launch(workdir)
     before = dump(server.db)
 
     server.start()
@@ -202,14 +202,14 @@ def test_start_up_survives_a_bad_current_artifact(
     assert dump(server.db) == before  # the fallback lives in memory only
 
 
-def test_no_verifying_set_leaves_the_type_unavailable(baseline: Baseline, tmp_path: Path) -> None:
+def test_no_verifying_set_leaves_the_type_unavailable(launch: Launch, baseline: Baseline, tmp_path: Path) -> None:
     """Both iris_forest artifacts damaged: the type is NOT_SERVING, Predict says why, the other type serves."""
     workdir = baseline.copy(tmp_path)
     damage_current_forest(workdir, delete)
     with closing_db(workdir / "predictions.db") as db:
         (older,) = db.execute("SELECT model_artifact_path FROM prediction_sets WHERE id = 1").fetchone()
         truncate(workdir / "models", workdir / "models" / older, db)
-    server = ServerProcess(workdir)
+    server = launch(workdir)
     before = dump(server.db)
 
     server.start()
@@ -233,11 +233,13 @@ def test_no_verifying_set_leaves_the_type_unavailable(baseline: Baseline, tmp_pa
     assert dump(server.db) == before
 
 
-def test_strict_refuses_to_start_with_a_bad_current_artifact(baseline: Baseline, tmp_path: Path) -> None:
+def test_strict_refuses_to_start_with_a_bad_current_artifact(
+    launch: Launch, baseline: Baseline, tmp_path: Path
+) -> None:
     """--strict with the current iris_forest artifact deleted: start-up exits non-zero and binds nothing."""
     workdir = baseline.copy(tmp_path)
     damage_current_forest(workdir, delete)
-    server = ServerProcess(workdir, extra_args=["--strict"])
+    server = launch(workdir, extra_args=["--strict"])
     server.start(wait=False)
     assert server.wait_exit(timeout=60) == 1
     server.kill()
@@ -268,9 +270,11 @@ def other_version_workdir(baseline: Baseline, tmp_path_factory: pytest.TempPathF
     return workdir
 
 
-def test_version_policy_warn_serves_and_says_so(baseline: Baseline, other_version_workdir: Path) -> None:
+def test_version_policy_warn_serves_and_says_so(
+    launch: Launch, baseline: Baseline, other_version_workdir: Path
+) -> None:
     """Version policy warn, sets recorded under another scikit-learn: served, ListModels shows the mismatch."""
-    server = ServerProcess(other_version_workdir, extra_args=["--version-policy", "warn"])
+    server = launch(other_version_workdir, extra_args=["--version-policy", "warn"])
     server.start()
     check_invariants(server.db, server.models_dir, acknowledged=baseline.trained, server=server)
     mismatch = f"version mismatch: sklearn {OTHER_SKLEARN} at training, {sklearn.__version__} now"
@@ -281,9 +285,9 @@ def test_version_policy_warn_serves_and_says_so(baseline: Baseline, other_versio
     assert server.stop() == 0
 
 
-def test_version_policy_refuse_does_not_serve(baseline: Baseline, other_version_workdir: Path) -> None:
+def test_version_policy_refuse_does_not_serve(launch: Launch, baseline: Baseline, other_version_workdir: Path) -> None:
     """Version policy refuse, sets recorded under another scikit-learn: not served (fallback or unavailable)."""
-    server = ServerProcess(other_version_workdir, extra_args=["--version-policy", "refuse"])
+    server = launch(other_version_workdir, extra_args=["--version-policy", "refuse"])
     before = dump(server.db)
     server.start()
     check_invariants(

@@ -18,7 +18,7 @@ from client.library import PredserveClientError
 from server.config import MIGRATIONS_DIR
 from server.failpoints import ENV_VAR, MID_MIGRATION
 from server.storage.database import Database, MigrationRunner, discover_migrations
-from tests.faults.baseline import CLASSIFIER, FOREST, SMALL_FOREST, Baseline
+from tests.faults.baseline import CLASSIFIER, FOREST, SMALL_FOREST, Baseline, Launch
 from tests.invariants import TEMP_PREFIX, check_invariants, read_rows
 from tests.support import ServerProcess
 from tests.test_migrations import columns, phase4_database
@@ -44,9 +44,9 @@ def models_on_disk(server: ServerProcess) -> set[str]:
     return {p.name for p in server.models_dir.iterdir()}
 
 
-def test_kill_during_fit(baseline: Baseline, tmp_path: Path) -> None:
+def test_kill_during_fit(launch: Launch, baseline: Baseline, tmp_path: Path) -> None:
     """SIGKILL while the pipeline is being fitted: nothing written, previous set stays current."""
-    server = ServerProcess(baseline.copy(tmp_path))
+    server = launch(baseline.copy(tmp_path))
     before = models_on_disk(server)
     crash_a_train(server, "during_fit")
     assert models_on_disk(server) == before
@@ -58,9 +58,9 @@ def test_kill_during_fit(baseline: Baseline, tmp_path: Path) -> None:
     server.kill()
 
 
-def test_kill_after_temp_write(baseline: Baseline, tmp_path: Path) -> None:
+def test_kill_after_temp_write(launch: Launch, baseline: Baseline, tmp_path: Path) -> None:
     """SIGKILL after the temporary file is written and fsynced, before the rename: it is removed at start-up."""
-    server = ServerProcess(baseline.copy(tmp_path))
+    server = launch(baseline.copy(tmp_path))
     before = models_on_disk(server)
     crash_a_train(server, "after_temp_write")
     leftovers = models_on_disk(server) - before
@@ -74,9 +74,9 @@ def test_kill_after_temp_write(baseline: Baseline, tmp_path: Path) -> None:
     server.kill()
 
 
-def test_kill_after_rename(baseline: Baseline, tmp_path: Path) -> None:
+def test_kill_after_rename(launch: Launch, baseline: Baseline, tmp_path: Path) -> None:
     """SIGKILL after the artifact is renamed into place, before its row: an orphan, ignored and logged."""
-    server = ServerProcess(baseline.copy(tmp_path))
+    server = launch(baseline.copy(tmp_path))
     before = models_on_disk(server)
     crash_a_train(server, "after_rename")
     orphans = models_on_disk(server) - before
@@ -90,9 +90,9 @@ def test_kill_after_rename(baseline: Baseline, tmp_path: Path) -> None:
     server.kill()
 
 
-def test_kill_after_commit(baseline: Baseline, tmp_path: Path) -> None:
+def test_kill_after_commit(launch: Launch, baseline: Baseline, tmp_path: Path) -> None:
     """SIGKILL after the row is committed, before the answer: the new set is current and served at restart."""
-    server = ServerProcess(baseline.copy(tmp_path))
+    server = launch(baseline.copy(tmp_path))
     before = models_on_disk(server)
     crash_a_train(server, "after_commit")
     written = models_on_disk(server) - before
@@ -107,7 +107,7 @@ def test_kill_after_commit(baseline: Baseline, tmp_path: Path) -> None:
     server.kill()
 
 
-def test_kill_mid_migration_of_a_phase4_database(tmp_path: Path) -> None:
+def test_kill_mid_migration_of_a_phase4_database(launch: Launch, tmp_path: Path) -> None:
     """SIGKILL between two statements of migration 0002 on a Phase-4 database: the next start upgrades it."""
     db = tmp_path / "phase4.db"
     phase4_database(db)
@@ -115,7 +115,7 @@ def test_kill_mid_migration_of_a_phase4_database(tmp_path: Path) -> None:
     MigrationRunner(Database(db)).apply(discover_migrations(MIGRATIONS_DIR)[:1])
     rows_before = dump_rows(db)
 
-    server = ServerProcess(tmp_path, db=db, env={ENV_VAR: MID_MIGRATION})
+    server = launch(tmp_path, db=db, env={ENV_VAR: MID_MIGRATION})
     server.start(wait=False)
     assert server.wait_exit(timeout=60) == -signal.SIGKILL
     server.kill()

@@ -16,7 +16,7 @@ import pytest
 
 from client.library import PredserveClientError
 from protos import predserve_pb2 as pb
-from tests.faults.baseline import CLASSIFIER, FOREST, Baseline
+from tests.faults.baseline import CLASSIFIER, FOREST, Baseline, Launch
 from tests.invariants import check_invariants
 from tests.support import ServerProcess
 
@@ -59,10 +59,10 @@ class TrainLoop(threading.Thread):
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_random_kills_during_trains(baseline: Baseline, tmp_path: Path, seed: int) -> None:
+def test_random_kills_during_trains(launch: Launch, baseline: Baseline, tmp_path: Path, seed: int) -> None:
     """SIGKILL at random moments during back-to-back Trains; invariant checked after every restart."""
     rng = random.Random(seed)
-    server = ServerProcess(baseline.copy(tmp_path))
+    server = launch(baseline.copy(tmp_path))
     acknowledged: list[pb.TrainResponse] = list(baseline.trained)
     for _ in range(ITERATIONS):
         server.start()

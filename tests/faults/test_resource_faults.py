@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from client.library import PredserveClientError, UnavailableError
-from tests.faults.baseline import CLASSIFIER, FOREST, Baseline
+from tests.faults.baseline import CLASSIFIER, FOREST, Baseline, Launch
 from tests.invariants import TEMP_PREFIX, check_invariants
 from tests.support import IRIS_PROBES, ServerProcess
 
@@ -59,9 +59,9 @@ def served_sets(server: ServerProcess) -> dict[str, int]:
         return {t: client.predict(t, IRIS_PROBES).prediction_set_id for t in (FOREST, CLASSIFIER)}
 
 
-def test_artifact_larger_than_the_file_size_limit(baseline: Baseline, tmp_path: Path) -> None:
+def test_artifact_larger_than_the_file_size_limit(launch: Launch, baseline: Baseline, tmp_path: Path) -> None:
     """Artifact write fails with EFBIG (RLIMIT_FSIZE): RESOURCE_EXHAUSTED, nothing left, old model served."""
-    server = ServerProcess(baseline.copy(tmp_path), preexec=limit_file_size(ARTIFACT_ROOM)).start()
+    server = launch(baseline.copy(tmp_path), preexec=limit_file_size(ARTIFACT_ROOM)).start()
     before = models_on_disk(server.models_dir)
     served = served_sets(server)
     with server.client() as client:
@@ -94,12 +94,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_disk_full(baseline: Baseline, tmp_path: Path, small_disk: Path) -> None:
+def test_disk_full(launch: Launch, baseline: Baseline, tmp_path: Path, small_disk: Path) -> None:
     """Database and models on a full 512 kB tmpfs (ENOSPC): Train and Ingest fail RESOURCE_EXHAUSTED."""
     copy = baseline.copy(tmp_path)
     shutil.move(copy / "predictions.db", small_disk / "predictions.db")
     shutil.move(copy / "models", small_disk / "models")
-    server = ServerProcess(tmp_path, db=small_disk / "predictions.db", models_dir=small_disk / "models").start()
+    server = launch(tmp_path, db=small_disk / "predictions.db", models_dir=small_disk / "models").start()
     before = models_on_disk(server.models_dir)
     served = served_sets(server)
     try:

@@ -142,6 +142,13 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     parser.add_argument(
         "--strict", action="store_true", help="refuse to start when any current artifact cannot be served"
     )
+    parser.add_argument(
+        "--busy-timeout",
+        type=float,
+        default=float(env.get("PREDSERVE_BUSY_TIMEOUT", defaults.busy_timeout_seconds)),
+        help="seconds a write waits for another writer's lock before the call fails with UNAVAILABLE "
+        "(env PREDSERVE_BUSY_TIMEOUT; default 5)",
+    )
     parser.add_argument("--max-workers", type=int, default=defaults.max_workers, help="threads answering RPCs")
     parser.add_argument(
         "--max-message-bytes",
@@ -237,6 +244,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         max_rows_per_request=args.max_rows_per_request,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         train_deadline_seconds=args.train_deadline_seconds,
+        busy_timeout_seconds=args.busy_timeout,
         grace_seconds=args.grace_seconds,
         reload_interval_seconds=args.reload_interval,
         workers=args.workers,

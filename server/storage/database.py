@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server import failpoints
 from server.domain import (
     ArtifactInfo,
     Dataset,
@@ -27,7 +28,7 @@ from server.domain import (
     PredictionSetRecord,
     SelfCheck,
 )
-from server.errors import StorageError, Unavailable
+from server.errors import ResourceExhausted, StorageError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Database:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                _roll_back(conn)
                 raise
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
@@ -136,8 +137,17 @@ class Database:
         return [] if rows == ["ok"] else rows
 
 
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """Rolls back unless SQLite already has (it does on a full disk or an I/O error); a failing
+    ROLLBACK would otherwise hide the error that caused it."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
 def _translate(exc: sqlite3.OperationalError) -> Exception:
     message = str(exc)
+    if "disk is full" in message:
+        return ResourceExhausted(f"no space left in the database: {message}")
     if "locked" in message or "busy" in message:
         return Unavailable(f"the database is busy (another writer holds its lock): {message}")
     if "readonly" in message or "read-only" in message:
@@ -180,7 +190,7 @@ class MigrationRunner:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _roll_back(conn)
                 raise
             logger.info("applied migration %04d_%s", migration.version, migration.name)
             return True
@@ -203,10 +213,15 @@ class MigrationRunner:
 def _run_statements(conn: sqlite3.Connection, script: str) -> None:
     """Runs each complete statement of a script inside the caller's open transaction."""
     pending = ""
+    executed = 0
     for line in script.splitlines(keepends=True):
         pending += line
         if sqlite3.complete_statement(pending):
+            if executed:
+                # Between two statements, inside the transaction: a crash here must leave no trace.
+                failpoints.reach(failpoints.MID_MIGRATION)
             conn.execute(pending)
+            executed += 1
             pending = ""
     if pending.strip() and not _only_comments(pending):
         raise StorageError(f"incomplete SQL statement at the end of a migration: {pending.strip()[:80]}")

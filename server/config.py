@@ -66,7 +66,9 @@ def security_summary(config: ServerConfig) -> str:
         return "set" if value is not None else "not set"
 
     admin_note = (
-        " (Train and IngestHistory open on loopback)" if config.admin_token is None and config.binds_loopback else ""
+        " (model-changing calls (Train, IngestHistory, Promote, ImportModel, GarbageCollect) open on loopback)"
+        if config.admin_token is None and config.binds_loopback
+        else ""
     )
     tls = "off" if config.tls_cert is None else ("mutual" if config.tls_client_ca else "on")
     return (
@@ -88,8 +90,9 @@ def security_warnings(config: ServerConfig) -> list[str]:
         )
     if config.admin_token is None:
         warnings.append(
-            f"serving on {config.host} without an admin token: Train and IngestHistory are allowed without a "
-            "token only on a loopback address, so here they are refused to every caller "
+            f"serving on {config.host} without an admin token: model-changing calls (Train, IngestHistory, "
+            "Promote, ImportModel, GarbageCollect) are allowed without a token only on a loopback address, "
+            "so here they are refused to every caller "
             "(set PREDSERVE_ADMIN_TOKEN or PREDSERVE_ADMIN_TOKEN_FILE)"
         )
     if config.predict_token is None and config.tls_client_ca is None:

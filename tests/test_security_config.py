@@ -61,7 +61,8 @@ def test_an_exposed_address_without_protection_gets_a_warning_per_risk() -> None
     warnings = security_warnings(parse_config(["--host", "0.0.0.0"], env={}))
     assert len(warnings) == 3
     assert warnings[0].startswith("serving on 0.0.0.0 without TLS: requests, predictions and bearer tokens")
-    assert "Train and IngestHistory are allowed without a token only on a loopback address" in warnings[1]
+    assert "are allowed without a token only on a loopback address" in warnings[1]
+    assert "Train, IngestHistory, Promote, ImportModel, GarbageCollect" in warnings[1]
     assert "Predict and the model listings answer anyone who can reach the port" in warnings[2]
 
     protected = parse_config(

@@ -17,7 +17,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from client.library import PredserveClient, PredserveClientError, TargetValue, channel_target, target_value
+from client.library import (
+    PredserveClient,
+    PredserveClientError,
+    TargetValue,
+    channel_target,
+    read_token,
+    target_value,
+)
 from protos import predserve_pb2 as pb
 
 BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "diabetes", "digits")
@@ -36,7 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"predserve: {exc}", file=sys.stderr)
         return 1
     try:
-        with PredserveClient(args.target, deadline_seconds=args.deadline) as client:
+        token = read_token(args.token_file) if args.token_file else None
+        with PredserveClient(
+            args.target,
+            deadline_seconds=args.deadline,
+            token=token,
+            ca=args.ca,
+            cert=args.cert,
+            key=args.key,
+            tls=args.tls,
+        ) as client:
             document, table = args.handler(client, args)
     except PredserveClientError as exc:
         print(f"predserve: {exc.code.name}: {exc.details}", file=sys.stderr)
@@ -58,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--deadline", type=float, default=30.0, help="seconds per call (Train gets 600)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the bearer token to send (default: env PREDSERVE_TOKEN or PREDSERVE_TOKEN_FILE)",
+    )
+    parser.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs unless --ca is given")
+    parser.add_argument("--ca", type=Path, help="PEM CA bundle that signed the server's certificate (env PREDSERVE_CA)")
+    parser.add_argument("--cert", type=Path, help="PEM client certificate, for mutual TLS (env PREDSERVE_CERT)")
+    parser.add_argument("--key", type=Path, help="PEM private key of --cert (env PREDSERVE_KEY)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     ingest = commands.add_parser("ingest", help="append rows to a dataset in the server's history")

@@ -3,13 +3,20 @@
 One client can spread its calls over several replicas: give it several targets, or one DNS name that
 resolves to all of them. gRPC then balances round robin over the replicas whose health service says
 SERVING, so a replica that is stopping (NOT_SERVING) stops receiving calls before it goes away.
+
+Credentials not passed in come from the environment: PREDSERVE_TOKEN (or a file named by
+PREDSERVE_TOKEN_FILE) is sent as `authorization: Bearer <token>`; PREDSERVE_CA, PREDSERVE_CERT and
+PREDSERVE_KEY name PEM files for TLS (the CA bundle to trust, and a client certificate and key).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import predserve_pb2 as pb
 from protos import predserve_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
 
 TargetValue = str | int | float
 
@@ -84,11 +93,26 @@ class UnavailableError(PredserveClientError):
     pass
 
 
+class UnauthenticatedError(PredserveClientError):
+    """No token, or not one the server knows."""
+
+
+class PermissionDeniedError(PredserveClientError):
+    """A known token that may not call this method (the predict token calling Train)."""
+
+
+class ResourceExhaustedError(PredserveClientError):
+    """A server limit was exceeded; the details name it."""
+
+
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[PredserveClientError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
 }
 
 
@@ -143,9 +167,26 @@ def target_message(value: TargetValue) -> pb.Target:
     return pb.Target(number=float(value))
 
 
+def token_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """PREDSERVE_TOKEN, or the contents of the file PREDSERVE_TOKEN_FILE names."""
+    env = os.environ if env is None else env
+    if env.get("PREDSERVE_TOKEN"):
+        return env["PREDSERVE_TOKEN"].strip()
+    if env.get("PREDSERVE_TOKEN_FILE"):
+        return read_token(Path(env["PREDSERVE_TOKEN_FILE"]))
+    return None
+
+
+def read_token(path: Path) -> str:
+    return path.read_text().strip()
+
+
 class PredserveClient:
     """One channel to one server or to several replicas (see channel_target). Use as a context manager,
-    or call close()."""
+    or call close().
+
+    TLS is used when `tls` is true or any of `ca`, `cert`, `key` is given (system roots without `ca`).
+    """
 
     def __init__(
         self,
@@ -153,15 +194,38 @@ class PredserveClient:
         deadline_seconds: float = 30.0,
         max_attempts: int = 5,
         train_deadline_seconds: float = 600.0,
+        *,
+        token: str | None = None,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+        tls: bool = False,
     ) -> None:
         self.target = channel_target(target)
         self.deadline = deadline_seconds
         self.train_deadline = train_deadline_seconds
+        token = token if token is not None else token_from_env()
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        ca = ca or _env_path("PREDSERVE_CA")
+        cert = cert or _env_path("PREDSERVE_CERT")
+        key = key or _env_path("PREDSERVE_KEY")
         options: list[tuple[str, str | int]] = [
             ("grpc.service_config", _service_config(max_attempts)),
             ("grpc.enable_retries", 1 if max_attempts > 1 else 0),
         ]
-        self._channel = grpc.insecure_channel(self.target, options=options)
+        if tls or ca or cert or key:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca.read_bytes() if ca else None,
+                private_key=key.read_bytes() if key else None,
+                certificate_chain=cert.read_bytes() if cert else None,
+            )
+            self._channel = grpc.secure_channel(self.target, credentials, options=options)
+        else:
+            if token and not _is_loopback(self.target):
+                logger.warning(
+                    "sending a bearer token to %s without TLS: anyone on the path can read it", self.target
+                )
+            self._channel = grpc.insecure_channel(self.target, options=options)
         self._stub = pb_grpc.PredserveStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -176,7 +240,7 @@ class PredserveClient:
 
     def _call(self, method: Any, request: Any, deadline: float | None = None) -> Any:
         try:
-            return method(request, timeout=deadline or self.deadline, wait_for_ready=False)
+            return method(request, timeout=deadline or self.deadline, wait_for_ready=False, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _error(exc) from None
 
@@ -276,3 +340,24 @@ class PredserveClient:
     def health(self, service: str = "") -> str:
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def _is_loopback(target: str) -> bool:
+    """Whether every address of a target (one, or gRPC's ipv4:/ipv6: list) is a loopback one."""
+    addresses = target.split(":", 1)[1] if target.startswith(("ipv4:", "ipv6:")) else target
+    return all(_is_loopback_address(address) for address in addresses.split(","))
+
+
+def _is_loopback_address(target: str) -> bool:
+    host = target.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -21,9 +21,11 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc, predserve_pb2, predserve_pb2_grpc
 from server import workers
+from server.api.auth import AuthInterceptor, AuthPolicy
 from server.api.servicer import PredserveServicer
+from server.api.tls import server_credentials
 from server.api.v2_servicer import InferenceServicer
-from server.config import ServerConfig, parse_config
+from server.config import ServerConfig, parse_config, security_summary, security_warnings
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.services.history import HistoryService
 from server.services.importing import ModelImportService
@@ -83,7 +85,7 @@ def build_services(config: ServerConfig) -> Services:
     applied = MigrationRunner(database).apply(migrations_for(database, config.migrations_dir))
     logger.info("database %s ready (%d migration(s) applied now)", database.name, len(applied))
 
-    artifacts = ArtifactStore(config.models_dir)
+    artifacts = ArtifactStore(config.models_dir, config.artifact_hmac_key)
     artifacts.prepare()
     sets = PredictionSetRepository(database)
     history_repository = HistoryRepository(database)
@@ -99,10 +101,16 @@ def build_services(config: ServerConfig) -> Services:
     return Services(
         database=database,
         store=store,
-        training=ModelTrainingService(history_repository, artifacts, registrar),
-        prediction=PredictionService(store, sets, loader),
+        training=ModelTrainingService(
+            history_repository,
+            artifacts,
+            registrar,
+            max_rows=config.max_rows_per_request,
+            time_limit_seconds=config.train_deadline_seconds,
+        ),
+        prediction=PredictionService(store, sets, loader, max_rows=config.max_rows_per_request),
         registry=ModelRegistryService(store, sets),
-        history=HistoryService(history_repository),
+        history=HistoryService(history_repository, max_rows=config.max_rows_per_request),
         lifecycle=ModelLifecycleService(sets, artifacts, registrar, store),
         importer=ModelImportService(history_repository, artifacts, registrar, config.import_timeout_seconds),
         # Not started here: threads do not survive a fork, so each serving process starts its own.
@@ -117,8 +125,11 @@ def build_server(
 
     share_port is for --workers only: sibling processes bind one port with SO_REUSEPORT.
     """
+    auth = AuthPolicy(config.admin_token, config.predict_token, open_admin_without_token=config.binds_loopback)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+        interceptors=[AuthInterceptor(auth)],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
             # grpcio enables SO_REUSEPORT by default: a leftover server would silently share the port.
             ("grpc.so_reuseport", 1 if share_port else 0),
@@ -149,7 +160,11 @@ def build_server(
         ),
         server,
     )
-    port = server.add_insecure_port(config.address)
+    credentials = server_credentials(config)
+    if credentials is None:
+        port = server.add_insecure_port(config.address)
+    else:
+        port = server.add_secure_port(config.address, credentials)
     server.start()
     publish_health(health_servicer, services.store)
     return server, port, health_servicer
@@ -175,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     # A file-size limit must fail the write (EFBIG), not kill the whole server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    for warning in security_warnings(config):
+        logger.warning("SECURITY: %s", warning)
+    logger.info("security: %s", security_summary(config))
     started = time.perf_counter()
     try:
         services = build_services(config)
@@ -217,7 +235,10 @@ def serve(
         os.getpid(),
     )
 
-    stop_requested.wait()
+    # A bounded wait: Python runs signal handlers only in the main thread, and a SIGTERM that the kernel
+    # hands to one of gRPC's threads would otherwise never wake an unbounded wait.
+    while not stop_requested.wait(timeout=0.5):
+        pass
     logger.info("stopping: refusing new calls, letting in-flight calls finish (grace %.0fs)", config.grace_seconds)
     health_servicer.enter_graceful_shutdown()
     services.reloader.stop()

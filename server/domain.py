@@ -30,6 +30,8 @@ class ArtifactInfo:
     relative_path: str
     sha256: str
     size_bytes: int
+    # HMAC-SHA256 over the model type and the three fields above, when the server has a signing key.
+    signature: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 60.0
+
+_Process = TypeVar("_Process", bound="ServerProcess")
 
 
 class ServerProcess:
@@ -30,6 +32,7 @@ class ServerProcess:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         port: int = 0,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.workdir = workdir
         self.db = db or workdir / "predictions.db"
@@ -37,6 +40,8 @@ class ServerProcess:
         self.extra_args = list(extra_args)
         self.env = env or {}
         self.port = port
+        # Runs in the child between fork and exec: resource limits, dropped privileges.
+        self.preexec = preexec
         self.log_path = workdir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -45,7 +50,7 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> ServerProcess:
+    def start(self: _Process, wait: bool = True) -> _Process:
         port_file = self.workdir / "server.port"
         port_file.unlink(missing_ok=True)
         command = [
@@ -71,6 +76,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
+            preexec_fn=self.preexec,
         )
         if wait:
             self._wait_for_port(port_file)

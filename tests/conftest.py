@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.baseline import Baseline, train_baseline
 from tests.postgres_cluster import Databases, ExistingCluster, PostgresCluster, find_bindir
 from tests.support import ServerProcess, iris_rows
 
@@ -30,6 +31,12 @@ def trained_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
         client.train("iris_forest", dataset="iris", algorithm="random_forest", params={"n_estimators": 20})
     yield process
     process.kill()
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
+    """Trained once per run; tests that break it work on a copy (Baseline.copy)."""
+    return train_baseline(tmp_path_factory.mktemp("fault-baseline"))
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,7 @@ def test_migration_files_are_numbered_contiguously_from_one() -> None:
 
 def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
     db = tmp_path / "blank.db"
-    assert migrate(db) == [1, 2, 3]
+    assert migrate(db) == [1, 2, 3, 4]
     assert [name for name, _ in schema(db)] == [
         "data_history",
         "datasets",
@@ -92,10 +92,16 @@ def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
         "self_check",
         "origin",
         "archived_at",
+        "artifact_signature",
     ]
     with sqlite3.connect(db) as conn:
         recorded = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
-    assert recorded == [(1, "phase4_baseline"), (2, "add_model_artifact_path"), (3, "add_lifecycle")]
+    assert recorded == [
+        (1, "phase4_baseline"),
+        (2, "add_model_artifact_path"),
+        (3, "add_lifecycle"),
+        (4, "add_artifact_signature"),
+    ]
 
 
 def test_running_migrations_twice_changes_nothing(tmp_path: Path) -> None:
@@ -115,7 +121,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(tmp_path: Path) -> 
             "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets"
         ).fetchall()
 
-    assert migrate(db) == [1, 2, 3]
+    assert migrate(db) == [1, 2, 3, 4]
 
     with sqlite3.connect(db) as conn:
         promotions = conn.execute("SELECT model_type, prediction_set_id, reason FROM promotions").fetchall()

@@ -100,7 +100,7 @@ def test_the_backend_is_chosen_by_the_database_url() -> None:
 
 
 def test_blank_database_gets_the_exact_schema(database: PostgresDatabase, postgres_url: str) -> None:
-    assert migrate(database) == [1, 2, 3]
+    assert migrate(database) == [1, 2, 3, 4]
     assert schema(postgres_url) == [
         ("data_history", "r"),
         ("data_history_pkey", "i"),
@@ -140,11 +140,13 @@ def test_blank_database_gets_the_exact_schema(database: PostgresDatabase, postgr
         "self_check",
         "origin",
         "archived_at",
+        "artifact_signature",
     ]
     assert query(postgres_url, "SELECT version, name FROM schema_migrations ORDER BY version") == [
         (1, "phase4_baseline"),
         (2, "add_model_artifact_path"),
         (3, "add_lifecycle"),
+        (4, "add_artifact_signature"),
     ]
     before = schema(postgres_url)
     assert migrate(database) == []
@@ -172,7 +174,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(database: PostgresD
     sets_sql = "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets ORDER BY id"
     sets_before = query(postgres_url, sets_sql)
 
-    assert migrate(database) == [1, 2, 3]
+    assert migrate(database) == [1, 2, 3, 4]
 
     assert query(postgres_url, "SELECT * FROM data_history ORDER BY id") == history_before
     assert query(postgres_url, sets_sql) == sets_before
@@ -226,9 +228,9 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
         thread.join(timeout=60)
     assert errors == []
     # Each migration applied exactly once, in order, whichever replica got to it first.
-    assert sorted(v for versions in applied for v in versions) == [1, 2, 3]
+    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4]
     assert all(versions == sorted(versions) for versions in applied)
-    assert [MigrationRunner(d).applied_versions() for d in databases] == [{1, 2, 3}] * 4
+    assert [MigrationRunner(d).applied_versions() for d in databases] == [{1, 2, 3, 4}] * 4
     for database in databases:
         database.close()
 

@@ -31,3 +31,13 @@ def test_report_embeds_every_migration_as_it_is_on_disk() -> None:
     for path in sorted([*migrations.glob("*.sql"), *(migrations / "postgresql").glob("*.sql")]):
         assert path.read_text().strip() in text, f"{path.name} changed since the report was generated: make report"
     assert "Verdict: PASSED" in text
+
+
+def test_report_lists_every_fault_test_and_no_failure() -> None:
+    text = REPORT.read_text()
+    section = text[text.index("## 6. Faults survived") :]
+    for path in sorted((PROJECT_ROOT / "tests" / "faults").glob("test_*.py")):
+        for name in re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M):
+            assert f"::{name}" in section, f"{path.name}::{name} is not in the report: make report"
+    assert "| failed" not in section and "| error" not in section
+    assert re.search(r"Fault verdict: (\d+) of \1 faults survived", section) or "skipped here" in section

@@ -17,6 +17,7 @@ from server.services.lifecycle import ModelLifecycleService
 from server.services.prediction import PredictionService
 from server.services.registry import ModelRegistryService
 from server.services.training import ModelTrainingService
+from server.services.validation import check_row_limit
 
 
 class PredserveServicer(pb_grpc.PredserveServicer):
@@ -38,7 +39,7 @@ class PredserveServicer(pb_grpc.PredserveServicer):
 
     @maps_errors
     def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> pb.TrainResponse:
-        outcome = self.training.train(converters.train_command(request, context.is_active))
+        outcome = self.training.train(converters.train_command(request, context.is_active), context.time_remaining())
         return converters.train_response(outcome.registration, outcome.persist_seconds)
 
     @maps_errors
@@ -67,7 +68,7 @@ class PredserveServicer(pb_grpc.PredserveServicer):
     def IngestHistory(
         self, request_iterator: Iterator[pb.IngestHistoryRequest], context: grpc.ServicerContext
     ) -> pb.IngestHistoryResponse:
-        dataset, feature_names, rows = _collect_ingest_stream(request_iterator)
+        dataset, feature_names, rows = _collect_ingest_stream(request_iterator, self.history.max_rows)
         total = self.history.ingest(dataset, feature_names, rows)
         return pb.IngestHistoryResponse(dataset=dataset, rows_added=len(rows), total_rows=total)
 
@@ -95,9 +96,9 @@ class PredserveServicer(pb_grpc.PredserveServicer):
 
 
 def _collect_ingest_stream(
-    messages: Iterator[pb.IngestHistoryRequest],
+    messages: Iterator[pb.IngestHistoryRequest], max_rows: int | None
 ) -> tuple[str, list[str], list]:
-    """Gathers the whole stream first, so that a bad row anywhere stores nothing."""
+    """Gathers the whole stream first, so that a bad row anywhere stores nothing; stops at the row limit."""
     dataset = ""
     feature_names: list[str] = []
     rows: list = []
@@ -107,4 +108,5 @@ def _collect_ingest_stream(
         dataset = dataset or message.dataset
         feature_names = feature_names or list(message.feature_names)
         rows.extend(converters.history_rows(message.rows, len(rows)))
+        check_row_limit("the IngestHistory stream so far", len(rows), max_rows)
     return dataset, feature_names, rows

@@ -6,19 +6,21 @@ from collections.abc import Sequence
 
 from server.domain import HistoryRow
 from server.errors import InvalidArgument
-from server.services.validation import check_name, check_targets, feature_matrix
+from server.services.validation import check_name, check_row_limit, check_targets, feature_matrix
 from server.storage.database import HistoryRepository
 
 
 class HistoryService:
-    def __init__(self, history: HistoryRepository) -> None:
+    def __init__(self, history: HistoryRepository, max_rows: int | None = None) -> None:
         self.history = history
+        self.max_rows = max_rows
 
     def ingest(self, dataset: str, feature_names: Sequence[str], rows: Sequence[HistoryRow]) -> int:
         """Validates every row first, then stores them in one transaction; returns the dataset's size."""
         check_name("dataset", dataset)
         if not rows:
             raise InvalidArgument("no rows given")
+        check_row_limit("the request", len(rows), self.max_rows)
         existing_width = self.history.feature_count(dataset)
         feature_matrix([row.features for row in rows], existing_width)
         width = existing_width or len(rows[0].features)

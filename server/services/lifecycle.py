@@ -102,7 +102,7 @@ class ModelLifecycleService:
             if current_id is not None and record.id >= current_id:
                 continue
             try:
-                self.artifacts.read_verified(record.artifact)
+                self.artifacts.read_verified(record.artifact, record.model_type)
             except ArtifactRejected:
                 continue
             return record.id

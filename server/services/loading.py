@@ -80,7 +80,7 @@ class ModelLoader:
         if mismatch and self.policy.version_policy == "refuse":
             raise ArtifactRejected(f"prediction set {record.id} was trained in another environment: {mismatch}")
         started = time.perf_counter()
-        data = self.artifacts.read_verified(record.artifact)
+        data = self.artifacts.read_verified(record.artifact, record.model_type)
         pipeline = self.load_bytes(data, record.self_check, f"artifact of prediction set {record.id}")
         elapsed = time.perf_counter() - started
         if mismatch:
@@ -96,7 +96,13 @@ class ModelLoader:
             raise ArtifactRejected(f"{label} does not unpickle: {exc!r}") from exc
         if not hasattr(pipeline, "predict"):
             raise ArtifactRejected(f"{label} holds no object with predict()")
-        if check is not None and not self_check_passes(pipeline, check):
+        if check is None:
+            return pipeline
+        try:
+            passes = self_check_passes(pipeline, check)
+        except Exception as exc:  # an impostor object may take other inputs or answer in other types
+            raise ArtifactRejected(f"{label} fails its self-check: predict raised {exc!r}") from exc
+        if not passes:
             raise ArtifactRejected(f"{label} fails its self-check: it no longer gives the answers recorded at training")
         return pipeline
 

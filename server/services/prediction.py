@@ -17,7 +17,7 @@ from server.domain import TargetValue
 from server.errors import ErrorKind, FailedPrecondition, InvalidArgument, NotFound, PredserveError
 from server.model_store import LoadedModel, ModelStore
 from server.services.loading import ModelLoader
-from server.services.validation import check_finite, check_name, feature_matrix
+from server.services.validation import check_finite, check_name, check_row_limit, feature_matrix
 from server.storage.database import PredictionSetRepository
 
 
@@ -45,10 +45,13 @@ class ModelDescription:
 
 
 class PredictionService:
-    def __init__(self, store: ModelStore, sets: PredictionSetRepository, loader: ModelLoader) -> None:
+    def __init__(
+        self, store: ModelStore, sets: PredictionSetRepository, loader: ModelLoader, max_rows: int | None = None
+    ) -> None:
         self.store = store
         self.sets = sets
         self.loader = loader
+        self.max_rows = max_rows
         self._pin_lock = threading.Lock()
 
     def predict(
@@ -58,6 +61,7 @@ class PredictionService:
         prediction_set_id: int = 0,
         include_probabilities: bool = False,
     ) -> PredictionResult:
+        check_row_limit("the request", len(rows), self.max_rows)
         model = self.resolve_model(model_type, prediction_set_id)
         features = self._features(model, rows)
         return self._run(model, features, include_probabilities)

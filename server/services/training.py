@@ -15,11 +15,11 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from server import failpoints
 from server.domain import HistoryRow, NewPredictionSet, SelfCheck, TargetValue
-from server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound
+from server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from server.model_store import LoadedModel
 from server.services.catalog import CATALOG, CLASSIFICATION, Recipe, find_recipe, parse_params
 from server.services.registration import PromotionPolicy, Registration, SetRegistrar
-from server.services.validation import check_name, check_targets, feature_matrix
+from server.services.validation import check_name, check_row_limit, check_targets, feature_matrix
 from server.storage.artifacts import ArtifactStore
 from server.storage.database import HistoryRepository
 
@@ -58,6 +58,28 @@ class TrainOutcome:
 
 
 @dataclass(frozen=True)
+class TrainDeadline:
+    """When a Train must be done. A fit cannot be interrupted, so this is checked before and after it:
+    a Train past its deadline records nothing, and its caller never finds a model it gave up on."""
+
+    expires_at: float
+    description: str
+
+    @classmethod
+    def start(cls, limit_seconds: float | None, caller_seconds: float | None) -> TrainDeadline | None:
+        now = time.monotonic()
+        if caller_seconds is not None and (limit_seconds is None or caller_seconds < limit_seconds):
+            return cls(now + caller_seconds, f"the caller's deadline of {caller_seconds:g}s")
+        if limit_seconds is not None:
+            return cls(now + limit_seconds, f"the limit of {limit_seconds:g}s per Train (--train-deadline-seconds)")
+        return None
+
+    def check(self, stage: str) -> None:
+        if time.monotonic() > self.expires_at:
+            raise ResourceExhausted(f"Train ran past {self.description} {stage}; nothing was recorded")
+
+
+@dataclass(frozen=True)
 class _TrainingData:
     dataset: str
     features: np.ndarray
@@ -71,12 +93,19 @@ class ModelTrainingService:
         history: HistoryRepository,
         artifacts: ArtifactStore,
         registrar: SetRegistrar,
+        max_rows: int | None = None,
+        time_limit_seconds: float | None = None,
     ) -> None:
         self.history = history
         self.artifacts = artifacts
         self.registrar = registrar
+        self.max_rows = max_rows
+        self.time_limit_seconds = time_limit_seconds
 
-    def train(self, command: TrainCommand) -> TrainOutcome:
+    def train(self, command: TrainCommand, caller_seconds: float | None = None) -> TrainOutcome:
+        """Fits, persists and serves; `caller_seconds` is how long the caller will wait, if it said."""
+        deadline = TrainDeadline.start(self.time_limit_seconds, caller_seconds)
+        check_row_limit("the request", len(command.rows), self.max_rows)
         model_type = check_name("model_type", command.model_type)
         recipe = find_recipe(command.algorithm or _default_algorithm(model_type))
         params = parse_params(recipe, command.params)
@@ -87,6 +116,8 @@ class ModelTrainingService:
 
         split = _split(recipe, data, test_fraction, seed)
         pipeline = recipe.build(params, seed)
+        if deadline is not None:
+            deadline.check("before fitting")
         started = time.perf_counter()
         try:
             failpoints.reach(failpoints.DURING_FIT)
@@ -101,6 +132,8 @@ class ModelTrainingService:
         self_check = SelfCheck(sample.tolist(), pipeline.predict(sample).tolist())
 
         _check_wanted(command)
+        if deadline is not None:
+            deadline.check(f"after a fit of {fit_seconds:.2f}s")
         persist_started = time.perf_counter()
         artifact, data_bytes = self.artifacts.write(pipeline, model_type)
         new_set = NewPredictionSet(

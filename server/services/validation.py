@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, ResourceExhausted
 
 # Names become parts of file names and log lines: letters, digits, '_' and '-' only.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -53,3 +53,11 @@ def check_targets(targets: Sequence[object]) -> None:
             raise InvalidArgument(f"row {index} has no target")
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidArgument(f"row {index} has a non-finite target")
+
+
+def check_row_limit(what: str, count: int, limit: int | None) -> None:
+    """Refuses a request with more rows than the server allows in one call."""
+    if limit is not None and count > limit:
+        raise ResourceExhausted(
+            f"{what} has {count} rows, more than the limit of {limit} rows per request (--max-rows-per-request)"
+        )

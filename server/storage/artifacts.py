@@ -1,19 +1,24 @@
 """The artifact store: fitted pipelines as joblib files in one directory.
 
 Writes are atomic (temporary file, fsync, rename, fsync of the directory) so a database row can
-only ever point at a complete file. The directory may be shared by several replicas (NFS, a
-ReadWriteMany volume): names are unique, and a temporary file is named after the host and process
-writing it, so that one replica starting up never removes another's write in progress.
-Reads are confined to the directory and verified against the SHA-256 recorded in the database
-on the very bytes that are then unpickled, because joblib.load runs pickle, and pickle runs code.
+only ever point at a complete file. Reads are confined to the directory and verified against the
+SHA-256 recorded in the database on the very bytes that are then unpickled, because joblib.load
+runs pickle, and pickle runs code. That makes the database the root of trust; with a signing key,
+each record also carries an HMAC of its checksum, so that a database write alone is not enough.
+The directory may be shared by several replicas (NFS, a ReadWriteMany volume): names are unique,
+and a temporary file is named after the host and process writing it, so that one replica starting
+up never removes another's write in progress.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import errno
 import hashlib
+import hmac
 import io
+import json
 import logging
 import os
 import socket
@@ -39,12 +44,21 @@ _SPACE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 class ArtifactStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, signing_key: bytes | None = None) -> None:
         self.root = root
+        self._signing_key = signing_key
 
     def prepare(self) -> None:
         """Creates the directory (owner-only) and removes temporary files a crash left behind."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(self.root.stat().st_mode)
+        if mode & 0o022:
+            logger.warning(
+                "models directory %s is writable by group or others (mode %04o): they can add, remove or "
+                "replace artifacts; chmod 700 it",
+                self.root,
+                mode,
+            )
         for leftover in self.root.glob(f"{TEMP_PREFIX}*"):
             if _abandoned(leftover):
                 logger.warning("removing temporary artifact left by an interrupted write: %s", leftover.name)
@@ -75,7 +89,10 @@ class ArtifactStore:
             temp.unlink(missing_ok=True)
             raise
         failpoints.reach(failpoints.AFTER_RENAME)
-        return ArtifactInfo(name, hashlib.sha256(data).hexdigest(), len(data)), data
+        info = ArtifactInfo(name, hashlib.sha256(data).hexdigest(), len(data))
+        if self._signing_key is not None:
+            info = dataclasses.replace(info, signature=artifact_signature(self._signing_key, model_type, info))
+        return info, data
 
     def discard(self, relative_path: str) -> None:
         """Removes an artifact that no row points at (its registration failed)."""
@@ -84,13 +101,20 @@ class ArtifactStore:
         except OSError as exc:
             logger.warning("could not remove unregistered artifact %s: %s", relative_path, exc)
 
-    def read_verified(self, info: ArtifactInfo) -> bytes:
-        """The artifact's bytes, refused unless they are exactly the recorded ones."""
+    def read_verified(self, info: ArtifactInfo, model_type: str) -> bytes:
+        """The artifact's bytes, refused unless they are exactly the recorded (and signed) ones."""
+        self._check_signature(info, model_type)
         path = self.resolve(info.relative_path)
         try:
             with open(path, "rb", opener=_open_no_follow) as handle:
-                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                mode = os.fstat(handle.fileno()).st_mode
+                if not stat.S_ISREG(mode):
                     raise ArtifactRejected(f"artifact {info.relative_path} is not a regular file")
+                if mode & stat.S_IWOTH:
+                    raise ArtifactRejected(
+                        f"artifact {info.relative_path} is world-writable (mode {stat.S_IMODE(mode):04o}): "
+                        "anyone could have replaced it"
+                    )
                 data = handle.read()
         except FileNotFoundError as exc:
             raise ArtifactMissing(f"artifact {info.relative_path} is missing") from exc
@@ -107,6 +131,21 @@ class ArtifactStore:
                 f"(file {digest[:12]}, recorded {info.sha256[:12]})"
             )
         return data
+
+    def _check_signature(self, info: ArtifactInfo, model_type: str) -> None:
+        if self._signing_key is None:
+            return
+        if not info.signature:
+            raise ArtifactRejected(
+                f"artifact {info.relative_path} has no signature, and the server has an artifact HMAC key: "
+                "the set was recorded without the key, or its row was written by something other than predserve"
+            )
+        expected = artifact_signature(self._signing_key, model_type, info)
+        if not hmac.compare_digest(info.signature.encode(), expected.encode()):
+            raise ArtifactRejected(
+                f"artifact {info.relative_path} has an invalid signature: its row was not written by predserve "
+                "with this artifact HMAC key (forged or altered checksum, path or model type, or another key)"
+            )
 
     def resolve(self, relative_path: str) -> Path:
         """The artifact's place inside the store; anything that would lead outside is refused."""
@@ -157,6 +196,12 @@ def _process_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def artifact_signature(key: bytes, model_type: str, info: ArtifactInfo) -> str:
+    """Hex HMAC-SHA256 binding an artifact's checksum to its size, file name and model type."""
+    message = json.dumps(["predserve-artifact-v1", model_type, info.relative_path, info.sha256, info.size_bytes])
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
 def load_pipeline(data: bytes) -> Any:

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -31,6 +32,7 @@ import psycopg.conninfo
 import psycopg.errors
 from psycopg_pool import ConnectionPool
 
+from server import failpoints
 from server.domain import (
     ArtifactInfo,
     Dataset,
@@ -180,7 +182,7 @@ class Database:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                _roll_back(conn)
                 raise
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
@@ -189,7 +191,27 @@ class Database:
             conn.close()
 
     def prepare(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Creates a missing database file owner-only; SQLite gives its -wal and -shm files the same mode.
+
+        Whoever can write this file chooses which artifact the server unpickles, so an existing file
+        that others may write is reported.
+        """
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            return
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot create database {self.path}: {exc.strerror}") from exc
+        mode = stat.S_IMODE(self.path.stat().st_mode)
+        if mode & 0o022:
+            logger.warning(
+                "database %s is writable by group or others (mode %04o): they can choose which artifact the "
+                "server loads; chmod 600 it",
+                self.path,
+                mode,
+            )
 
     def close(self) -> None:
         """Nothing to release: every unit of work opens and closes its own connection."""
@@ -215,8 +237,17 @@ class Database:
         return [] if rows == ["ok"] else rows
 
 
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """Rolls back unless SQLite already has (it does on a full disk or an I/O error); a failing
+    ROLLBACK would otherwise hide the error that caused it."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
 def _translate(exc: sqlite3.OperationalError) -> Exception:
     message = str(exc)
+    if "disk is full" in message:
+        return ResourceExhausted(f"no space left in the database: {message}")
     if "locked" in message or "busy" in message:
         return Unavailable(f"the database is busy (another writer holds its lock): {message}")
     if "readonly" in message or "read-only" in message:
@@ -476,7 +507,7 @@ class MigrationRunner:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _roll_back(conn)
                 raise
             logger.info("applied migration %04d_%s", migration.version, migration.name)
             return True
@@ -530,10 +561,15 @@ def _apply_postgres(database: PostgresDatabase, migration: Migration) -> bool:
 def _run_statements(conn: sqlite3.Connection, script: str) -> None:
     """Runs each complete statement of a script inside the caller's open transaction."""
     pending = ""
+    executed = 0
     for line in script.splitlines(keepends=True):
         pending += line
         if sqlite3.complete_statement(pending):
+            if executed:
+                # Between two statements, inside the transaction: a crash here must leave no trace.
+                failpoints.reach(failpoints.MID_MIGRATION)
             conn.execute(pending)
+            executed += 1
             pending = ""
     if pending.strip() and not _only_comments(pending):
         raise StorageError(f"incomplete SQL statement at the end of a migration: {pending.strip()[:80]}")
@@ -591,7 +627,7 @@ class HistoryRepository:
 _SET_COLUMNS = (
     "id, model_type, dataset, created_at, is_current, metrics, model_artifact_path, artifact_sha256, "
     "artifact_size_bytes, algorithm, task, params, feature_names, classes, training_rows, fit_seconds, "
-    "sklearn_version, environment, self_check, origin, archived_at"
+    "sklearn_version, environment, self_check, origin, archived_at, artifact_signature"
 )
 
 
@@ -608,8 +644,9 @@ class PredictionSetRepository:
                 """INSERT INTO prediction_sets (
                        model_type, dataset, is_current, metrics, model_artifact_path, artifact_sha256,
                        artifact_size_bytes, algorithm, task, params, feature_names, classes,
-                       training_rows, fit_seconds, sklearn_version, environment, self_check, origin)
-                   VALUES (?, ?, FALSE, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       training_rows, fit_seconds, sklearn_version, environment, self_check, origin,
+                       artifact_signature)
+                   VALUES (?, ?, FALSE, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    RETURNING id""",
                 (
                     new.model_type,
@@ -629,6 +666,7 @@ class PredictionSetRepository:
                     json.dumps(new.environment),
                     json.dumps({"inputs": new.self_check.inputs, "outputs": new.self_check.outputs}),
                     new.origin,
+                    new.artifact.signature,
                 ),
             )
             set_id = int(cursor.fetchall()[0][0])
@@ -741,6 +779,7 @@ def _record(row: Any) -> PredictionSetRecord:
             relative_path=row["model_artifact_path"],
             sha256=row["artifact_sha256"] or "",
             size_bytes=int(row["artifact_size_bytes"] or 0),
+            signature=row["artifact_signature"],
         )
     self_check = _json(row["self_check"], None)
     classes = _json(row["classes"], None)

@@ -29,8 +29,11 @@ logger = logging.getLogger(__name__)
 
 TargetValue = str | int | float
 
-# gRPC retries these calls itself on UNAVAILABLE (a restarting server, a dropped connection).
-# Train and IngestHistory are left out: they are not idempotent, and a retry could train twice.
+# gRPC retries these calls itself on UNAVAILABLE (a restarting server, a dropped connection) and on
+# CANCELLED sent by the server: a call that reaches a server just after its shutdown began is cancelled
+# by gRPC core before any handler runs (these handlers never answer CANCELLED themselves), and with
+# several replicas the retry goes to another one. Train and IngestHistory are left out: they are not
+# idempotent, and a retry could train twice.
 _RETRIED_METHODS = ("Predict", "ListModels", "ListPredictionSets")
 
 
@@ -53,7 +56,7 @@ def _service_config(max_attempts: int) -> str:
                     "initialBackoff": "0.1s",
                     "maxBackoff": "2s",
                     "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                 },
             }
         ]

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from client.library import HEALTH_SERVICE
+from server.config import MIN_HMAC_KEY_BYTES
 from tests.support import PROJECT_ROOT
 
 MANIFESTS = sorted((PROJECT_ROOT / "deploy" / "kubernetes").glob("*.yaml"))
@@ -43,7 +44,7 @@ def test_the_validator_rejects_a_broken_manifest() -> None:
 def test_the_manifests_fit_together() -> None:
     (deployment,) = by_kind("Deployment")
     (claim,) = by_kind("PersistentVolumeClaim")
-    (secret,) = by_kind("Secret")
+    secrets = {s["metadata"]["name"]: s["stringData"] for s in by_kind("Secret")}
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     port = container["ports"][0]["containerPort"]
@@ -60,10 +61,11 @@ def test_the_manifests_fit_together() -> None:
     assert artifacts["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert "--models-dir=/var/lib/predserve/models" in container["args"]
 
-    (database,) = [e for e in container["env"] if e["name"] == "PREDSERVE_DB"]
-    reference = database["valueFrom"]["secretKeyRef"]
-    assert reference["name"] == secret["metadata"]["name"] and reference["key"] in secret["stringData"]
-    assert secret["stringData"][reference["key"]].startswith("postgresql://")
+    references = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert {"PREDSERVE_DB", "PREDSERVE_ADMIN_TOKEN", "PREDSERVE_ARTIFACT_HMAC_KEY"} <= set(references)
+    values = {name: secrets[ref["name"]][ref["key"]] for name, ref in references.items()}  # every one resolves
+    assert values["PREDSERVE_DB"].startswith("postgresql://")
+    assert len(values["PREDSERVE_ARTIFACT_HMAC_KEY"].encode()) >= MIN_HMAC_KEY_BYTES
 
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     for service in by_kind("Service"):

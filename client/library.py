@@ -1,8 +1,8 @@
 """PredserveClient: typed calls to a predserve server, with deadlines and retries on UNAVAILABLE.
 
-One client can spread its calls over several replicas: give it several targets, or one DNS name that
-resolves to all of them. gRPC then balances round robin over the replicas whose health service says
-SERVING, so a replica that is stopping (NOT_SERVING) stops receiving calls before it goes away.
+One client can spread its calls over several replicas: give it several targets, or one `dns:///` name
+that resolves to all of them. gRPC then balances round robin over the replicas whose health service
+says SERVING, so a replica that is stopping (NOT_SERVING) stops receiving calls before it goes away.
 
 Credentials not passed in come from the environment: PREDSERVE_TOKEN (or a file named by
 PREDSERVE_TOKEN_FILE) is sent as `authorization: Bearer <token>`; PREDSERVE_CA, PREDSERVE_CERT and
@@ -41,11 +41,18 @@ _RETRIED_METHODS = ("Predict", "ListModels", "ListPredictionSets")
 HEALTH_SERVICE = "predserve.v1.Predserve"
 
 
-def _service_config(max_attempts: int) -> str:
-    config: dict[str, Any] = {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "healthCheckConfig": {"serviceName": HEALTH_SERVICE},
-    }
+# Targets that may name several replicas, and get round robin with health checking. One plain HOST:PORT
+# keeps gRPC's pick_first: round robin reconnects a lost server on its own backoff schedule, so after a
+# restart of the only server calls would fail for seconds longer than with pick_first, which reconnects
+# as soon as a call asks.
+BALANCED_SCHEMES = ("ipv4:", "ipv6:", "dns:")
+
+
+def _service_config(max_attempts: int, balanced: bool) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if balanced:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+        config["healthCheckConfig"] = {"serviceName": HEALTH_SERVICE}
     if max_attempts > 1:  # gRPC accepts a retry policy of two attempts or more only
         config["methodConfig"] = [
             {
@@ -60,7 +67,7 @@ def _service_config(max_attempts: int) -> str:
                 },
             }
         ]
-    return json.dumps(config)
+    return config
 
 
 # Promotion policies by the names the CLI uses.
@@ -129,7 +136,8 @@ def channel_target(targets: str | Sequence[str]) -> str:
     """One gRPC target for one server, a DNS name, or several servers (comma-separated or a list).
 
     Several servers must be IP addresses, gRPC's `ipv4:`/`ipv6:` list syntax; for host names, give one
-    DNS name that resolves to every replica (e.g. `dns:///predserve-headless:50051`).
+    DNS name that resolves to every replica, with the scheme (`dns:///predserve-headless:50051`): those
+    targets are balanced round robin over the healthy replicas, a plain HOST:PORT is one server.
     """
     parts = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else [t.strip() for t in targets]
     parts = [t for t in parts if t]
@@ -212,10 +220,15 @@ class PredserveClient:
         ca = ca or _env_path("PREDSERVE_CA")
         cert = cert or _env_path("PREDSERVE_CERT")
         key = key or _env_path("PREDSERVE_KEY")
+        service_config = _service_config(max_attempts, self.target.startswith(BALANCED_SCHEMES))
         options: list[tuple[str, str | int]] = [
-            ("grpc.service_config", _service_config(max_attempts)),
             ("grpc.enable_retries", 1 if max_attempts > 1 else 0),
+            # gRPC waits up to 120 s between attempts to reach a server that was down; a restarted replica
+            # is back in seconds, so try again at least every second instead.
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
+        if service_config:
+            options.append(("grpc.service_config", json.dumps(service_config)))
         if tls or ca or cert or key:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=ca.read_bytes() if ca else None,
@@ -225,9 +238,7 @@ class PredserveClient:
             self._channel = grpc.secure_channel(self.target, credentials, options=options)
         else:
             if token and not _is_loopback(self.target):
-                logger.warning(
-                    "sending a bearer token to %s without TLS: anyone on the path can read it", self.target
-                )
+                logger.warning("sending a bearer token to %s without TLS: anyone on the path can read it", self.target)
             self._channel = grpc.insecure_channel(self.target, options=options)
         self._stub = pb_grpc.PredserveStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

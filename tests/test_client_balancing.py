@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from client.cli import main as cli_main
-from client.library import HEALTH_SERVICE, PredserveClient, PredserveClientError, channel_target
+from client.library import BALANCED_SCHEMES, HEALTH_SERVICE, PredserveClient, PredserveClientError, channel_target
 from protos import predserve_pb2 as pb
 from protos import predserve_pb2_grpc as pb_grpc
 
@@ -93,6 +93,7 @@ def test_calls_spread_over_serving_replicas_only(replicas: list[Replica]) -> Non
 
 def test_targets_become_one_grpc_target() -> None:
     assert channel_target("127.0.0.1:50051") == "127.0.0.1:50051"
+    assert not channel_target("127.0.0.1:50051").startswith(BALANCED_SCHEMES)  # one server: pick_first
     assert channel_target("dns:///predserve-headless.ml.svc:50051") == "dns:///predserve-headless.ml.svc:50051"
     assert channel_target(["127.0.0.1:1", "127.0.0.2:2"]) == "ipv4:127.0.0.1:1,127.0.0.2:2"
     assert channel_target("127.0.0.1:1, 127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"

@@ -38,7 +38,7 @@ test: lint
 
 SOAK_SECONDS ?= 120
 soak: $(PROTO_OUT)
-	PREDSERVE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q tests/test_soak.py
+	PREDSERVE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s tests/test_soak.py
 
 restart-test: $(PROTO_OUT)
 	$(PY) scripts/restart_story.py --mode check

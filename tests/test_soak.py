@@ -96,6 +96,13 @@ def test_soak_with_trains_and_restarts(tmp_path: Path) -> None:
         thread.join(timeout=120)
     server.kill()
 
+    print(
+        f"\nsoak {SOAK_SECONDS:.0f}s: {len(journal.answers)} Predict answers, {len(journal.acknowledged) - 1} Trains "
+        f"acknowledged, {len(journal.restarts)} restarts (SIGTERM and kill -9 alternating), "
+        f"{len(journal.failures)} Predict failures, all UNAVAILABLE inside a restart window"
+        if all(code is grpc.StatusCode.UNAVAILABLE for _, code, _ in journal.failures)
+        else ""
+    )
     unexpected = [
         f"{code.name}: {details}"
         for moment, code, details in journal.failures

@@ -25,6 +25,7 @@ from server.api.servicer import PredserveServicer
 from server.api.v2_servicer import InferenceServicer
 from server.config import ServerConfig, parse_config
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
+from server.services.batching import MicroBatcher
 from server.services.history import HistoryService
 from server.services.importing import ModelImportService
 from server.services.lifecycle import ModelLifecycleService
@@ -95,7 +96,7 @@ def build_services(config: ServerConfig) -> Services:
     return Services(
         store=store,
         training=ModelTrainingService(history_repository, artifacts, registrar),
-        prediction=PredictionService(store, sets, loader),
+        prediction=PredictionService(store, sets, loader, MicroBatcher(config.batch_max_rows)),
         registry=ModelRegistryService(store, sets),
         history=HistoryService(history_repository),
         lifecycle=ModelLifecycleService(sets, artifacts, registrar, store),

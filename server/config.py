@@ -31,6 +31,8 @@ class ServerConfig:
     reload_interval_seconds: float = 2.0
     workers: int = 1
     import_timeout_seconds: float = 60.0
+    # Most rows one batched predict call may answer (server/services/batching.py); 0 turns batching off.
+    batch_max_rows: int = 256
 
     @property
     def address(self) -> str:
@@ -101,7 +103,16 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     )
     parser.add_argument("--import-timeout", type=float, default=defaults.import_timeout_seconds,
                         help="seconds an imported artifact may take to load in its probe process")
+    parser.add_argument(
+        "--batch-max-rows",
+        type=int,
+        default=int(env.get("PREDSERVE_BATCH_MAX_ROWS", defaults.batch_max_rows)),
+        help="answer concurrent Predict calls of a tree-based model with one predict of up to this many rows "
+        "(env PREDSERVE_BATCH_MAX_ROWS; 0: off)",
+    )
     args = parser.parse_args(argv)
+    if args.batch_max_rows < 0:
+        parser.error("--batch-max-rows must be 0 or more")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     return ServerConfig(
@@ -117,4 +128,5 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         reload_interval_seconds=args.reload_interval,
         workers=args.workers,
         import_timeout_seconds=args.import_timeout,
+        batch_max_rows=args.batch_max_rows,
     )

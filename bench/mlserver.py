@@ -36,11 +36,14 @@ def ensure_venv() -> Path:
         f"mlserver=={MLSERVER_VERSION}",
         f"mlserver-sklearn=={MLSERVER_VERSION}",
         *(f"{name}=={metadata.version(name)}" for name in ("scikit-learn", "numpy", "joblib", "scipy")),
+        # uvloop 0.22 and later refuse asyncio.get_event_loop() without a running loop, which MLServer 1.7.1's
+        # inference worker calls at start: the worker dies and every model fails to load.
+        "uvloop==0.21.0",
     ]
     if stamp.exists() and stamp.read_text() == "\n".join(pins):
         return executable
     logger.info("installing MLServer into %s: %s", VENV, " ".join(pins))
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, *pins], check=True)
     stamp.write_text("\n".join(pins))

@@ -66,7 +66,7 @@ def check_labels(target: str, model: str, rows: np.ndarray, expected: np.ndarray
     """One call before a run: the server's labels must be the in-process pipeline's, or the figures mean nothing."""
     with loadgen.channel(target) as ch:
         answer = pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(loadgen.infer_request(model, rows), timeout=60)
-    got = loadgen.output_values(answer)
+    got = loadgen.output_values(answer).reshape(-1)  # MLServer answers [rows, 1], predserve [rows]
     if got.shape != expected.shape or not np.array_equal(got.astype(expected.dtype), expected):
         raise AssertionError(f"{target} answers {model} differently from the pipeline in process")
 

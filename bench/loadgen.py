@@ -26,10 +26,11 @@ CHANNEL_OPTIONS = [
     ("grpc.use_local_subchannel_pool", 1),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    # Start-up timing polls a server that is not listening yet: retry the connection quickly.
+    # Start-up timing polls a server that is not listening yet: retry the connection every 20 ms, or the
+    # backoff (up to 100 ms here, 120 s by default) would be counted as start-up time.
     ("grpc.initial_reconnect_backoff_ms", 20),
     ("grpc.min_reconnect_backoff_ms", 20),
-    ("grpc.max_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 20),
 ]
 CALL_TIMEOUT = 30.0
 

@@ -126,7 +126,7 @@ def run_bench(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fals
         finally:
             for process in servers.values():
                 process.stop()
-        train = scenarios.train_overhead(labs.train, rounds)
+        train = scenarios.train_overhead(labs.train, max(rounds, 5))
         logger.info("train: %s", train)
         memory = scenarios.memory(labs.twenty, labs.empty, artifacts, workload.probes)
         logger.info("memory: %s", memory)
@@ -204,18 +204,20 @@ def run_compare(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fa
         workload = Workload(artifacts)
         recorder = Recorder()
         serving = {model: artifacts[model] for model in (IRIS_MODEL, FOREST_MODEL)}
-        predserve = labs.twenty.server()
-        predserve.start()
+        predserves = {"predserve": labs.twenty.server(), "predserve_workers2": labs.twenty.server(("--workers", "2"))}
+        for process in predserves.values():
+            process.start()
         targets: dict[str, tuple[str, int]] = {}
         try:
-            targets["predserve"] = (predserve.target, scenarios.pids_of(predserve))
+            for name, process in predserves.items():
+                targets[name] = (process.target, scenarios.pids_of(process))
             for setup in mlserver.SETUPS:
                 peer = mlserver.MLServerProcess(executable, labs.root / "mlserver-serve", serving, setup)
                 peers[setup] = peer
                 model, rows = workload.rows["forest_1row"]
-                seconds_to_answer, process = scenarios.first_answer_seconds(peer.start, peer.target, model, rows)
+                seconds_to_answer, peer_process = scenarios.first_answer_seconds(peer.start, peer.target, model, rows)
                 logger.info("%s answered after %.2fs", setup, seconds_to_answer)
-                targets[setup] = (peer.target, process.pid)
+                targets[setup] = (peer.target, peer_process.pid)
             for name, (target, _) in targets.items():
                 for key in workload.rows:
                     model, rows = workload.rows[key]
@@ -231,7 +233,8 @@ def run_compare(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fa
                         recorder.add(f"{name}/{key}_c{concurrency}", figures)
                 _compare_startups(recorder, executable, labs, workload, artifacts)
         finally:
-            predserve.stop()
+            for process in predserves.values():
+                process.stop()
             for peer in peers.values():
                 peer.stop()
         results = {

@@ -211,7 +211,10 @@ def serve(
         os.getpid(),
     )
 
-    stop_requested.wait()
+    # Python runs signal handlers in the main thread only, and a SIGTERM that the kernel hands to one of
+    # grpc's threads does not interrupt a blocking wait here: without a timeout it could be lost for good.
+    while not stop_requested.wait(timeout=0.5):
+        pass
     logger.info("stopping: refusing new calls, letting in-flight calls finish (grace %.0fs)", config.grace_seconds)
     health_servicer.enter_graceful_shutdown()
     services.reloader.stop()

@@ -96,7 +96,9 @@ def build_services(config: ServerConfig) -> Services:
     return Services(
         store=store,
         training=ModelTrainingService(history_repository, artifacts, registrar),
-        prediction=PredictionService(store, sets, loader, MicroBatcher(config.batch_max_rows)),
+        prediction=PredictionService(
+            store, sets, loader, MicroBatcher(config.batch_max_rows, config.batch_max_wait_ms / 1000)
+        ),
         registry=ModelRegistryService(store, sets),
         history=HistoryService(history_repository),
         lifecycle=ModelLifecycleService(sets, artifacts, registrar, store),

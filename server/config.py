@@ -33,6 +33,8 @@ class ServerConfig:
     import_timeout_seconds: float = 60.0
     # Most rows one batched predict call may answer (server/services/batching.py); 0 turns batching off.
     batch_max_rows: int = 256
+    # How long a batch may wait for the callers the previous batch answered to come back (adaptive: never alone).
+    batch_max_wait_ms: float = 2.0
 
     @property
     def address(self) -> str:
@@ -110,9 +112,17 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         help="answer concurrent Predict calls of a tree-based model with one predict of up to this many rows "
         "(env PREDSERVE_BATCH_MAX_ROWS; 0: off)",
     )
+    parser.add_argument(
+        "--batch-max-wait-ms",
+        type=float,
+        default=float(env.get("PREDSERVE_BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms)),
+        help="under load, how long a batch may wait for the callers of the previous one (default 2; 0: never)",
+    )
     args = parser.parse_args(argv)
     if args.batch_max_rows < 0:
         parser.error("--batch-max-rows must be 0 or more")
+    if args.batch_max_wait_ms < 0:
+        parser.error("--batch-max-wait-ms must be 0 or more")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     return ServerConfig(
@@ -129,4 +139,5 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         workers=args.workers,
         import_timeout_seconds=args.import_timeout,
         batch_max_rows=args.batch_max_rows,
+        batch_max_wait_ms=args.batch_max_wait_ms,
     )

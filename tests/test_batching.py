@@ -128,6 +128,19 @@ def test_an_error_in_a_batch_stays_with_its_call() -> None:
     assert outcomes == [expected, expected, "bad row", expected, "bad row"]
 
 
+def test_a_lone_caller_is_answered_alone_and_expects_nobody() -> None:
+    pipeline, x = _fitted("random_forest")
+    batcher = MicroBatcher(max_rows=64, max_wait=30.0)  # a wait would show as a hung test, not a slow one
+    compute = CountingCompute()
+    compute.gate.set()
+    for i in range(5):
+        labels, _ = batcher.run(pipeline, x[i : i + 1], False, compute)
+        assert np.array_equal(labels, pipeline.predict(x[i : i + 1]))
+    assert compute.sizes == [1] * 5
+    lanes = next(iter(batcher._lanes.values()))
+    assert [lane.expected for lane in lanes.values()] == [1]
+
+
 def test_batching_off_calls_straight_through() -> None:
     pipeline, x = _fitted("random_forest")
     answers, sizes = _concurrent_answers(MicroBatcher(max_rows=0), pipeline, [x[i : i + 1] for i in range(8)], False)

@@ -1,9 +1,12 @@
 """Micro-batching: concurrent predict calls for the same pipeline answered by one call of that pipeline.
 
-No thread waits on purpose. A call that finds its pipeline idle runs at once; calls that arrive while it
-runs queue up, and the first of them then runs everything queued (up to max_rows) as one matrix. So a lone
-caller pays nothing, and under load a 100-tree forest, whose predict costs about the same for 1 or 200
-rows, answers many calls for the price of one.
+A call that finds its pipeline idle runs at once; calls that arrive while it runs queue up, and the first
+of them then runs everything queued (up to max_rows) as one matrix. Under load a 100-tree forest, whose
+predict costs about the same for 1 or 200 rows, so answers many calls for the price of one.
+
+The wait is adaptive. A batch that starts right after one of N calls expects those N callers back within a
+round trip, so it waits for them, at most max_wait; without it, N closed-loop callers fall into batches of
+N-1 and 1 in turn, the lone call paying a whole predict. A caller alone (or after a quiet spell) never waits.
 
 Only pipelines whose answer for a row cannot depend on the other rows of the matrix are batched: the steps
 must all be of a type listed in BATCH_INVARIANT_STEPS (element-wise scaling, trees and tree ensembles,
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +42,9 @@ from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, ExtraTre
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = 256
+DEFAULT_MAX_WAIT_SECONDS = 0.002
+# A lane idle for longer than this many max_waits has forgotten its last batch: the next call runs at once.
+_MEMORY_WAITS = 10
 
 # Exact types only: a subclass may compute anything.
 BATCH_INVARIANT_STEPS: frozenset[type] = frozenset(
@@ -90,11 +97,18 @@ class _Lane:
     lock: threading.Lock = field(default_factory=threading.Lock)
     waiting: deque[_Call] = field(default_factory=deque)
     running: bool = False
+    # How many calls the next batch may expect, and when the last one ended (time.monotonic()).
+    expected: int = 1
+    finished_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.arrived = threading.Condition(self.lock)
 
 
 class MicroBatcher:
-    def __init__(self, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+    def __init__(self, max_rows: int = DEFAULT_MAX_ROWS, max_wait: float = DEFAULT_MAX_WAIT_SECONDS) -> None:
         self.max_rows = max_rows
+        self.max_wait = max_wait
         # Keyed by the pipeline object itself: a pipeline swapped out by a Train takes its lanes with it.
         self._lanes: weakref.WeakKeyDictionary[Any, dict[tuple[bool, str], _Lane]] = weakref.WeakKeyDictionary()
         self._invariant: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
@@ -115,6 +129,7 @@ class MicroBatcher:
             lane.waiting.append(call)
             leading = not lane.running
             lane.running = True
+            lane.arrived.notify()
         if not leading:
             call.done.wait()
             if not call.lead:
@@ -132,6 +147,7 @@ class MicroBatcher:
 
     def _lead(self, lane: _Lane, own: _Call, pipeline: Any, probabilities: bool, compute: Compute) -> Answer:
         with lane.lock:
+            self._await_expected(lane)
             batch = [lane.waiting.popleft()]  # own call: it is at the head of the queue
             rows = len(own.features)
             while lane.waiting and rows + len(lane.waiting[0].features) <= self.max_rows:
@@ -141,6 +157,8 @@ class MicroBatcher:
             _answer(batch, pipeline, probabilities, compute)
         finally:
             with lane.lock:
+                lane.expected = len(batch) + len(lane.waiting)
+                lane.finished_at = time.monotonic()
                 if lane.waiting:
                     successor = lane.waiting[0]
                     successor.lead = True
@@ -150,6 +168,22 @@ class MicroBatcher:
             for call in batch[1:]:
                 call.done.set()
         return own.result()
+
+    def _await_expected(self, lane: _Lane) -> None:
+        """With lane.lock held: wait, at most max_wait, for the callers the last batch answered to come back."""
+        now = time.monotonic()
+        if now - lane.finished_at > _MEMORY_WAITS * self.max_wait:
+            lane.expected = 1
+        deadline = now + self.max_wait
+        while len(lane.waiting) < lane.expected and self._queued_rows(lane) < self.max_rows:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            lane.arrived.wait(remaining)
+
+    @staticmethod
+    def _queued_rows(lane: _Lane) -> int:
+        return sum(len(call.features) for call in lane.waiting)
 
 
 def _answer(batch: list[_Call], pipeline: Any, probabilities: bool, compute: Compute) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -247,6 +246,3 @@ def memory(twenty: Lab, empty: Lab, artifacts: dict[str, Path], probes: dict[str
 def pids_of(process: Any) -> int:
     return int(process.process.pid)
 
-
-def environment_note() -> str:
-    return f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}" if "OPENBLAS_CORETYPE" in os.environ else ""

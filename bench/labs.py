@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +57,16 @@ class Lab:
         return {m.model_type: self.models_dir / m.model_artifact_path for m in listed}
 
 
+def stop(process: ServerProcess) -> None:
+    """SIGTERM and a graceful stop; SIGKILL if it has not stopped within 30 s, so that no run leaves a server."""
+    try:
+        process.stop(timeout=30)
+    except subprocess.TimeoutExpired:
+        logger.error("server pid %s ignored SIGTERM for 30 s; killed:\n%s", process.process and process.process.pid,
+                     process.log()[-2000:])
+        process.kill()
+
+
 @contextlib.contextmanager
 def serving(process: ServerProcess) -> Iterator[PredserveClient]:
     """A started predserve process and a client to it; SIGTERM on the way out."""
@@ -64,7 +75,7 @@ def serving(process: ServerProcess) -> Iterator[PredserveClient]:
         with PredserveClient(process.target, train_deadline_seconds=600) as client:
             yield client
     finally:
-        process.stop()
+        stop(process)
 
 
 def _builtin(name: str) -> tuple[list[str], list[tuple[list[float], int]]]:

@@ -14,7 +14,7 @@ import joblib
 import numpy as np
 
 from bench import mlserver, report, scenarios
-from bench.labs import FOREST_MODEL, IRIS_MODEL, Labs, feature_rows
+from bench.labs import FOREST_MODEL, IRIS_MODEL, Labs, feature_rows, stop
 from bench.procstats import CORES
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def run_bench(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fals
                 _startups(recorder, labs, workload, startup_artifacts)
         finally:
             for process in servers.values():
-                process.stop()
+                stop(process)
         train = scenarios.train_overhead(labs.train, max(rounds, 5))
         logger.info("train: %s", train)
         memory = scenarios.memory(labs.twenty, labs.empty, artifacts, workload.probes)
@@ -234,7 +234,7 @@ def run_compare(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fa
                 _compare_startups(recorder, executable, labs, workload, artifacts)
         finally:
             for process in predserves.values():
-                process.stop()
+                stop(process)
             for peer in peers.values():
                 peer.stop()
         results = {

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 from bench import loadgen
-from bench.labs import Lab, serving
+from bench.labs import Lab, serving, stop
 from bench.procstats import memory_kib, process_tree
 from protos import grpc_predict_v2_pb2_grpc as pb_grpc
 from server.launcher import PROJECT_ROOT
@@ -168,7 +168,7 @@ def predserve_startup(lab: Lab, model: str, rows: np.ndarray, extra_args: tuple[
     try:
         seconds, _ = first_answer_seconds(start, f"127.0.0.1:{port}", model, rows)
     finally:
-        process.stop()
+        stop(process)
     return seconds
 
 
@@ -229,7 +229,7 @@ def memory(twenty: Lab, empty: Lab, artifacts: dict[str, Path], probes: dict[str
                 "hwm_kib": sum(memory_kib(pid, "VmHWM") for pid in pids),
             }
         finally:
-            process.stop()
+            stop(process)
 
     idle = settled(empty, {})
     loaded = settled(twenty, {model: probes[model] for model in artifacts})

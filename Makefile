@@ -9,7 +9,7 @@ PROTO_OUT := $(PROTO_SRC:.proto=_pb2.py)
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: run test lint soak restart-test demo proto report bench-replicas clean
+.PHONY: run test lint soak restart-test demo proto report bench bench-compare bench-replicas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,8 @@ run: $(PROTO_OUT)
 	$(PY) -m server --host $(HOST) --port $(PORT)
 
 lint: $(PROTO_OUT)
-	$(VENV)/bin/ruff check server client tests scripts bench/replicas.py
-	$(VENV)/bin/mypy server client bench/replicas.py
+	$(VENV)/bin/ruff check server client tests scripts bench
+	$(VENV)/bin/mypy server client bench
 
 test: lint
 	$(PY) -m pytest -q
@@ -53,9 +53,22 @@ report: $(PROTO_OUT)
 BENCH_REPLICAS_ARGS ?=
 bench-replicas: $(PROTO_OUT)
 	$(PY) -m bench.replicas $(BENCH_REPLICAS_ARGS)
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Not part of `make test`: timings, printed as ratios against baselines measured in the same run.
+BENCH_ARGS ?=
+bench: $(PROTO_OUT) $(BENCH_STAMP)
+	$(PY) -m bench run $(BENCH_ARGS)
+
+# Installs MLServer into bench/.venv-mlserver on first use, then drives both servers in alternation.
+bench-compare: $(PROTO_OUT) $(BENCH_STAMP)
+	$(PY) -m bench compare $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) protos/*_pb2*.py protos/*_pb2*.pyi .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) bench/.venv-mlserver protos/*_pb2*.py protos/*_pb2*.pyi .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -prune -exec rm -rf {} +
 	find models -type f ! -name .gitkeep -delete
 	rm -f db/predictions.db db/predictions.db-*

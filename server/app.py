@@ -27,6 +27,7 @@ from server.api.tls import server_credentials
 from server.api.v2_servicer import InferenceServicer
 from server.config import ServerConfig, parse_config, security_summary, security_warnings
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
+from server.services.batching import MicroBatcher
 from server.services.history import HistoryService
 from server.services.importing import ModelImportService
 from server.services.lifecycle import ModelLifecycleService
@@ -108,7 +109,13 @@ def build_services(config: ServerConfig) -> Services:
             max_rows=config.max_rows_per_request,
             time_limit_seconds=config.train_deadline_seconds,
         ),
-        prediction=PredictionService(store, sets, loader, max_rows=config.max_rows_per_request),
+        prediction=PredictionService(
+            store,
+            sets,
+            loader,
+            max_rows=config.max_rows_per_request,
+            batcher=MicroBatcher(config.batch_max_rows, config.batch_max_wait_ms / 1000),
+        ),
         registry=ModelRegistryService(store, sets),
         history=HistoryService(history_repository, max_rows=config.max_rows_per_request),
         lifecycle=ModelLifecycleService(sets, artifacts, registrar, store),
@@ -235,8 +242,8 @@ def serve(
         os.getpid(),
     )
 
-    # A bounded wait: Python runs signal handlers only in the main thread, and a SIGTERM that the kernel
-    # hands to one of gRPC's threads would otherwise never wake an unbounded wait.
+    # Python runs signal handlers in the main thread only, and a SIGTERM that the kernel hands to one of
+    # grpc's threads does not interrupt a blocking wait here: without a timeout it could be lost for good.
     while not stop_requested.wait(timeout=0.5):
         pass
     logger.info("stopping: refusing new calls, letting in-flight calls finish (grace %.0fs)", config.grace_seconds)

@@ -48,6 +48,10 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # Most rows one batched predict call may answer (server/services/batching.py); 0 turns batching off.
+    batch_max_rows: int = 256
+    # How long a batch may wait for the callers the previous batch answered to come back (adaptive: never alone).
+    batch_max_wait_ms: float = 2.0
 
     @property
     def address(self) -> str:
@@ -221,7 +225,24 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         default=defaults.import_timeout_seconds,
         help="seconds an imported artifact may take to load in its probe process",
     )
+    parser.add_argument(
+        "--batch-max-rows",
+        type=int,
+        default=int(env.get("PREDSERVE_BATCH_MAX_ROWS", defaults.batch_max_rows)),
+        help="answer concurrent Predict calls of a tree-based model with one predict of up to this many rows "
+        "(env PREDSERVE_BATCH_MAX_ROWS; 0: off)",
+    )
+    parser.add_argument(
+        "--batch-max-wait-ms",
+        type=float,
+        default=float(env.get("PREDSERVE_BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms)),
+        help="under load, how long a batch may wait for the callers of the previous one (default 2; 0: never)",
+    )
     args = parser.parse_args(argv)
+    if args.batch_max_rows < 0:
+        parser.error("--batch-max-rows must be 0 or more")
+    if args.batch_max_wait_ms < 0:
+        parser.error("--batch-max-wait-ms must be 0 or more")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     _check_limits(parser, args)
@@ -265,6 +286,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
+        batch_max_rows=args.batch_max_rows,
+        batch_max_wait_ms=args.batch_max_wait_ms,
     )
 
 

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import sklearn
 
 from server.domain import TargetValue
 from server.errors import ErrorKind, FailedPrecondition, InvalidArgument, NotFound, PredserveError
 from server.model_store import LoadedModel, ModelStore
+from server.services.batching import Answer, MicroBatcher
 from server.services.loading import ModelLoader
 from server.services.validation import check_finite, check_name, check_row_limit, feature_matrix
 from server.storage.database import PredictionSetRepository
@@ -46,12 +48,19 @@ class ModelDescription:
 
 class PredictionService:
     def __init__(
-        self, store: ModelStore, sets: PredictionSetRepository, loader: ModelLoader, max_rows: int | None = None
+        self,
+        store: ModelStore,
+        sets: PredictionSetRepository,
+        loader: ModelLoader,
+        max_rows: int | None = None,
+        batcher: MicroBatcher | None = None,
     ) -> None:
         self.store = store
         self.sets = sets
         self.loader = loader
         self.max_rows = max_rows
+        # Off unless given: the server turns it on (--batch-max-rows), in-process callers may too.
+        self.batcher = batcher or MicroBatcher(max_rows=0)
         self._pin_lock = threading.Lock()
 
     def predict(
@@ -64,7 +73,7 @@ class PredictionService:
         check_row_limit("the request", len(rows), self.max_rows)
         model = self.resolve_model(model_type, prediction_set_id)
         features = self._features(model, rows)
-        return self._run(model, features, include_probabilities)
+        return self._run(model, features, include_probabilities, self.batcher)
 
     def describe(self, model_type: str, prediction_set_id: int = 0) -> ModelDescription:
         model = self.resolve_model(model_type, prediction_set_id)
@@ -131,17 +140,17 @@ class PredictionService:
         return feature_matrix(rows, expected)
 
     @staticmethod
-    def _run(model: LoadedModel, features: np.ndarray, include_probabilities: bool) -> PredictionResult:
+    def _run(
+        model: LoadedModel, features: np.ndarray, include_probabilities: bool, batcher: MicroBatcher
+    ) -> PredictionResult:
         record = model.record
         classes = list(record.classes or [])
-        probabilities = None
-        if include_probabilities:
-            if not hasattr(model.pipeline, "predict_proba"):
-                raise FailedPrecondition(
-                    f"model type {record.model_type!r} ({record.algorithm}) does not give probabilities"
-                )
-            probabilities = model.pipeline.predict_proba(features)
-        values: list[Any] = model.pipeline.predict(features).tolist()
+        if include_probabilities and not hasattr(model.pipeline, "predict_proba"):
+            raise FailedPrecondition(
+                f"model type {record.model_type!r} ({record.algorithm}) does not give probabilities"
+            )
+        labels, probabilities = batcher.run(model.pipeline, features, include_probabilities, _predict)
+        values: list[Any] = labels.tolist()
         return PredictionResult(
             model_type=record.model_type,
             prediction_set_id=record.id,
@@ -150,3 +159,15 @@ class PredictionService:
             classes=classes,
             artifact_sha256_prefix=model.sha256_prefix,
         )
+
+
+def _predict(pipeline: Any, features: np.ndarray, include_probabilities: bool) -> Answer:
+    """The pipeline's own predict (and predict_proba), with the checks already made at the edge skipped.
+
+    _features has refused anything but a finite 2-D matrix of the model's width, so scikit-learn need not
+    scan it again for NaN and infinity; hyper-parameters were validated when the pipeline was fitted.
+    Neither setting changes what is computed, only what is checked.
+    """
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        probabilities = pipeline.predict_proba(features) if include_probabilities else None
+        return np.asarray(pipeline.predict(features)), probabilities

@@ -1,0 +1,278 @@
+"""Targets, the Markdown table, the JSON file and the latency plot under bench/results/."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _target(name: str, measured: float, reference: float, limit: float, at_most: bool, detail: str) -> dict[str, Any]:
+    ratio = measured / reference if reference else float("nan")
+    met = ratio <= limit if at_most else ratio >= limit
+    return {
+        "target": name,
+        "ratio": round(ratio, 3),
+        "limit": f"{'<=' if at_most else '>='} {limit}",
+        "met": bool(met),
+        "detail": detail,
+    }
+
+
+def targets(results: dict[str, Any], peer_rps: dict[str, float], measured_peer: bool) -> list[dict[str, Any]]:
+    s = results["scenarios"]
+    found: list[dict[str, Any]] = []
+    empty = s["predserve/empty_c1"]["p50_ms"]
+    for key in ("iris_1row", "forest_1row"):
+        served, floor = s[f"predserve/{key}_c1"]["p50_ms"], s[f"inprocess/{key}"]["p50_ms"]
+        found.append(
+            _target(
+                f"{key} p50 at c1 vs empty call + in-process predict",
+                served,
+                empty + floor,
+                1.25,
+                True,
+                f"{served:.2f} ms vs {empty:.2f} + {floor:.2f} ms",
+            )
+        )
+    source = "MLServer's best set-up, " + ("measured in this run" if measured_peer else "the issue's figure")
+    for key, limit in (("iris_1row_c8", 2.0), ("forest_1row_c8", 4.0)):
+        rps = s[f"predserve/{key}"]["requests_per_s"]
+        found.append(
+            _target(
+                f"{key} requests/s vs MLServer",
+                rps,
+                peer_rps[key],
+                limit,
+                False,
+                f"{rps:.0f} vs {peer_rps[key]:.0f} req/s ({source})",
+            )
+        )
+    for key in ("iris_1000", "forest_1000"):
+        rows, floor = s[f"predserve/{key}_c1"]["rows_per_s"], s[f"inprocess/{key}"]["rows_per_s"]
+        found.append(
+            _target(
+                f"{key} rows/s vs in-process predict", rows, floor, 0.8, False, f"{rows:,.0f} vs {floor:,.0f} rows/s"
+            )
+        )
+    for count in (20, 1):
+        served, floor = s[f"startup/predserve_{count}"]["seconds"], s[f"startup/floor_{count}"]["floor_s"]
+        parts = s[f"startup/floor_{count}"]
+        entry = _target(
+            f"start-up to first Predict, {count} model(s), vs interpreter + imports + joblib.load",
+            served,
+            floor,
+            1.2,
+            True,
+            f"{served:.2f} s vs {floor:.2f} s ({parts['interpreter_s']:.2f} + {parts['imports_s']:.2f} + "
+            f"{parts['joblib_loads_s']:.2f})",
+        )
+        if count == 1:  # the issue sets its target at 20 models; one model is shown for scale
+            entry.update(limit="report", met=None)
+        found.append(entry)
+    train = results["train"]
+    found.append(
+        _target(
+            "Train persistence vs fit (100-tree forest, 10,000 rows)",
+            train["median_persist_s"],
+            train["median_fit_s"],
+            0.05,
+            True,
+            f"{train['median_persist_s']:.3f} s vs {train['median_fit_s']:.3f} s",
+        )
+    )
+    memory = results["memory"]
+    base = memory["idle_rss_mib"] + memory["models_in_process_mib"]
+    found.append(
+        _target(
+            "peak memory, 20 models, vs idle server + models in process",
+            memory["loaded_peak_mib"],
+            base,
+            1.2,
+            True,
+            f"{memory['loaded_peak_mib']:.0f} MiB (now {memory['loaded_rss_mib']:.0f}) vs "
+            f"{memory['idle_rss_mib']:.0f} + {memory['models_in_process_mib']:.0f} MiB",
+        )
+    )
+    for key in ("iris_1row_c8", "forest_1row_c8"):
+        two, one = s[f"predserve_workers2/{key}"]["requests_per_s"], s[f"predserve/{key}"]["requests_per_s"]
+        found.append(
+            {
+                "target": f"(issue #4) {key}: --workers 2 vs 1",
+                "ratio": round(two / one, 3),
+                "limit": "report",
+                "met": None,
+                "detail": f"{two:.0f} vs {one:.0f} req/s",
+            }
+        )
+    for name in ("predserve/iris_1000_c2", "predserve_workers2/iris_1000_c2"):
+        rows, floor = s[name]["rows_per_s"], s["inprocess/iris_1000"]["rows_per_s"]
+        found.append(
+            {
+                "target": f"(for scale) {name} rows/s vs in-process predict",
+                "ratio": round(rows / floor, 3),
+                "limit": "report",
+                "met": None,
+                "detail": f"{rows:,.0f} vs {floor:,.0f} rows/s",
+            }
+        )
+    batched, unbatched = (
+        s["predserve/forest_1row_c8"]["requests_per_s"],
+        s["predserve_nobatch/forest_1row_c8"]["requests_per_s"],
+    )
+    found.append(
+        {
+            "target": "(lever) forest_1row_c8: micro-batching on vs off",
+            "ratio": round(batched / unbatched, 3),
+            "limit": "report",
+            "met": None,
+            "detail": f"{batched:.0f} vs {unbatched:.0f} req/s",
+        }
+    )
+    return found
+
+
+def compare_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """predserve (default, and --workers 2) against MLServer's better set-up of the two, scenario by scenario."""
+    s = results["scenarios"]
+    found = []
+    for key in ("iris_1row_c1", "iris_1row_c8", "forest_1row_c1", "forest_1row_c8", "iris_1000_c1", "forest_1000_c1"):
+        peers = {setup: s[f"{setup}/{key}"] for setup in ("mlserver_default", "mlserver_inprocess")}
+        best = max(peers.values(), key=lambda figures: figures["requests_per_s"])
+        limit = {"iris_1row_c8": 2.0, "forest_1row_c8": 4.0}.get(key)
+        peer_text = ", ".join(
+            f"{name.split('_')[1]} {f['requests_per_s']:.0f} req/s (p50 {f['p50_ms']:.2f} ms)"
+            for name, f in peers.items()
+        )
+        for ours in ("predserve", "predserve_workers2"):
+            figures = s[f"{ours}/{key}"]
+            ratio = figures["requests_per_s"] / best["requests_per_s"]
+            found.append(
+                {
+                    "target": f"{key} throughput, {ours} / MLServer best",
+                    "ratio": round(ratio, 3),
+                    "limit": f">= {limit}" if limit else "report",
+                    "met": (ratio >= limit) if limit else None,
+                    "detail": f"{figures['requests_per_s']:.0f} req/s (p50 {figures['p50_ms']:.2f} ms) vs {peer_text}",
+                }
+            )
+    ours_start = s["startup/predserve_20"]["seconds"]
+    peer_starts = {setup: s[f"startup/{setup}_20"]["seconds"] for setup in ("mlserver_default", "mlserver_inprocess")}
+    best_start = min(peer_starts.values())
+    found.append(
+        {
+            "target": "start-up to first Predict, 20 models, predserve / MLServer best",
+            "ratio": round(ours_start / best_start, 3),
+            "limit": "< 1",
+            "met": ours_start < best_start,
+            "detail": f"{ours_start:.2f} s vs "
+            + ", ".join(f"{k.split('_')[1]} {v:.2f} s" for k, v in peer_starts.items()),
+        }
+    )
+    return found
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"## predserve benchmark ({results['kind']}), {results['started_at']}",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + f"; load average at start {' '.join(m['load_average_at_start'])}. "
+        f"Medians of {results['rounds']} rounds of at most {results['seconds_per_run']} s per run"
+        + (f"; MLServer {results['mlserver']}" if "mlserver" in results else "")
+        + f"; the whole run took {results['duration_s']:.0f} s.",
+        "",
+        "| target | ratio | limit | met | measured |",
+        "|---|---|---|---|---|",
+    ]
+    for t in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['ratio']} | {t['limit']} | {met} | {t['detail']} |")
+    lines += [
+        "",
+        "| scenario | p50 ms | p90 ms | p99 ms | req/s | rows/s | errors | generator CPU % | server CPU % | "
+        "others' CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, f in results["scenarios"].items():
+        if "p50_ms" not in f:
+            continue
+        cells = [
+            f.get(k, "")
+            for k in (
+                "p50_ms",
+                "p90_ms",
+                "p99_ms",
+                "requests_per_s",
+                "rows_per_s",
+                "errors",
+                "generator_cpu_pct",
+                "server_cpu_pct",
+                "other_cpu_pct",
+            )
+        ]
+        lines.append(f"| {name} | " + " | ".join(_cell(c) for c in cells) + " |")
+    starts = {n: f for n, f in results["scenarios"].items() if n.startswith("startup/")}
+    if starts:
+        lines += ["", "| start-up | seconds |", "|---|---|"]
+        for name, f in starts.items():
+            lines.append(f"| {name} | {_cell(f.get('seconds', f.get('floor_s', '')))} |")
+    lines += [
+        "",
+        "CPU % is of one core over the run (the machine has "
+        f"{m['cores']}); 'others' is everything else on the machine meanwhile (other engineers' test runs), "
+        "so a high figure there marks a noisy run. A generator near 100% of a core is saturated.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install -e '.[bench]'): no plot")
+        return False
+    rows = [(n, f) for n, f in results["scenarios"].items() if "p99_ms" in f]
+    fig, ax = plt.subplots(figsize=(11, 0.32 * len(rows) + 1.5))
+    names = [n for n, _ in rows]
+    for offset, (q, color) in enumerate((("p50_ms", "#4c72b0"), ("p90_ms", "#dd8452"), ("p99_ms", "#c44e52"))):
+        ax.barh(
+            [i + (offset - 1) * 0.27 for i in range(len(rows))],
+            [f[q] for _, f in rows],
+            height=0.27,
+            color=color,
+            label=q.split("_")[0],
+        )
+    ax.set_yticks(range(len(rows)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, ms (log scale)")
+    ax.set_title(f"predserve {results['kind']}, {results['started_at']}: latency percentiles per scenario")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(results: dict[str, Any], out_dir: Path, kind: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{kind}.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (out_dir / f"{kind}.md").write_text(table)
+    plot(results, out_dir / f"{kind}.png")
+    print(table)

@@ -132,7 +132,12 @@ class Story:
 
 
 def run_story(workdir: Path, narrate: bool = False) -> StoryResult:
-    return Story(workdir, narrate).run()
+    story = Story(workdir, narrate)
+    try:
+        return story.run()
+    finally:
+        if story.server.process is not None:
+            story.server.kill()  # a no-op after the story's own clean stop; never leaves a server behind
 
 
 def main() -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,3 +69,18 @@ def postgres_url(postgres_cluster: Databases) -> Iterator[str]:
     url = postgres_cluster.create_database()
     yield url
     postgres_cluster.drop_database(url)
+
+
+@pytest.fixture
+def reap() -> Iterator[Callable[[ServerProcess], ServerProcess]]:
+    """Registers servers a test starts by hand, so a failed assertion never leaves one running."""
+    started: list[ServerProcess] = []
+
+    def register(server: ServerProcess) -> ServerProcess:
+        started.append(server)
+        return server
+
+    yield register
+    for server in started:
+        if server.process is not None:
+            server.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from client.library import target_value
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 from tests.test_migrations import phase4_database
+
+Reap = Callable[[ServerProcess], ServerProcess]
 
 
 def answers(server: ServerProcess, model_type: str) -> tuple[int, list, list]:
@@ -23,8 +26,8 @@ def answers(server: ServerProcess, model_type: str) -> tuple[int, list, list]:
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
-def test_predictions_survive_a_restart_without_retraining(tmp_path: Path, how: str) -> None:
-    server = ServerProcess(tmp_path).start()
+def test_predictions_survive_a_restart_without_retraining(tmp_path: Path, how: str, reap: Reap) -> None:
+    server = reap(ServerProcess(tmp_path)).start()
     names, rows = iris_rows()
     with server.client() as client:
         client.ingest("iris", rows, names)
@@ -48,10 +51,10 @@ def test_predictions_survive_a_restart_without_retraining(tmp_path: Path, how: s
     server.kill()
 
 
-def test_artifact_paths_still_resolve_after_the_project_moves(tmp_path: Path) -> None:
+def test_artifact_paths_still_resolve_after_the_project_moves(tmp_path: Path, reap: Reap) -> None:
     home = tmp_path / "before"
     home.mkdir()
-    server = ServerProcess(home).start()
+    server = reap(ServerProcess(home)).start()
     names, rows = iris_rows()
     with server.client() as client:
         client.ingest("iris", rows, names)
@@ -61,15 +64,15 @@ def test_artifact_paths_still_resolve_after_the_project_moves(tmp_path: Path) ->
 
     moved = tmp_path / "after"
     home.rename(moved)
-    server = ServerProcess(moved).start()
+    server = reap(ServerProcess(moved)).start()
     assert answers(server, "iris_classifier") == before
     server.kill()
 
 
-def test_phase4_database_is_served_after_upgrade(tmp_path: Path) -> None:
+def test_phase4_database_is_served_after_upgrade(tmp_path: Path, reap: Reap) -> None:
     db = tmp_path / "phase4.db"
     phase4_database(db)
-    server = ServerProcess(tmp_path, db=db).start()
+    server = reap(ServerProcess(tmp_path, db=db)).start()
     with server.client() as client:
         models = {m.model_type: m for m in client.list_models().models}
         assert set(models) == {"churn", "price"}

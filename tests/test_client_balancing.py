@@ -7,6 +7,7 @@ sees where every call went, and flips its health status as a stopping replica wo
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -50,7 +51,11 @@ def replicas() -> Iterator[list[Replica]]:
     started = [Replica(1), Replica(2)]
     yield started
     for replica in started:
-        replica.server.stop(None)
+        replica.health.enter_graceful_shutdown()  # ends the client's health Watch streams first
+        # Stopped from a daemon thread with a bound: a stop that blocks inside gRPC must not hang the suite.
+        stopper = threading.Thread(target=lambda server=replica.server: server.stop(0).wait(5), daemon=True)
+        stopper.start()
+        stopper.join(10)
 
 
 def where_calls_go(client: PredserveClient, calls: int = 40) -> collections.Counter[int]:

@@ -14,6 +14,32 @@ from server.storage.database import Database, MigrationRunner, discover_migratio
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# prediction_sets after every migration, in order; PostgreSQL must match it (tests/test_postgres_registry.py).
+PREDICTION_SETS_COLUMNS = [
+    "id",
+    "model_type",
+    "dataset",
+    "created_at",
+    "is_current",
+    "metrics",
+    "model_artifact_path",
+    "artifact_sha256",
+    "artifact_size_bytes",
+    "algorithm",
+    "task",
+    "params",
+    "feature_names",
+    "classes",
+    "training_rows",
+    "fit_seconds",
+    "sklearn_version",
+    "environment",
+    "self_check",
+    "origin",
+    "archived_at",
+    "artifact_signature",
+]
+
 
 def migrate(path: Path) -> list[int]:
     runner = MigrationRunner(Database(path))
@@ -70,30 +96,7 @@ def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
         "schema_migrations",
         "ux_prediction_sets_one_current",
     ]
-    assert columns(db, "prediction_sets") == [
-        "id",
-        "model_type",
-        "dataset",
-        "created_at",
-        "is_current",
-        "metrics",
-        "model_artifact_path",
-        "artifact_sha256",
-        "artifact_size_bytes",
-        "algorithm",
-        "task",
-        "params",
-        "feature_names",
-        "classes",
-        "training_rows",
-        "fit_seconds",
-        "sklearn_version",
-        "environment",
-        "self_check",
-        "origin",
-        "archived_at",
-        "artifact_signature",
-    ]
+    assert columns(db, "prediction_sets") == PREDICTION_SETS_COLUMNS
     with sqlite3.connect(db) as conn:
         recorded = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
     assert recorded == [

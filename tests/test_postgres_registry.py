@@ -25,6 +25,7 @@ from server.storage.database import (
     open_database,
     redact_url,
 )
+from tests.test_migrations import PREDICTION_SETS_COLUMNS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 POSTGRES_MIGRATIONS = MIGRATIONS_DIR / POSTGRES_MIGRATIONS_SUBDIR
@@ -118,30 +119,7 @@ def test_blank_database_gets_the_exact_schema(database: PostgresDatabase, postgr
         ("ux_prediction_sets_one_current", "i"),
     ]
     # The same columns in the same order as SQLite's (tests/test_migrations.py).
-    assert columns(postgres_url, "prediction_sets") == [
-        "id",
-        "model_type",
-        "dataset",
-        "created_at",
-        "is_current",
-        "metrics",
-        "model_artifact_path",
-        "artifact_sha256",
-        "artifact_size_bytes",
-        "algorithm",
-        "task",
-        "params",
-        "feature_names",
-        "classes",
-        "training_rows",
-        "fit_seconds",
-        "sklearn_version",
-        "environment",
-        "self_check",
-        "origin",
-        "archived_at",
-        "artifact_signature",
-    ]
+    assert columns(postgres_url, "prediction_sets") == PREDICTION_SETS_COLUMNS
     assert query(postgres_url, "SELECT version, name FROM schema_migrations ORDER BY version") == [
         (1, "phase4_baseline"),
         (2, "add_model_artifact_path"),

@@ -33,6 +33,7 @@ import joblib
 from server import failpoints
 from server.domain import ArtifactInfo
 from server.errors import ArtifactMissing, ArtifactRejected, ResourceExhausted, StorageError
+from server.storage.permissions import warn_if_others_can_write
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +52,9 @@ class ArtifactStore:
     def prepare(self) -> None:
         """Creates the directory (owner-only) and removes temporary files a crash left behind."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        mode = stat.S_IMODE(self.root.stat().st_mode)
-        if mode & 0o022:
-            logger.warning(
-                "models directory %s is writable by group or others (mode %04o): they can add, remove or "
-                "replace artifacts; chmod 700 it",
-                self.root,
-                mode,
-            )
+        warn_if_others_can_write(
+            self.root, "models directory", "they can add, remove or replace artifacts", "chmod 700 it"
+        )
         for leftover in self.root.glob(f"{TEMP_PREFIX}*"):
             if _abandoned(leftover):
                 logger.warning("removing temporary artifact left by an interrupted write: %s", leftover.name)

@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import sqlite3
-import stat
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -42,6 +41,7 @@ from server.domain import (
     SelfCheck,
 )
 from server.errors import PredserveError, ResourceExhausted, StorageError, Unavailable
+from server.storage.permissions import warn_if_others_can_write
 
 logger = logging.getLogger(__name__)
 
@@ -204,14 +204,9 @@ class Database:
             pass
         except OSError as exc:
             raise StorageError(f"cannot create database {self.path}: {exc.strerror}") from exc
-        mode = stat.S_IMODE(self.path.stat().st_mode)
-        if mode & 0o022:
-            logger.warning(
-                "database %s is writable by group or others (mode %04o): they can choose which artifact the "
-                "server loads; chmod 600 it",
-                self.path,
-                mode,
-            )
+        warn_if_others_can_write(
+            self.path, "database", "they can choose which artifact the server loads", "chmod 600 it"
+        )
 
     def close(self) -> None:
         """Nothing to release: every unit of work opens and closes its own connection."""

@@ -6,10 +6,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/*.proto)
 PROTO_OUT := $(PROTO_SRC:.proto=_pb2.py)
-HOST ?= 127.0.0.1
-PORT ?= 50051
+# `make run` passes the server no flag of its own, so PREDSERVE_* variables in the environment apply.
+# `make run HOST=0.0.0.0 PORT=6000` sets PREDSERVE_HOST and PREDSERVE_PORT; RUN_ARGS adds any flags.
+ifeq ($(origin HOST),command line)
+export PREDSERVE_HOST := $(HOST)
+endif
+ifeq ($(origin PORT),command line)
+export PREDSERVE_PORT := $(PORT)
+endif
+RUN_ARGS ?=
+RUN_TARGET = $(or $(PREDSERVE_HOST),127.0.0.1):$(or $(PREDSERVE_PORT),50051)
 
-.PHONY: run test lint soak restart-test demo proto report bench bench-compare bench-replicas clean
+.PHONY: run test test-quick lint soak restart-test demo proto report bench bench-compare bench-replicas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,18 +31,22 @@ protos/%_pb2.py: protos/%.proto $(STAMP)
 proto: $(PROTO_OUT)
 
 run: $(PROTO_OUT)
-	@echo "predserve will listen on $(HOST):$(PORT). Try, in another shell:"
-	@echo "  $(VENV)/bin/predserve --target $(HOST):$(PORT) ingest --dataset iris --builtin iris"
-	@echo "  $(VENV)/bin/predserve --target $(HOST):$(PORT) train --model-type iris_classifier --algorithm logistic_regression --dataset iris"
-	@echo "  $(VENV)/bin/predserve --target $(HOST):$(PORT) predict --model-type iris_classifier --row 5.1,3.5,1.4,0.2 --proba"
-	$(PY) -m server --host $(HOST) --port $(PORT)
+	@echo "predserve will listen on $(RUN_TARGET). Try, in another shell:"
+	@echo "  $(VENV)/bin/predserve --target $(RUN_TARGET) ingest --dataset iris --builtin iris"
+	@echo "  $(VENV)/bin/predserve --target $(RUN_TARGET) train --model-type iris_classifier --algorithm logistic_regression --dataset iris"
+	@echo "  $(VENV)/bin/predserve --target $(RUN_TARGET) predict --model-type iris_classifier --row 5.1,3.5,1.4,0.2 --proba"
+	$(PY) -m server $(RUN_ARGS)
 
 lint: $(PROTO_OUT)
-	$(VENV)/bin/ruff check server client tests scripts bench
-	$(VENV)/bin/mypy server client bench
+	$(VENV)/bin/ruff check server client tests scripts bench harness
+	$(VENV)/bin/mypy server client bench harness
 
 test: lint
 	$(PY) -m pytest -q
+
+# The inner loop: no lint, and no test marked slow (see the markers in pyproject.toml).
+test-quick: $(PROTO_OUT)
+	$(PY) -m pytest -q -m "not slow"
 
 SOAK_SECONDS ?= 120
 soak: $(PROTO_OUT)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from client.library import PredserveClient
-from server.launcher import ServerProcess
+from harness.launcher import ServerProcess
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from client.library import PredserveClient
-from server.launcher import ServerProcess
+from harness.launcher import ServerProcess
 from tests.postgres_cluster import PostgresCluster, find_bindir
 from tests.support import IRIS_PROBES, iris_rows
 

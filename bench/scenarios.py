@@ -18,8 +18,9 @@ import numpy as np
 from bench import loadgen
 from bench.labs import Lab, serving, stop
 from bench.procstats import memory_kib, process_tree
+from harness.launcher import PROJECT_ROOT
+from harness.waiting import wait_until
 from protos import grpc_predict_v2_pb2_grpc as pb_grpc
-from server.launcher import PROJECT_ROOT
 
 
 class BusyPort(Exception):
@@ -108,13 +109,13 @@ def first_answer_seconds(
     process = start()
     with loadgen.channel(target) as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
-        while True:
+
+        def answered() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"no answer from {target} (exited)")
             remaining = timeout - (time.monotonic() - started)
-            if remaining <= 0 or process.poll() is not None:
-                raise RuntimeError(f"no answer from {target} ({'exited' if process.poll() is not None else 'timeout'})")
             try:
-                stub.ModelInfer(request, timeout=min(remaining, 5.0), wait_for_ready=True)
-                return time.monotonic() - started, process
+                stub.ModelInfer(request, timeout=min(max(remaining, 0.01), 5.0), wait_for_ready=True)
             except grpc.RpcError as exc:
                 # A model not loaded yet (MLServer answers before its models are) counts as not yet answered.
                 if exc.code() not in (
@@ -125,7 +126,11 @@ def first_answer_seconds(
                     grpc.StatusCode.INTERNAL,
                 ):
                     raise
-                time.sleep(0.01)
+                return False
+            return True
+
+        wait_until(answered, timeout, f"an answer from {target}", interval=0.01)
+        return time.monotonic() - started, process
 
 
 _FLOOR_SCRIPT = """

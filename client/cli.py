@@ -20,6 +20,7 @@ from tqdm import tqdm
 from client.library import (
     PredserveClient,
     PredserveClientError,
+    TargetPortError,
     TargetValue,
     channel_target,
     read_token,
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         channel_target(args.target)
+    except TargetPortError as exc:  # a usage error, like argparse's own: status 2
+        print(f"predserve: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"predserve: {exc}", file=sys.stderr)
         return 1

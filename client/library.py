@@ -143,6 +143,8 @@ def channel_target(targets: str | Sequence[str]) -> str:
     parts = [t for t in parts if t]
     if not parts:
         raise ValueError("no target given")
+    for part in parts:
+        _check_port(part)
     if len(parts) == 1 or (isinstance(targets, str) and targets.startswith(("ipv4:", "ipv6:"))):
         return targets if isinstance(targets, str) else parts[0]
     addresses = [_split_address(part) for part in parts]
@@ -152,6 +154,36 @@ def channel_target(targets: str | Sequence[str]) -> str:
     if families == {ipaddress.IPv6Address}:
         return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in addresses)
     return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in addresses)
+
+
+class TargetPortError(ValueError):
+    """A target whose port is not 1..65535 (gRPC would dial the port modulo 65536)."""
+
+
+def _check_port(target: str) -> None:
+    """Refuses a port outside 1..65535 in HOST:PORT, [IPv6]:PORT, dns:///HOST:PORT or ipv4:A:P,B:P.
+
+    A target without a port (gRPC's default is 443), a bare IPv6 address or a unix: socket passes.
+    """
+    scheme, _, rest = target.partition(":")
+    if scheme in ("unix", "unix-abstract", "vsock"):
+        return
+    if scheme in ("ipv4", "ipv6"):
+        addresses = rest.split(",")
+    elif rest.startswith("//"):  # scheme://authority/endpoint
+        addresses = [rest[2:].partition("/")[2]]
+    else:
+        addresses = [rest if scheme == "dns" else target]
+    for address in addresses:
+        port = _port_text(address)
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise TargetPortError(f"target {target!r}: port {port} is not in 1..65535")
+
+
+def _port_text(address: str) -> str:
+    if address.startswith("["):
+        return address.partition("]")[2].removeprefix(":")
+    return address.rpartition(":")[2] if address.count(":") == 1 else ""
 
 
 def _split_address(target: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:

@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.launcher import PROJECT_ROOT, ServerProcess  # noqa: E402
+from harness.launcher import PROJECT_ROOT, ServerProcess  # noqa: E402
 
 PROBES = ["5.1,3.5,1.4,0.2", "6.7,3.0,5.2,2.3", "5.9,3.0,4.2,1.5"]
 MODELS = {"iris_classifier": "logistic_regression", "iris_forest": "random_forest"}

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,28 +26,25 @@ from server.api.auth import AuthInterceptor, AuthPolicy
 from server.api.servicer import PredserveServicer
 from server.api.tls import server_credentials
 from server.api.v2_servicer import InferenceServicer
-from server.config import ServerConfig, parse_config, security_summary, security_warnings
+from server.config import ServerConfig, parse_config
+from server.domain import VersionPolicy
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
+from server.preflight import StartupCheckFailed, check_startup
+from server.security import security_summary, security_warnings
 from server.services.batching import MicroBatcher
 from server.services.history import HistoryService
 from server.services.importing import ModelImportService
 from server.services.lifecycle import ModelLifecycleService
-from server.services.loading import LoadPolicy, ModelLoader
+from server.services.loading import ModelLoader
 from server.services.prediction import PredictionService
 from server.services.registration import SetRegistrar
 from server.services.registry import ModelRegistryService
 from server.services.reload import LiveReloader
 from server.services.training import ModelTrainingService
 from server.storage.artifacts import ArtifactStore
-from server.storage.database import (
-    Database,
-    HistoryRepository,
-    MigrationRunner,
-    PostgresDatabase,
-    PredictionSetRepository,
-    migrations_for,
-    open_database,
-)
+from server.storage.databases import RegistryDatabase, open_database
+from server.storage.migrations import MigrationRunner, migrations_for
+from server.storage.repositories import HistoryRepository, PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +64,10 @@ class StartupError(Exception):
 class Services:
     """Everything a transport needs; also what in-process callers use."""
 
-    database: Database | PostgresDatabase
+    database: RegistryDatabase
+    sets: PredictionSetRepository
+    artifacts: ArtifactStore
+    loader: ModelLoader
     store: ModelStore
     training: ModelTrainingService
     prediction: PredictionService
@@ -77,21 +78,26 @@ class Services:
     reloader: LiveReloader
 
 
-def build_services(config: ServerConfig) -> Services:
-    """Migrates the database and loads every current model; no port is bound here."""
+def build_services(
+    config: ServerConfig, *, artifacts: ArtifactStore | None = None, store: ModelStore | None = None
+) -> Services:
+    """Migrates the database and loads every current model; no port is bound here.
+
+    Tests pass their own artifact store (to inject a fault) or model store (a smaller pin budget);
+    everything else is wired exactly as the server runs.
+    """
     # The one place that picks the backend: a postgresql:// URL, or the SQLite file.
     database = open_database(config.database_url or config.db_path, config.busy_timeout_seconds)
     database.prepare()
-    database.enable_wal()
     applied = MigrationRunner(database).apply(migrations_for(database, config.migrations_dir))
     logger.info("database %s ready (%d migration(s) applied now)", database.name, len(applied))
 
-    artifacts = ArtifactStore(config.models_dir, config.artifact_hmac_key)
+    artifacts = artifacts or ArtifactStore(config.models_dir, config.artifact_hmac_key)
     artifacts.prepare()
     sets = PredictionSetRepository(database)
     history_repository = HistoryRepository(database)
-    loader = ModelLoader(artifacts, sets, LoadPolicy(config.version_policy))
-    store = ModelStore()
+    loader = ModelLoader(artifacts, sets, VersionPolicy(config.version_policy))
+    store = store or ModelStore()
     loader.load_current_models(store)
     store.mark_startup_loaded()
     _report_orphans(artifacts, sets)
@@ -101,10 +107,12 @@ def build_services(config: ServerConfig) -> Services:
     registrar = SetRegistrar(sets, artifacts, loader, store)
     return Services(
         database=database,
+        sets=sets,
+        artifacts=artifacts,
+        loader=loader,
         store=store,
         training=ModelTrainingService(
             history_repository,
-            artifacts,
             registrar,
             max_rows=config.max_rows_per_request,
             time_limit_seconds=config.train_deadline_seconds,
@@ -118,8 +126,8 @@ def build_services(config: ServerConfig) -> Services:
         ),
         registry=ModelRegistryService(store, sets),
         history=HistoryService(history_repository, max_rows=config.max_rows_per_request),
-        lifecycle=ModelLifecycleService(sets, artifacts, registrar, store),
-        importer=ModelImportService(history_repository, artifacts, registrar, config.import_timeout_seconds),
+        lifecycle=ModelLifecycleService(sets, artifacts, registrar),
+        importer=ModelImportService(history_repository, registrar, config.import_timeout_seconds),
         # Not started here: threads do not survive a fork, so each serving process starts its own.
         reloader=LiveReloader(sets, registrar, store, config.reload_interval_seconds),
     )
@@ -193,8 +201,17 @@ def publish_health(health_servicer: health.HealthServicer, store: ModelStore) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Flags and environment to a running server; returns the exit status. A bad value exits 2 in parse_config."""
+    return run(parse_config(argv))
+
+
+def run(config: ServerConfig) -> int:
+    try:
+        check_startup(config)  # before anything is created or migrated
+    except StartupCheckFailed as exc:
+        print(f"predserve-server: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = parse_config(argv)
     # A file-size limit must fail the write (EFBIG), not kill the whole server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     for warning in security_warnings(config):
@@ -251,10 +268,7 @@ def serve(
     services.reloader.stop()
     server.stop(config.grace_seconds).wait()
     logger.info("stopped")
-    # A call still running after the grace period (a long fit) was cancelled and will not commit;
-    # exiting now, rather than joining its thread, keeps the stop within the grace period.
-    logging.shutdown()
-    os._exit(0)
+    return 0
 
 
 def _report_orphans(artifacts: ArtifactStore, sets: PredictionSetRepository) -> None:
@@ -273,7 +287,7 @@ def _refuse_unservable(store: ModelStore) -> None:
 def _refused(slot: LoadedModel | UnavailableModel) -> bool:
     """A current artifact that exists in the database but could not be served (not merely untrained)."""
     if isinstance(slot, LoadedModel):
-        return slot.note.startswith("FALLBACK")
+        return slot.is_fallback
     return slot.record is not None and slot.record.artifact is not None
 
 

@@ -1,18 +1,50 @@
-"""Server configuration: one frozen dataclass built from flags, environment and defaults."""
+"""Server configuration: one frozen dataclass built from flags, environment and defaults.
+
+Each option is declared once, in OPTIONS: its field, flag, environment variable, how its text is read,
+its allowed range and its help. The argparse parser, the environment fallbacks and the README's table
+(checked by tests/test_config.py) all follow that table; the defaults are the dataclass's own.
+"""
 
 from __future__ import annotations
 
 import argparse
+import enum
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, NoReturn
 
-from server.storage.database import is_postgres_url
+from server.domain import VersionPolicy
+from server.option_kinds import (
+    BOOLEAN,
+    INTEGER,
+    MAX_SECONDS,
+    NOT_NEGATIVE,
+    NUMBER,
+    OPTIONAL_PATH,
+    PATH,
+    POSITIVE,
+    POSITIVE_SECONDS,
+    SECONDS,
+    TEXT,
+    Kind,
+    Within,
+    choice,
+    number_text,
+)
+from server.storage.postgres import is_postgres_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS_DIR = PROJECT_ROOT / "db" / "migrations"
+PROG = "predserve-server"
+
+MIN_HMAC_KEY_BYTES = 16
+# gRPC's channel options are C ints.
+MAX_GRPC_INT = 2**31 - 1
+# Below this a live reload interval is a busy loop over the database, not a polling interval.
+MIN_RELOAD_INTERVAL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -27,7 +59,7 @@ class ServerConfig:
     migrations_dir: Path = MIGRATIONS_DIR
     # Where to write the bound port once serving; lets tests and scripts ask for port 0.
     port_file: Path | None = None
-    version_policy: str = "warn"
+    version_policy: VersionPolicy = VersionPolicy.WARN
     strict: bool = False
     max_workers: int = 16
     max_message_bytes: int = 64 * 1024 * 1024
@@ -68,241 +100,240 @@ class ServerConfig:
             return False
 
 
-def security_summary(config: ServerConfig) -> str:
-    """Which protections are on, for the start-up log; says whether a secret is set, never what it is."""
-
-    def state(value: object) -> str:
-        return "set" if value is not None else "not set"
-
-    admin_note = (
-        " (model-changing calls (Train, IngestHistory, Promote, ImportModel, GarbageCollect) open on loopback)"
-        if config.admin_token is None and config.binds_loopback
-        else ""
-    )
-    tls = "off" if config.tls_cert is None else ("mutual" if config.tls_client_ca else "on")
-    return (
-        f"admin token {state(config.admin_token)}{admin_note}, "
-        f"predict token {state(config.predict_token)}{'' if config.predict_token else ' (Predict open)'}, "
-        f"TLS {tls}, artifact HMAC key {state(config.artifact_hmac_key)}"
-    )
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(ServerConfig)}
 
 
-def security_warnings(config: ServerConfig) -> list[str]:
-    """What an exposed server risks with this configuration; nothing on a loopback address."""
-    if config.binds_loopback:
-        return []
-    warnings = []
-    if config.tls_cert is None:
-        warnings.append(
-            f"serving on {config.host} without TLS: requests, predictions and bearer tokens cross the network "
-            "in clear text, and anyone on the path can read or change them (set --tls-cert and --tls-key)"
-        )
-    if config.admin_token is None:
-        warnings.append(
-            f"serving on {config.host} without an admin token: model-changing calls (Train, IngestHistory, "
-            "Promote, ImportModel, GarbageCollect) are allowed without a token only on a loopback address, "
-            "so here they are refused to every caller "
-            "(set PREDSERVE_ADMIN_TOKEN or PREDSERVE_ADMIN_TOKEN_FILE)"
-        )
-    if config.predict_token is None and config.tls_client_ca is None:
-        warnings.append(
-            f"serving on {config.host} without a predict token or client certificates: Predict and the model "
-            "listings answer anyone who can reach the port (set PREDSERVE_PREDICT_TOKEN or --tls-client-ca)"
-        )
-    return warnings
+@dataclass(frozen=True)
+class Option:
+    """One server option: the ServerConfig field it sets, its flag and variable, and how to read them."""
+
+    field: str
+    flag: str
+    env: str
+    kind: Kind
+    help: str
+    within: Within | None = None
+    metavar: str | None = None
+
+    @property
+    def default(self) -> Any:
+        return _DEFAULTS[self.field]
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """Every flag that sets it: a switch also has its --no- form, to undo the environment's choice."""
+        return (self.flag, "--no-" + self.flag[2:]) if self.kind is BOOLEAN else (self.flag,)
+
+    @property
+    def shown_default(self) -> str:
+        value = self.default
+        if value is None:
+            return "none"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, enum.Enum):
+            return str(value.value)
+        if isinstance(value, Path):
+            return f"{value.relative_to(PROJECT_ROOT)}" if value.is_relative_to(PROJECT_ROOT) else str(value)
+        return number_text(value) if isinstance(value, int | float) else str(value)
+
+    def read(self, text: str, source: str) -> Any:
+        """The value of `text`, given as `source` (a flag or a variable); ValueError names both."""
+        try:
+            value = self.kind.parse(text)
+        except ValueError:
+            raise ValueError(f"{source} must be {self.kind.expected}, not {text!r}") from None
+        if self.within is not None and not self.within.allows(value):
+            raise ValueError(f"{source} must be {self.within}, not {text!r}")
+        return value
+
+
+# db_path's value is a location: --db also takes a postgresql:// URL, which becomes database_url.
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "--host", "PREDSERVE_HOST", TEXT, "address to bind", metavar="HOST"),
+    Option("port", "--port", "PREDSERVE_PORT", INTEGER, "port to bind, 0 for any free one", Within(0, 65535)),
+    Option(
+        "db_path",
+        "--db",
+        "PREDSERVE_DB",
+        TEXT,
+        "SQLite database file, or a postgresql://user@host/db URL of a registry shared by several replicas",
+        metavar="FILE|URL",
+    ),
+    Option("models_dir", "--models-dir", "PREDSERVE_MODELS_DIR", PATH, "directory of joblib artifacts"),
+    Option("port_file", "--port-file", "PREDSERVE_PORT_FILE", OPTIONAL_PATH, "write the bound port here once serving"),
+    Option(
+        "version_policy",
+        "--version-policy",
+        "PREDSERVE_VERSION_POLICY",
+        choice(VersionPolicy),
+        "what to do with an artifact trained under other library versions: serve it and say so, or refuse it",
+    ),
+    Option("strict", "--strict", "PREDSERVE_STRICT", BOOLEAN, "refuse to start when a current artifact is refused"),
+    Option("max_workers", "--max-workers", "PREDSERVE_MAX_WORKERS", INTEGER, "threads answering RPCs", POSITIVE),
+    Option(
+        "max_message_bytes",
+        "--max-message-bytes",
+        "PREDSERVE_MAX_MESSAGE_BYTES",
+        INTEGER,
+        "largest message received or sent",
+        Within(1, MAX_GRPC_INT),
+    ),
+    Option(
+        "max_rows_per_request",
+        "--max-rows-per-request",
+        "PREDSERVE_MAX_ROWS_PER_REQUEST",
+        INTEGER,
+        "most rows one Predict, inline Train or IngestHistory stream may carry",
+        POSITIVE,
+    ),
+    Option(
+        "max_concurrent_rpcs",
+        "--max-concurrent-rpcs",
+        "PREDSERVE_MAX_CONCURRENT_RPCS",
+        INTEGER,
+        "calls handled at once; more get RESOURCE_EXHAUSTED",
+        POSITIVE,
+    ),
+    Option(
+        "train_deadline_seconds",
+        "--train-deadline-seconds",
+        "PREDSERVE_TRAIN_DEADLINE_SECONDS",
+        NUMBER,
+        "a Train still running after this long records nothing",
+        POSITIVE_SECONDS,
+    ),
+    Option(
+        "busy_timeout_seconds",
+        "--busy-timeout",
+        "PREDSERVE_BUSY_TIMEOUT",
+        NUMBER,
+        "how long a write waits for another writer's lock before the call fails with UNAVAILABLE",
+        SECONDS,
+    ),
+    Option(
+        "grace_seconds",
+        "--grace-seconds",
+        "PREDSERVE_GRACE_SECONDS",
+        NUMBER,
+        "how long in-flight calls may run on after SIGTERM",
+        SECONDS,
+    ),
+    Option(
+        "reload_interval_seconds",
+        "--reload-interval",
+        "PREDSERVE_RELOAD_INTERVAL",
+        NUMBER,
+        "how often to pick up a current set changed by another process (0: off)",
+        Within(MIN_RELOAD_INTERVAL_SECONDS, MAX_SECONDS, off=0),
+    ),
+    Option(
+        "workers",
+        "--workers",
+        "PREDSERVE_WORKERS",
+        INTEGER,
+        "serving processes sharing the port, forked after the models are loaded",
+        POSITIVE,
+    ),
+    Option(
+        "import_timeout_seconds",
+        "--import-timeout",
+        "PREDSERVE_IMPORT_TIMEOUT",
+        NUMBER,
+        "how long an imported artifact may take to load in its probe process",
+        POSITIVE_SECONDS,
+    ),
+    Option("tls_cert", "--tls-cert", "PREDSERVE_TLS_CERT", OPTIONAL_PATH, "PEM certificate chain: serve TLS only"),
+    Option("tls_key", "--tls-key", "PREDSERVE_TLS_KEY", OPTIONAL_PATH, "PEM private key of --tls-cert"),
+    Option(
+        "tls_client_ca",
+        "--tls-client-ca",
+        "PREDSERVE_TLS_CLIENT_CA",
+        OPTIONAL_PATH,
+        "PEM CA bundle: require client certificates it signed (mutual TLS)",
+    ),
+    Option(
+        "batch_max_rows",
+        "--batch-max-rows",
+        "PREDSERVE_BATCH_MAX_ROWS",
+        INTEGER,
+        "most rows one batched predict answers for concurrent calls of a tree-based model (0: off)",
+        NOT_NEGATIVE,
+    ),
+    Option(
+        "batch_max_wait_ms",
+        "--batch-max-wait-ms",
+        "PREDSERVE_BATCH_MAX_WAIT_MS",
+        NUMBER,
+        "under load only, how long a batch waits for the callers of the previous one",
+        Within(0, MAX_SECONDS * 1000),
+        metavar="MS",
+    ),
+)
+# Environment (or *_FILE) only: never a flag, which the process list would show.
+SECRET_VARIABLES = ("PREDSERVE_ADMIN_TOKEN", "PREDSERVE_PREDICT_TOKEN", "PREDSERVE_ARTIFACT_HMAC_KEY")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr and exit status 2 (argparse would print the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of OPTIONS. Every default is None, so that a flag not given leaves the choice to the
+    environment, then to ServerConfig's default."""
+    parser = _OneLineParser(prog=PROG, description="Serve predictions from persisted scikit-learn pipelines over gRPC.")
+    for option in OPTIONS:
+        help_text = f"{option.help} (env {option.env}; default {option.shown_default})"
+        if option.kind is BOOLEAN:
+            parser.add_argument(option.flag, dest=option.field, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            metavar = option.metavar or option.kind.metavar
+            parser.add_argument(option.flag, dest=option.field, metavar=metavar, help=help_text)
+    return parser
 
 
 def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Flag, else environment variable, else default. A bad value exits with status 2 and one line, and a
+    bad variable is reported even when a flag overrides it: the environment is wrong either way."""
     env = os.environ if env is None else env
-    defaults = ServerConfig()
-    parser = argparse.ArgumentParser(
-        prog="predserve-server",
-        description="Serve predictions from persisted scikit-learn pipelines over gRPC.",
-    )
-    parser.add_argument(
-        "--host",
-        default=env.get("PREDSERVE_HOST", defaults.host),
-        help="address to bind (env PREDSERVE_HOST; default 127.0.0.1)",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=int(env.get("PREDSERVE_PORT", defaults.port)),
-        help="port to bind, 0 for any free one (env PREDSERVE_PORT; default 50051)",
-    )
-    parser.add_argument(
-        "--db",
-        default=env.get("PREDSERVE_DB", str(defaults.db_path)),
-        help="SQLite database file, or a postgresql://user@host/db URL of a registry shared by several "
-        "replicas (env PREDSERVE_DB; default db/predictions.db)",
-    )
-    parser.add_argument(
-        "--models-dir",
-        type=Path,
-        default=Path(env.get("PREDSERVE_MODELS_DIR", defaults.models_dir)),
-        help="directory of joblib artifacts (env PREDSERVE_MODELS_DIR; default models/)",
-    )
-    parser.add_argument(
-        "--port-file", type=Path, default=None, help="write the bound port to this file once the server is ready"
-    )
-    parser.add_argument(
-        "--version-policy",
-        choices=("warn", "refuse"),
-        default=env.get("PREDSERVE_VERSION_POLICY", defaults.version_policy),
-        help="what to do with an artifact trained under other library versions",
-    )
-    parser.add_argument(
-        "--strict", action="store_true", help="refuse to start when any current artifact cannot be served"
-    )
-    parser.add_argument(
-        "--busy-timeout",
-        type=float,
-        default=float(env.get("PREDSERVE_BUSY_TIMEOUT", defaults.busy_timeout_seconds)),
-        help="seconds a write waits for another writer's lock before the call fails with UNAVAILABLE "
-        "(env PREDSERVE_BUSY_TIMEOUT; default 5)",
-    )
-    parser.add_argument("--max-workers", type=int, default=defaults.max_workers, help="threads answering RPCs")
-    parser.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=int(env.get("PREDSERVE_MAX_MESSAGE_BYTES", defaults.max_message_bytes)),
-        help="largest message received or sent (env PREDSERVE_MAX_MESSAGE_BYTES; default 64 MiB)",
-    )
-    parser.add_argument(
-        "--max-rows-per-request",
-        type=int,
-        default=int(env.get("PREDSERVE_MAX_ROWS_PER_REQUEST", defaults.max_rows_per_request)),
-        help="most rows one Predict, Train or IngestHistory call may carry (env PREDSERVE_MAX_ROWS_PER_REQUEST)",
-    )
-    parser.add_argument(
-        "--max-concurrent-rpcs",
-        type=int,
-        default=int(env.get("PREDSERVE_MAX_CONCURRENT_RPCS", defaults.max_concurrent_rpcs)),
-        help="calls being handled at once, more get RESOURCE_EXHAUSTED (env PREDSERVE_MAX_CONCURRENT_RPCS; default 64)",
-    )
-    parser.add_argument(
-        "--train-deadline-seconds",
-        type=float,
-        default=float(env.get("PREDSERVE_TRAIN_DEADLINE_SECONDS", defaults.train_deadline_seconds)),
-        help="a Train still running after this long records nothing (env PREDSERVE_TRAIN_DEADLINE_SECONDS)",
-    )
-    parser.add_argument(
-        "--tls-cert",
-        type=Path,
-        default=_optional_path(env, "PREDSERVE_TLS_CERT"),
-        help="PEM certificate chain: serve TLS only (env PREDSERVE_TLS_CERT)",
-    )
-    parser.add_argument(
-        "--tls-key", type=Path, default=_optional_path(env, "PREDSERVE_TLS_KEY"), help="PEM private key of --tls-cert"
-    )
-    parser.add_argument(
-        "--tls-client-ca",
-        type=Path,
-        default=_optional_path(env, "PREDSERVE_TLS_CLIENT_CA"),
-        help="PEM CA bundle: require client certificates it signed (mutual TLS; env PREDSERVE_TLS_CLIENT_CA)",
-    )
-    parser.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=defaults.grace_seconds,
-        help="how long in-flight calls may run on after SIGTERM",
-    )
-    parser.add_argument(
-        "--reload-interval",
-        type=float,
-        default=float(env.get("PREDSERVE_RELOAD_INTERVAL", defaults.reload_interval_seconds)),
-        help="seconds between checks for a current set changed by another process (0: off)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=int(env.get("PREDSERVE_WORKERS", defaults.workers)),
-        help="serving processes sharing the port (SO_REUSEPORT), forked after models are loaded",
-    )
-    parser.add_argument(
-        "--import-timeout",
-        type=float,
-        default=defaults.import_timeout_seconds,
-        help="seconds an imported artifact may take to load in its probe process",
-    )
-    parser.add_argument(
-        "--batch-max-rows",
-        type=int,
-        default=int(env.get("PREDSERVE_BATCH_MAX_ROWS", defaults.batch_max_rows)),
-        help="answer concurrent Predict calls of a tree-based model with one predict of up to this many rows "
-        "(env PREDSERVE_BATCH_MAX_ROWS; 0: off)",
-    )
-    parser.add_argument(
-        "--batch-max-wait-ms",
-        type=float,
-        default=float(env.get("PREDSERVE_BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms)),
-        help="under load, how long a batch may wait for the callers of the previous one (default 2; 0: never)",
-    )
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch_max_rows < 0:
-        parser.error("--batch-max-rows must be 0 or more")
-    if args.batch_max_wait_ms < 0:
-        parser.error("--batch-max-wait-ms must be 0 or more")
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
-    _check_limits(parser, args)
-    if (args.tls_cert is None) != (args.tls_key is None):
-        parser.error("--tls-cert and --tls-key go together")
-    if args.tls_client_ca is not None and args.tls_cert is None:
-        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     try:
+        values = {option.field: _value(option, getattr(args, option.field), env) for option in OPTIONS}
         admin_token = _token(env, "PREDSERVE_ADMIN_TOKEN")
         predict_token = _token(env, "PREDSERVE_PREDICT_TOKEN")
         hmac_key = _secret(env, "PREDSERVE_ARTIFACT_HMAC_KEY")
     except ValueError as exc:
         parser.error(str(exc))
+    if (values["tls_cert"] is None) != (values["tls_key"] is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if values["tls_client_ca"] is not None and values["tls_cert"] is None:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     if admin_token is not None and admin_token == predict_token:
         parser.error("PREDSERVE_PREDICT_TOKEN must differ from the admin token")
     if hmac_key is not None and len(hmac_key) < MIN_HMAC_KEY_BYTES:
         parser.error(f"PREDSERVE_ARTIFACT_HMAC_KEY must hold at least {MIN_HMAC_KEY_BYTES} bytes")
-    database_url = args.db if is_postgres_url(args.db) else None
+    location = str(values.pop("db_path"))
+    database_url = location if is_postgres_url(location) else None
     return ServerConfig(
-        host=args.host,
-        port=args.port,
-        db_path=defaults.db_path if database_url else Path(args.db),
+        **values,
+        db_path=_DEFAULTS["db_path"] if database_url else Path(location),
         database_url=database_url,
-        models_dir=args.models_dir,
-        port_file=args.port_file,
-        version_policy=args.version_policy,
-        strict=args.strict,
-        max_workers=args.max_workers,
-        max_message_bytes=args.max_message_bytes,
-        max_rows_per_request=args.max_rows_per_request,
-        max_concurrent_rpcs=args.max_concurrent_rpcs,
-        train_deadline_seconds=args.train_deadline_seconds,
-        busy_timeout_seconds=args.busy_timeout,
-        grace_seconds=args.grace_seconds,
-        reload_interval_seconds=args.reload_interval,
-        workers=args.workers,
-        import_timeout_seconds=args.import_timeout,
         admin_token=admin_token,
         predict_token=predict_token,
         artifact_hmac_key=hmac_key,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        batch_max_rows=args.batch_max_rows,
-        batch_max_wait_ms=args.batch_max_wait_ms,
     )
 
 
-MIN_HMAC_KEY_BYTES = 16
-
-
-def _check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for flag in ("max_message_bytes", "max_rows_per_request", "max_concurrent_rpcs", "train_deadline_seconds"):
-        if getattr(args, flag) <= 0:
-            parser.error(f"--{flag.replace('_', '-')} must be positive")
-
-
-def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
-    value = env.get(name)
-    return Path(value) if value else None
+def _value(option: Option, given: Any, env: Mapping[str, str]) -> Any:
+    from_env = env.get(option.env)
+    env_value = option.read(from_env, option.env) if from_env is not None else option.default
+    if given is None:
+        return env_value
+    return given if option.kind is BOOLEAN else option.read(given, option.flag)
 
 
 def _secret(env: Mapping[str, str], name: str) -> bytes | None:

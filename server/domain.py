@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 # A target as stored in data_history: JSON scalar, a string label or a number.
 TargetValue = str | int | float
+
+
+class VersionPolicy(enum.StrEnum):
+    """What to do with an artifact trained under other library versions than the running ones."""
+
+    WARN = "warn"  # serve it, and say so in ListModels
+    REFUSE = "refuse"  # treat it as unservable
 
 
 @dataclass(frozen=True)
@@ -42,8 +50,15 @@ class SelfCheck:
     outputs: list[Any]
 
 
-@dataclass(frozen=True)
-class NewPredictionSet:
+TRAINED = "trained"
+IMPORTED = "imported"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetDescription:
+    """What a new prediction set says of itself; the artifact owner adds where its file is and the
+    environment it was made in (server/services/registration.py)."""
+
     model_type: str
     dataset: str
     algorithm: str
@@ -54,10 +69,21 @@ class NewPredictionSet:
     classes: tuple[TargetValue, ...] | None
     training_rows: int
     fit_seconds: float
+    self_check: SelfCheck
+    origin: str = TRAINED  # or IMPORTED
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewPredictionSet(SetDescription):
+    """A prediction set about to be recorded: its description, its written artifact, its environment."""
+
     artifact: ArtifactInfo
     environment: dict[str, str]
-    self_check: SelfCheck
-    origin: str = "trained"  # or "imported"
+
+    @classmethod
+    def of(cls, description: SetDescription, artifact: ArtifactInfo, environment: dict[str, str]) -> NewPredictionSet:
+        given = {f.name: getattr(description, f.name) for f in fields(SetDescription)}
+        return cls(**given, artifact=artifact, environment=environment)
 
 
 @dataclass(frozen=True)
@@ -81,5 +107,5 @@ class PredictionSetRecord:
     sklearn_version: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
     self_check: SelfCheck | None = None
-    origin: str = "trained"
+    origin: str = TRAINED
     archived_at: str | None = None

@@ -2,7 +2,7 @@
 
 Import runs this before the server itself unpickles anything: a pickle runs code when loaded, so
 a crash, a hang or an exit while loading must end this process, not the server.
-Usage: python -m server.import_probe FILE < sample-rows-json
+Usage: python -m server.import_probe FILE < rows-json (the dataset's feature rows, or null)
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ from typing import Any
 import joblib
 import numpy as np
 
+SELF_CHECK_ROWS = 5
 
-def describe(path: str, sample: list[list[float]] | None) -> dict[str, Any]:
+
+def describe(path: str, rows: list[list[float]] | None) -> dict[str, Any]:
+    """What the file holds, its answers to a few rows (the self-check), and its predictions for `rows`
+    when they have the width it expects (the import scores them against the dataset's targets)."""
     model = joblib.load(path)
     if not callable(getattr(model, "predict", None)):
         return {"error": f"the file holds a {type(model).__name__}, which has no predict()"}
@@ -24,19 +28,27 @@ def describe(path: str, sample: list[list[float]] | None) -> dict[str, Any]:
         return {"error": f"the {type(model).__name__} does not say how many features it expects (n_features_in_)"}
     classes = getattr(model, "classes_", None)
     names = getattr(model, "feature_names_in_", None)
-    rows = np.asarray(sample if sample else _default_sample(int(n_features)), dtype=np.float64)
+    given = np.asarray(rows, dtype=np.float64) if rows else None
+    if given is not None and given.shape[1] == int(n_features):
+        predictions = model.predict(given).tolist()
+        sample, outputs = given[:SELF_CHECK_ROWS], predictions[:SELF_CHECK_ROWS]
+    else:
+        predictions = None
+        sample = np.asarray(_default_sample(int(n_features)), dtype=np.float64)
+        outputs = model.predict(sample).tolist()
     return {
         "estimator": _final_estimator_name(model),
         "n_features": int(n_features),
         "classes": None if classes is None else np.asarray(classes).tolist(),
         "feature_names": None if names is None else [str(n) for n in names],
-        "sample": rows.tolist(),
-        "outputs": model.predict(rows).tolist(),
+        "sample": sample.tolist(),
+        "outputs": outputs,
+        "predictions": predictions,
     }
 
 
 def _default_sample(n_features: int) -> list[list[float]]:
-    return np.random.default_rng(0).normal(size=(5, n_features)).tolist()
+    return np.random.default_rng(0).normal(size=(SELF_CHECK_ROWS, n_features)).tolist()
 
 
 def _final_estimator_name(model: Any) -> str:
@@ -45,9 +57,9 @@ def _final_estimator_name(model: Any) -> str:
 
 
 def main() -> int:
-    sample = json.loads(sys.stdin.read() or "null")
+    rows = json.loads(sys.stdin.read() or "null")
     try:
-        description = describe(sys.argv[1], sample)
+        description = describe(sys.argv[1], rows)
     except Exception as exc:  # anything the pickle raises is the answer
         description = {"error": f"loading or calling the model failed: {exc!r}"[:500]}
     print(json.dumps(description))

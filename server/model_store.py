@@ -23,6 +23,12 @@ class LoadedModel:
     load_seconds: float
     # Anything an operator should know about this model: a fallback, a version mismatch.
     note: str = ""
+    # The current set that was refused when this older one is served in its place.
+    fallback_for: int | None = None
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.fallback_for is not None
 
     @property
     def n_features(self) -> int:
@@ -82,9 +88,6 @@ class ModelStore:
     def slots(self) -> dict[str, Slot]:
         with self._lock:
             return dict(self._slots)
-
-    def knows(self, model_type: str) -> bool:
-        return model_type in self._slots
 
     def pinned(self, set_id: int) -> LoadedModel | None:
         """A set loaded on demand; the current model of its type counts as cached too."""

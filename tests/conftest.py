@@ -13,6 +13,13 @@ from tests.postgres_cluster import Databases, ExistingCluster, PostgresCluster, 
 from tests.support import ServerProcess, iris_rows
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks `postgres` every test that needs the cluster, so `-m postgres` and `-m "not postgres"` never drift."""
+    for item in items:
+        if "postgres_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     process = ServerProcess(tmp_path).start()

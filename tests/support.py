@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from client.library import PredserveClient
-from server.launcher import PROJECT_ROOT
-from server.launcher import ServerProcess as _ServerProcess
+from harness.launcher import PROJECT_ROOT
+from harness.launcher import ServerProcess as _ServerProcess
 
 __all__ = ["PROJECT_ROOT", "ServerProcess", "IRIS_PROBES", "iris_rows", "diabetes_rows"]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -19,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from client.cli import main as cli_main
 from client.library import BALANCED_SCHEMES, HEALTH_SERVICE, PredserveClient, PredserveClientError, channel_target
+from harness.waiting import wait_until
 from protos import predserve_pb2 as pb
 from protos import predserve_pb2_grpc as pb_grpc
 
@@ -63,12 +63,9 @@ def where_calls_go(client: PredserveClient, calls: int = 40) -> collections.Coun
 
 
 def eventually(client: PredserveClient, expected: set[int], timeout: float = 10.0) -> collections.Counter[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        counts = where_calls_go(client, 10)
-        if set(counts) == expected or time.monotonic() > deadline:
-            return where_calls_go(client)
-        time.sleep(0.05)
+    """Where calls go once they go to exactly the `expected` replicas."""
+    wait_until(lambda: set(where_calls_go(client, 10)) == expected, timeout, f"calls to go to replicas {expected}")
+    return where_calls_go(client)
 
 
 def test_calls_spread_over_serving_replicas_only(replicas: list[Replica]) -> None:
@@ -88,11 +85,13 @@ def test_calls_spread_over_serving_replicas_only(replicas: list[Replica]) -> Non
         client.wait_until_ready(10)
         for replica in replicas:
             replica.set_serving(False)
-        deadline = time.monotonic() + 10
+
+        def answered() -> bool:
+            client.predict("m", [[1.0]])
+            return False  # keep calling until a call fails
+
         with pytest.raises(PredserveClientError) as nobody:
-            while time.monotonic() < deadline:
-                client.predict("m", [[1.0]])
-                time.sleep(0.05)
+            wait_until(answered, 10, "a Predict to fail once no replica is serving")
         assert nobody.value.code is grpc.StatusCode.UNAVAILABLE
 
 

@@ -51,14 +51,6 @@ def prepared(tmp_path: Path) -> Iterator[ServerProcess]:
     server.kill()
 
 
-def wait_for_log(server: ServerProcess, text: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in server.log():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} never appeared in the server log:\n{server.log()}")
-        time.sleep(0.05)
-
-
 def test_two_trains_of_one_model_type_at_once_leave_the_last_committed_current(prepared: ServerProcess) -> None:
     results: list[int] = []
     errors: list[Exception] = []
@@ -119,13 +111,14 @@ def test_predict_never_fails_while_trains_swap_models(prepared: ServerProcess) -
     assert any(trained[-1] in ids for ids in seen.values())
 
 
+@pytest.mark.slow  # waits for the abandoned 400-tree fit to end
 def test_a_train_past_its_deadline_records_nothing(prepared: ServerProcess) -> None:
     before = set_count(prepared.db)
     with prepared.client(train_deadline_seconds=0.5) as client:
         with pytest.raises(PredserveClientError) as error:
             client.train("slow_forest", dataset="slow", algorithm="random_forest", params=SLOW_PARAMS)
     assert error.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_for_log(prepared, "WARNING server.services.training: Train of slow_forest abandoned")
+    prepared.wait_for_log("WARNING server.services.training: Train of slow_forest abandoned", timeout=60)
     assert "Traceback" not in prepared.log()
     assert set_count(prepared.db) == before
     assert not [p for p in prepared.models_dir.iterdir() if p.name.startswith("slow_forest")]
@@ -133,6 +126,7 @@ def test_a_train_past_its_deadline_records_nothing(prepared: ServerProcess) -> N
         assert client.predict("iris_classifier", IRIS_PROBES).predictions
 
 
+@pytest.mark.slow  # a whole 400-tree fit, then a restart
 def test_sigterm_lets_an_in_flight_train_finish_and_refuses_new_calls(prepared: ServerProcess) -> None:
     outcome: dict[str, object] = {}
 
@@ -149,7 +143,7 @@ def test_sigterm_lets_an_in_flight_train_finish_and_refuses_new_calls(prepared: 
     thread.start()
     time.sleep(1.0)  # the fit is under way
     prepared.process.send_signal(15)  # type: ignore[union-attr]
-    wait_for_log(prepared, "stopping: refusing new calls")
+    prepared.wait_for_log("stopping: refusing new calls", timeout=60)
     with prepared.client(max_attempts=1) as client, pytest.raises(PredserveClientError) as refused:
         client.predict("iris_classifier", IRIS_PROBES)
     assert refused.value.code is grpc.StatusCode.UNAVAILABLE

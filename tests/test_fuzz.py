@@ -98,6 +98,7 @@ def test_predict_requests(stub: pb_grpc.PredserveStub, model_type: str, rows, se
     still_serving(stub)
 
 
+@pytest.mark.slow  # 60 Trains, some of which fit
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     model_type=names,

@@ -17,6 +17,7 @@ import joblib
 import pytest
 
 from client.library import PredserveClient, PredserveClientError, target_value
+from harness.waiting import wait_until
 from tests.support import IRIS_PROBES, PROJECT_ROOT, ServerProcess, iris_rows
 
 WEAK = {"n_estimators": 1, "max_depth": 1}
@@ -178,7 +179,8 @@ def test_import_registers_an_outside_pipeline_after_probing_it(iris_server: Serv
         (pickle.dumps({"not": "a model"}), "has no predict()"),
         (b"\x80\x04 this is not a pickle", "loading or calling the model failed"),
         (pickle.dumps(_ExitsWhenLoaded()), "probe process loading the artifact died"),
-        (pickle.dumps(_HangsWhenLoaded()), "took longer than 5s"),
+        # waits out the whole --import-timeout
+        pytest.param(pickle.dumps(_HangsWhenLoaded()), "took longer than 5s", marks=pytest.mark.slow),
     ],
     ids=["no predict", "garbage", "exits the process", "hangs"],
 )
@@ -196,13 +198,6 @@ def test_import_refuses_what_cannot_be_served_and_keeps_serving(
     assert len(list(iris_server.models_dir.glob("*.joblib"))) == 1
 
 
-def wait_for(predicate, timeout: float = 20.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def test_live_reload_keeps_two_servers_on_one_database_consistent(iris_server: ServerProcess, tmp_path: Path) -> None:
     other_dir = tmp_path / "other"
     other_dir.mkdir()
@@ -212,11 +207,12 @@ def test_live_reload_keeps_two_servers_on_one_database_consistent(iris_server: S
     try:
         with iris_server.client() as a, other.client() as b:
             first = a.train("iris_classifier", "iris", "logistic_regression").prediction_set_id
-            wait_for(lambda: _served(b) == first)  # a model type the other server had never seen
+            # a model type the other server had never seen
+            wait_until(lambda: _served(b) == first, 20, f"the other server to serve set {first}")
             second = a.train("iris_classifier", "iris", "random_forest", WEAK).prediction_set_id
-            wait_for(lambda: _served(b) == second)
+            wait_until(lambda: _served(b) == second, 20, f"the other server to serve set {second}")
             b.promote(first)  # and back the other way
-            wait_for(lambda: current_id(a) == first)
+            wait_until(lambda: current_id(a) == first, 20, f"the first server to serve promoted set {first}")
         assert "live reload: model type=iris_classifier now serves set=1" in iris_server.log()
     finally:
         other.kill()
@@ -245,7 +241,7 @@ def test_workers_share_one_port_and_follow_each_other(tmp_path: Path) -> None:
                     answers.add(_served(fresh))
             return answers == {trained}
 
-        wait_for(all_workers_serve)
+        wait_until(all_workers_serve, 20, f"both workers to serve set {trained}")
         assert server.log().count("predserve ready on 127.0.0.1") == 3  # two workers and the parent
         second = ServerProcess(tmp_path / "second", port=server.port)
         (tmp_path / "second").mkdir()

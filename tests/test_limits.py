@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -11,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.library import ResourceExhaustedError
+from harness.waiting import wait_until
 from protos import predserve_pb2 as pb
 from protos import predserve_pb2_grpc as pb_grpc
 from tests.support import ServerProcess
@@ -120,8 +120,8 @@ def _outcome(call: grpc.Future) -> str:
 
 def _first_refusal(health: health_pb2_grpc.HealthStub, held: list[grpc.Future]) -> grpc.RpcError:
     """A held call already refused, or a Check refused while the held calls are in progress."""
-    deadline = time.monotonic() + 10
-    while True:
+
+    def refusal() -> grpc.RpcError | None:
         for call in held:
             if call.done() and call.exception() is not None:
                 return call.exception()  # type: ignore[return-value]
@@ -129,6 +129,6 @@ def _first_refusal(health: health_pb2_grpc.HealthStub, held: list[grpc.Future]) 
             health.Check(health_pb2.HealthCheckRequest(), timeout=5)
         except grpc.RpcError as exc:
             return exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{len(held)} calls in progress and another one was still answered")
-        time.sleep(0.05)
+        return None
+
+    return wait_until(refusal, 10, f"a call to be refused while {len(held)} calls are in progress")

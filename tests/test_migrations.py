@@ -10,7 +10,8 @@ import pytest
 
 from server.config import MIGRATIONS_DIR
 from server.errors import Unavailable
-from server.storage.database import Database, MigrationRunner, discover_migrations
+from server.storage.migrations import MigrationRunner, discover_migrations
+from server.storage.sqlite import SqliteDatabase
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -42,7 +43,7 @@ PREDICTION_SETS_COLUMNS = [
 
 
 def migrate(path: Path) -> list[int]:
-    runner = MigrationRunner(Database(path))
+    runner = MigrationRunner(SqliteDatabase(path))
     return [m.version for m in runner.apply(discover_migrations(MIGRATIONS_DIR))]
 
 
@@ -159,7 +160,7 @@ def test_a_failing_migration_is_rolled_back_with_its_record(tmp_path: Path) -> N
     (directory / "0001_create_t.sql").write_text("CREATE TABLE t (x INTEGER);\n")
     (directory / "0002_broken.sql").write_text("ALTER TABLE t ADD COLUMN y INTEGER;\nTHIS IS NOT SQL;\n")
     db = tmp_path / "broken.db"
-    runner = MigrationRunner(Database(db))
+    runner = MigrationRunner(SqliteDatabase(db))
     with pytest.raises(Exception, match="0002_broken"):
         runner.apply(discover_migrations(directory))
     assert runner.applied_versions() == {1}
@@ -172,7 +173,7 @@ def test_a_locked_database_reports_unavailable(tmp_path: Path) -> None:
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        database = Database(db, busy_timeout_seconds=0.2)
+        database = SqliteDatabase(db, busy_timeout_seconds=0.2)
         with pytest.raises(Unavailable, match="busy"):
             with database.writing() as conn:
                 conn.execute("DELETE FROM datasets")

@@ -3,8 +3,9 @@ rule under concurrent writers on separate connections (as separate hosts would b
 
 from __future__ import annotations
 
+import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -13,22 +14,17 @@ import pytest
 from server.config import MIGRATIONS_DIR, ServerConfig, parse_config
 from server.domain import ArtifactInfo, HistoryRow, NewPredictionSet, SelfCheck
 from server.errors import StorageError, Unavailable
-from server.storage.database import (
-    POSTGRES_MIGRATIONS_SUBDIR,
-    Database,
-    HistoryRepository,
-    MigrationRunner,
-    PostgresDatabase,
-    PredictionSetRepository,
-    discover_migrations,
-    migrations_for,
-    open_database,
-    redact_url,
-)
+from server.failpoints import ENV_VAR, MID_MIGRATION
+from server.storage.databases import open_database
+from server.storage.migrations import MigrationRunner, discover_migrations, migrations_for
+from server.storage.postgres import PostgresDatabase, redact_url
+from server.storage.repositories import HistoryRepository, PredictionSetRepository
+from server.storage.sqlite import SqliteDatabase
+from tests.support import ServerProcess
 from tests.test_migrations import PREDICTION_SETS_COLUMNS
 
 FIXTURES = Path(__file__).parent / "fixtures"
-POSTGRES_MIGRATIONS = MIGRATIONS_DIR / POSTGRES_MIGRATIONS_SUBDIR
+POSTGRES_MIGRATIONS = MIGRATIONS_DIR / PostgresDatabase.migrations_subdir
 
 
 @pytest.fixture
@@ -96,7 +92,7 @@ def test_the_backend_is_chosen_by_the_database_url() -> None:
     assert parse_config([], env={"PREDSERVE_DB": url}).database_url == url
     assert parse_config(["--db", "some/file.db"]).db_path == Path("some/file.db")
     assert isinstance(open_database(url), PostgresDatabase)
-    assert isinstance(open_database(Path("x.db")), Database)
+    assert isinstance(open_database(Path("x.db")), SqliteDatabase)
     assert redact_url(url) == "postgresql://predserve@db.example:5433/registry"
 
 
@@ -131,7 +127,7 @@ def test_blank_database_gets_the_exact_schema(database: PostgresDatabase, postgr
     assert schema(postgres_url) == before
 
 
-def test_phase4_database_upgrades_in_place_keeping_every_row(database: PostgresDatabase, postgres_url: str) -> None:
+def phase4_registry(postgres_url: str) -> None:
     with psycopg.connect(postgres_url) as conn:
         conn.execute((FIXTURES / "phase4_schema_postgresql.sql").read_text().encode())
         with conn.cursor() as cursor:
@@ -148,6 +144,10 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(database: PostgresD
                     ("price", "other", True, '{"r2": 0.5}'),  # Phase 4 allowed two current rows
                 ],
             )
+
+
+def test_phase4_database_upgrades_in_place_keeping_every_row(database: PostgresDatabase, postgres_url: str) -> None:
+    phase4_registry(postgres_url)
     history_before = query(postgres_url, "SELECT * FROM data_history ORDER BY id")
     sets_sql = "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets ORDER BY id"
     sets_before = query(postgres_url, sets_sql)
@@ -167,6 +167,35 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(database: PostgresD
     # The upgraded registry is served like a new one: the legacy sets need training.
     sets = PredictionSetRepository(database)
     assert [(r.model_type, r.artifact) for r in sets.current_sets()] == [("churn", None), ("price", None)]
+
+
+def test_kill_mid_migration_of_a_phase4_registry(
+    database: PostgresDatabase, postgres_url: str, tmp_path: Path, reap: Callable[[ServerProcess], ServerProcess]
+) -> None:
+    """The crash point SQLite's test uses, on PostgreSQL: SIGKILL between two statements of migration 0002."""
+    phase4_registry(postgres_url)
+    # 0001 is a no-op on a Phase-4 database; applying it first makes the kill land inside 0002.
+    MigrationRunner(database).apply(discover_migrations(POSTGRES_MIGRATIONS)[:1])
+    database.close()
+    sets_sql = "SELECT id, model_type, dataset, created_at, is_current, metrics FROM prediction_sets ORDER BY id"
+    sets_before = query(postgres_url, sets_sql)
+
+    server = reap(ServerProcess(tmp_path, db=postgres_url, env={ENV_VAR: MID_MIGRATION}))
+    server.start(wait=False)
+    assert server.wait_exit(timeout=60) == -signal.SIGKILL
+    server.kill()
+    assert "applied migration 0002" not in server.log()
+    # The first ALTER TABLE ran inside the transaction the kill cut short: none of it is visible.
+    assert "model_artifact_path" not in columns(postgres_url, "prediction_sets")
+    assert query(postgres_url, "SELECT version FROM schema_migrations ORDER BY version") == [(1,)]
+    assert query(postgres_url, sets_sql) == sets_before
+
+    server.env = {}
+    server.start()
+    assert query(postgres_url, "SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,), (4,)]
+    assert "model_artifact_path" in columns(postgres_url, "prediction_sets")
+    assert len(query(postgres_url, sets_sql)) == len(sets_before)
+    server.stop()
 
 
 def test_database_refuses_a_second_current_set_per_model_type(database: PostgresDatabase, postgres_url: str) -> None:
@@ -227,7 +256,7 @@ def test_concurrent_promotions_from_separate_connections_leave_exactly_one_curre
         go.wait()
         try:
             for round_ in range(5):
-                ids.append(writers[index].insert(new_set(path=f"{index}-{round_}.joblib"), make_current=True))
+                ids.append(writers[index].insert(new_set(path=f"{index}-{round_}.joblib"), make_current=True).id)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -251,7 +280,7 @@ def test_concurrent_promotions_from_separate_connections_leave_exactly_one_curre
 def test_a_promotion_waiting_on_another_hosts_lock_reports_unavailable(database: PostgresDatabase) -> None:
     migrate(database)
     sets = PredictionSetRepository(database)
-    first = sets.insert(new_set(), make_current=True)
+    first = sets.insert(new_set(), make_current=True).id
     with psycopg.connect(database.url) as other_host:
         other_host.execute("SELECT pg_advisory_xact_lock(%s::integer, hashtext('iris_classifier'))", (1886545252,))
         with pytest.raises(Unavailable, match="busy .*lock timeout"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -17,8 +17,11 @@ import psycopg
 import pytest
 
 from client.library import PredserveClient, PredserveClientError
+from harness.waiting import wait_until
 from server.failpoints import AFTER_COMMIT, DURING_FIT
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
+
+pytestmark = pytest.mark.slow  # three replicas, one with two workers, restarted and killed
 
 FOLLOW_SECONDS = 10.0  # well under the 60 s poll: only a notification explains following this fast
 
@@ -63,13 +66,6 @@ def served(replica: ServerProcess, model_type: str = "iris_classifier") -> int:
         return 0
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = FOLLOW_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the replicas did not converge in time"
-        time.sleep(0.05)
-
-
 def ingest_iris(replica: ServerProcess) -> None:
     names, rows = iris_rows()
     with replica.client() as client:
@@ -82,17 +78,22 @@ def test_train_on_one_replica_serve_from_all_and_restart_them_all(replicas: Repl
     ingest_iris(a)
     with a.client() as client:
         first = client.train("iris_classifier", "iris", "logistic_regression").prediction_set_id
-    wait_until(lambda: served(b) == served(c) == first)  # a model type B and C had never seen
+    # a model type B and C had never seen
+    wait_until(lambda: served(b) == served(c) == first, FOLLOW_SECONDS, f"B and C to serve set {first}")
 
     with b.client() as client:
         second = client.train("iris_classifier", "iris", "random_forest", {"n_estimators": 5}).prediction_set_id
         forest = client.train("iris_forest", "iris", "random_forest", {"n_estimators": 5}).prediction_set_id
-    wait_until(lambda: served(a) == served(c) == second)
-    wait_until(lambda: served(a, "iris_forest") == served(c, "iris_forest") == forest)
+    wait_until(lambda: served(a) == served(c) == second, FOLLOW_SECONDS, f"A and C to serve set {second}")
+    wait_until(
+        lambda: served(a, "iris_forest") == served(c, "iris_forest") == forest,
+        FOLLOW_SECONDS,
+        f"A and C to serve iris_forest set {forest}",
+    )
     with c.client() as client:
         assert client.promote(first).previous_set_id == second
         assert [s.id for s in client.list_prediction_sets("iris_classifier").prediction_sets] == [second, first]
-    wait_until(lambda: served(a) == served(b) == first)
+    wait_until(lambda: served(a) == served(b) == first, FOLLOW_SECONDS, f"A and B to serve promoted set {first}")
     assert "live reload: model type=iris_classifier now serves set=1" in b.log()
 
     # Every replica restarts, cleanly or not, and comes back serving the current sets without training.
@@ -114,7 +115,7 @@ def test_a_replica_killed_mid_train_takes_nothing_down(replicas: Replicas, failp
     ingest_iris(b)
     with b.client() as client:
         before = client.train("iris_classifier", "iris", "logistic_regression").prediction_set_id
-    wait_until(lambda: served(a) == before)
+    wait_until(lambda: served(a) == before, FOLLOW_SECONDS, f"A to serve set {before}")
 
     with a.client(max_attempts=1) as client, pytest.raises(PredserveClientError) as died:
         client.train("iris_classifier", "iris", "random_forest", {"n_estimators": 5})
@@ -128,7 +129,7 @@ def test_a_replica_killed_mid_train_takes_nothing_down(replicas: Replicas, failp
         assert len(replicas.set_ids()) == 2
         expected = replicas.current()[0][1]
         assert expected != before
-        wait_until(lambda: served(b) == expected)
+        wait_until(lambda: served(b) == expected, FOLLOW_SECONDS, f"B to follow the commit of set {expected}")
     assert served(b) == expected
 
     a.env = {}
@@ -164,7 +165,7 @@ def test_concurrent_trains_of_one_type_on_two_replicas_converge(replicas: Replic
     assert errors == []
     assert sorted(acknowledged) == replicas.set_ids() and len(acknowledged) == 6  # every Train persisted
     ((_, current),) = replicas.current()  # exactly one is current
-    wait_until(lambda: served(a) == served(b) == current)
+    wait_until(lambda: served(a) == served(b) == current, FOLLOW_SECONDS, f"both replicas to serve set {current}")
 
 
 def test_a_client_of_all_replicas_keeps_answering_while_one_stops(replicas: Replicas) -> None:
@@ -172,7 +173,7 @@ def test_a_client_of_all_replicas_keeps_answering_while_one_stops(replicas: Repl
     ingest_iris(a)
     with a.client() as client:
         trained = client.train("iris_classifier", "iris", "logistic_regression").prediction_set_id
-    wait_until(lambda: served(b) == trained)
+    wait_until(lambda: served(b) == trained, FOLLOW_SECONDS, f"B to serve set {trained}")
 
     failures: list[str] = []
     answers: list[int] = []

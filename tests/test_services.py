@@ -10,29 +10,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.config import MIGRATIONS_DIR
+from server.app import build_services
+from server.config import ServerConfig
 from server.domain import ArtifactInfo, HistoryRow
 from server.errors import ArtifactRejected, InvalidArgument, StorageError, Unavailable
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.services.catalog import CATALOG, REGRESSION, find_recipe, parse_params
-from server.services.history import HistoryService
 from server.services.loading import ModelLoader
-from server.services.prediction import PredictionService
-from server.services.registration import SetRegistrar
-from server.services.training import ModelTrainingService, TrainCommand
+from server.services.training import TrainCommand
 from server.storage.artifacts import ArtifactStore
-from server.storage.database import (
-    Database,
-    HistoryRepository,
-    MigrationRunner,
-    PredictionSetRepository,
-    discover_migrations,
-)
 from tests.support import IRIS_PROBES, diabetes_rows, iris_rows
 
 
 class Stack:
-    """The services wired as the bootstrap wires them, with a replaceable artifact store."""
+    """The services as the bootstrap builds them (server.app.build_services), in process, with an
+    artifact store or model store of the test's own where a fault is injected."""
 
     def __init__(
         self,
@@ -41,45 +33,52 @@ class Stack:
         busy_timeout: float = 5.0,
         pinned_budget: int = 512 * 1024 * 1024,
     ) -> None:
-        self.database = Database(root / "unit.db", busy_timeout)
-        MigrationRunner(self.database).apply(discover_migrations(MIGRATIONS_DIR))
-        self.artifacts = artifacts or ArtifactStore(root / "models")
-        self.artifacts.prepare()
-        self.sets = PredictionSetRepository(self.database)
-        self.history = HistoryService(HistoryRepository(self.database))
-        self.loader = ModelLoader(self.artifacts, self.sets)
-        self.store = ModelStore(pinned_budget_bytes=pinned_budget)
-        self.registrar = SetRegistrar(self.sets, self.artifacts, self.loader, self.store)
-        self.training = ModelTrainingService(HistoryRepository(self.database), self.artifacts, self.registrar)
-        self.prediction = PredictionService(self.store, self.sets, self.loader)
+        config = ServerConfig(db_path=root / "unit.db", models_dir=root / "models", busy_timeout_seconds=busy_timeout)
+        services = build_services(config, artifacts=artifacts, store=ModelStore(pinned_budget_bytes=pinned_budget))
+        self.database = services.database
+        self.artifacts = services.artifacts
+        self.sets = services.sets
+        self.history = services.history
+        self.loader = services.loader
+        self.store = services.store
+        self.training = services.training
+        self.prediction = services.prediction
 
     def train(self, algorithm: str = "logistic_regression", model_type: str = "iris_classifier", **params: str) -> int:
         command = TrainCommand(model_type=model_type, algorithm=algorithm, dataset="iris", params=params)
         return self.training.train(command).model.record.id
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack(tmp_path)
+def iris_stack(root: Path, **options: Any) -> Stack:
+    stack = Stack(root, **options)
     names, rows = iris_rows()
     stack.history.ingest("iris", names, [HistoryRow(tuple(f), t) for f, t in rows])
-    yield stack
+    return stack
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    yield iris_stack(tmp_path)
 
 
 class FailingWrites(ArtifactStore):
+    """Writes normally until armed, then every write fails."""
+
+    armed = False
+
     def write(self, pipeline: Any, model_type: str) -> tuple[ArtifactInfo, bytes]:
-        raise StorageError("could not write the model artifact: injected failure")
+        if self.armed:
+            raise StorageError("could not write the model artifact: injected failure")
+        return super().write(pipeline, model_type)
 
 
 class WritesAnotherModel(ArtifactStore):
-    """Writes a different pipeline than the one trained: the self-check must catch it."""
+    """Once given another pipeline, writes it instead of the one trained: the self-check must catch it."""
 
-    def __init__(self, root: Path, other: Any) -> None:
-        super().__init__(root)
-        self.other = other
+    other: Any = None
 
     def write(self, pipeline: Any, model_type: str) -> tuple[ArtifactInfo, bytes]:
-        return super().write(self.other, model_type)
+        return super().write(pipeline if self.other is None else self.other, model_type)
 
 
 def assert_current(stack: Stack, set_id: int) -> None:
@@ -100,9 +99,11 @@ def test_training_then_prediction_in_process(stack: Stack) -> None:
     assert len(record.self_check.inputs) == 5 if record.self_check else False
 
 
-def test_a_failed_artifact_write_keeps_the_previous_model(stack: Stack) -> None:
+def test_a_failed_artifact_write_keeps_the_previous_model(tmp_path: Path) -> None:
+    failing = FailingWrites(tmp_path / "models")
+    stack = iris_stack(tmp_path, artifacts=failing)
     first = stack.train()
-    stack.training.artifacts = FailingWrites(stack.artifacts.root)
+    failing.armed = True
     with pytest.raises(StorageError, match="injected failure"):
         stack.train("random_forest")
     assert_current(stack, first)
@@ -110,9 +111,7 @@ def test_a_failed_artifact_write_keeps_the_previous_model(stack: Stack) -> None:
 
 
 def test_a_locked_database_at_commit_keeps_the_previous_model_and_no_file(tmp_path: Path) -> None:
-    stack = Stack(tmp_path, busy_timeout=0.2)
-    names, rows = iris_rows()
-    stack.history.ingest("iris", names, [HistoryRow(tuple(f), t) for f, t in rows])
+    stack = iris_stack(tmp_path, busy_timeout=0.2)
     first = stack.train()
     holder = sqlite3.connect(stack.database.path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
@@ -126,7 +125,9 @@ def test_a_locked_database_at_commit_keeps_the_previous_model_and_no_file(tmp_pa
     assert len(list(stack.artifacts.root.glob("*.joblib"))) == 1  # the unregistered file was removed
 
 
-def test_an_artifact_that_fails_its_self_check_is_never_registered(stack: Stack) -> None:
+def test_an_artifact_that_fails_its_self_check_is_never_registered(tmp_path: Path) -> None:
+    writes_another = WritesAnotherModel(tmp_path / "models")
+    stack = iris_stack(tmp_path, artifacts=writes_another)
     first = stack.train()
     current = stack.store.current("iris_classifier").pipeline
     # A pipeline that answers differently from the one about to be fitted: a depth-1 stump.
@@ -134,7 +135,7 @@ def test_an_artifact_that_fails_its_self_check_is_never_registered(stack: Stack)
     x = np.asarray(IRIS_PROBES * 5)
     stump.fit(x, [0, 1, 2, 1] * 5)
     assert (stump.predict(x) != current.predict(x)).any()
-    stack.training.artifacts = WritesAnotherModel(stack.artifacts.root, stump)
+    writes_another.other = stump
     with pytest.raises(ArtifactRejected, match="self-check"):
         stack.train("logistic_regression", C="0.5")
     assert_current(stack, first)
@@ -190,17 +191,14 @@ def test_loader_marks_a_type_unavailable_when_no_set_verifies(stack: Stack) -> N
 
 
 def test_pinned_sets_are_cached_within_a_memory_bound(tmp_path: Path) -> None:
-    stack = Stack(tmp_path, pinned_budget=1)  # smaller than any artifact: only the newest pin stays
-    names, rows = iris_rows()
-    stack.history.ingest("iris", names, [HistoryRow(tuple(f), t) for f, t in rows])
+    stack = iris_stack(tmp_path, pinned_budget=1)  # smaller than any artifact: only the newest pin stays
     ids = [stack.train(), stack.train("random_forest", n_estimators="5"), stack.train(), stack.train()]
     for set_id in ids[:3]:
         assert stack.prediction.predict("iris_classifier", IRIS_PROBES, set_id).prediction_set_id == set_id
     assert stack.store.pinned_ids() == [ids[2]]
 
     (tmp_path / "roomy").mkdir()
-    roomy = Stack(tmp_path / "roomy")
-    roomy.history.ingest("iris", names, [HistoryRow(tuple(f), t) for f, t in rows])
+    roomy = iris_stack(tmp_path / "roomy")
     ids = [roomy.train(), roomy.train(), roomy.train()]
     for set_id in ids[:2]:
         roomy.prediction.predict("iris_classifier", IRIS_PROBES, set_id)

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import pytest
 
 from client.library import PredserveClientError
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
+
+pytestmark = pytest.mark.slow  # PREDSERVE_SOAK_SECONDS of load and restarts
 
 SOAK_SECONDS = float(os.environ.get("PREDSERVE_SOAK_SECONDS", "12"))
 RESTART_MARGIN = 1.0  # seconds around a restart window in which UNAVAILABLE is expected

@@ -25,6 +25,17 @@ CLASSIFICATION = "classification"
 REGRESSION = "regression"
 ESTIMATOR_STEP = "model"
 
+# The names of the metrics a prediction set records; clients and dashboards read them by name.
+ACCURACY = "accuracy"
+F1_MACRO = "f1_macro"
+R2 = "r2"
+MAE = "mae"
+RMSE = "rmse"
+HOLDOUT_ROWS = "holdout_rows"  # rows held out of the fit and scored (Train)
+EVALUATED_ROWS = "evaluated_rows"  # rows of the dataset given at import, all scored
+# The held-out metric that decides "at least as good", per task; higher is better for both.
+PRIMARY_METRIC = {CLASSIFICATION: ACCURACY, REGRESSION: R2}
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -32,7 +43,6 @@ class Recipe:
     task: str
     make_estimator: Callable[[], BaseEstimator]
     scaled: bool
-    description: str
 
     def default_params(self) -> dict[str, Any]:
         return self.make_estimator().get_params(deep=False)
@@ -51,42 +61,12 @@ class Recipe:
 CATALOG: dict[str, Recipe] = {
     recipe.name: recipe
     for recipe in (
-        Recipe(
-            "logistic_regression",
-            CLASSIFICATION,
-            lambda: LogisticRegression(max_iter=1000),
-            True,
-            "standardised features, multinomial logistic regression",
-        ),
-        Recipe(
-            "random_forest",
-            CLASSIFICATION,
-            lambda: RandomForestClassifier(n_estimators=100),
-            False,
-            "random forest classifier, 100 trees",
-        ),
-        Recipe(
-            "hist_gradient_boosting",
-            CLASSIFICATION,
-            HistGradientBoostingClassifier,
-            False,
-            "histogram gradient boosting classifier",
-        ),
-        Recipe("ridge", REGRESSION, Ridge, True, "standardised features, ridge regression"),
-        Recipe(
-            "random_forest_regressor",
-            REGRESSION,
-            lambda: RandomForestRegressor(n_estimators=100),
-            False,
-            "random forest regressor, 100 trees",
-        ),
-        Recipe(
-            "hist_gradient_boosting_regressor",
-            REGRESSION,
-            HistGradientBoostingRegressor,
-            False,
-            "histogram gradient boosting regressor",
-        ),
+        Recipe("logistic_regression", CLASSIFICATION, lambda: LogisticRegression(max_iter=1000), True),
+        Recipe("random_forest", CLASSIFICATION, lambda: RandomForestClassifier(n_estimators=100), False),
+        Recipe("hist_gradient_boosting", CLASSIFICATION, HistGradientBoostingClassifier, False),
+        Recipe("ridge", REGRESSION, Ridge, True),
+        Recipe("random_forest_regressor", REGRESSION, lambda: RandomForestRegressor(n_estimators=100), False),
+        Recipe("hist_gradient_boosting_regressor", REGRESSION, HistGradientBoostingRegressor, False),
     )
 }
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from server.domain import HistoryRow
 from server.errors import InvalidArgument
 from server.services.validation import check_name, check_row_limit, check_targets, feature_matrix
-from server.storage.database import HistoryRepository
+from server.storage.repositories import HistoryRepository
 
 
 class HistoryService:

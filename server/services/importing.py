@@ -2,8 +2,9 @@
 
 This is an administrator's action: the file is a pickle and runs code when loaded. It is first
 loaded in a separate process (server/import_probe.py) with a time limit, so that a crash or a hang
-cannot take the server down; only then is it copied atomically into the store, checksummed,
-self-checked and registered.
+cannot take the server down; that process also answers the self-check rows and scores the dataset.
+Only then does the artifact owner copy it atomically into the store, checksum it, prove it gives
+the probe's answers here too, and register it.
 """
 
 from __future__ import annotations
@@ -20,18 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from server.domain import NewPredictionSet, SelfCheck
+from server.domain import IMPORTED, SelfCheck, SetDescription
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from server.services.catalog import CLASSIFICATION, REGRESSION
-from server.services.registration import PRIMARY_METRIC, PromotionPolicy, Registration, SetRegistrar
+from server.services.catalog import CLASSIFICATION, EVALUATED_ROWS, PRIMARY_METRIC, REGRESSION
+from server.services.registration import ArtifactBytes, PromotionPolicy, Registration, SetRegistrar
 from server.services.validation import check_name, feature_matrix
-from server.storage.artifacts import ArtifactStore
-from server.storage.database import HistoryRepository
+from server.storage.repositories import HistoryRepository
 
 logger = logging.getLogger(__name__)
-
-SELF_CHECK_ROWS = 5
-
 
 @dataclass(frozen=True)
 class ImportCommand:
@@ -45,13 +42,11 @@ class ModelImportService:
     def __init__(
         self,
         history: HistoryRepository,
-        artifacts: ArtifactStore,
         registrar: SetRegistrar,
         probe_timeout_seconds: float = 60.0,
         max_bytes: int = 1024**3,
     ) -> None:
         self.history = history
-        self.artifacts = artifacts
         self.registrar = registrar
         self.probe_timeout = probe_timeout_seconds
         self.max_bytes = max_bytes
@@ -63,44 +58,36 @@ class ModelImportService:
         if len(command.data) > self.max_bytes:
             raise ResourceExhausted(f"the artifact has {len(command.data)} bytes, the limit is {self.max_bytes}")
         features, targets, dataset, dataset_names = self._dataset(command.dataset)
-        sample = None if features is None else features[:SELF_CHECK_ROWS].tolist()
-        description = self._probe(command.data, sample)
+        started = time.perf_counter()
+        description = self._probe(command.data, None if features is None else features.tolist())
         if features is not None and features.shape[1] != description["n_features"]:
             raise FailedPrecondition(
                 f"the model expects {description['n_features']} features, dataset {dataset!r} has {features.shape[1]}"
             )
-
-        started = time.perf_counter()
-        pipeline = self.registrar.loader.load_bytes(command.data, None, "imported artifact")
         task = CLASSIFICATION if description["classes"] is not None else REGRESSION
-        self_check = SelfCheck(description["sample"], pipeline.predict(np.asarray(description["sample"])).tolist())
-        if [str(v) for v in self_check.outputs] != [str(v) for v in description["outputs"]]:
-            raise FailedPrecondition("the model answers differently in the server than in the probe process")
-        metrics = _metrics(task, pipeline, features, targets)
-        artifact, data = self.artifacts.write_bytes(command.data, model_type)
-        new_set = NewPredictionSet(
+        set_description = SetDescription(
             model_type=model_type,
             dataset=dataset or "(imported)",
             algorithm=f"imported:{description['estimator']}",
             task=task,
             params={},
-            metrics=metrics,
+            metrics=_metrics(task, description["predictions"], targets),
             feature_names=_feature_names(description, dataset_names),
             classes=None if description["classes"] is None else tuple(description["classes"]),
             training_rows=0 if targets is None else len(targets),
             fit_seconds=0.0,
-            artifact=artifact,
-            environment=self.registrar.loader.environment,
-            self_check=self_check,
-            origin="imported",
+            # The probe's answers: the owner proves the stored file gives them in this process too.
+            self_check=SelfCheck(description["sample"], description["outputs"]),
+            origin=IMPORTED,
         )
-        registration = self.registrar.register(new_set, data, command.promotion)
+        registration = self.registrar.register(ArtifactBytes(command.data), set_description, command.promotion)
+        record = registration.model.record
         logger.info(
             "imported model type=%s set=%d estimator=%s path=%s in %.3fs (%s)",
             model_type,
-            registration.model.record.id,
+            record.id,
             description["estimator"],
-            artifact.relative_path,
+            record.artifact.relative_path if record.artifact else "",
             time.perf_counter() - started,
             registration.reason,
         )
@@ -114,14 +101,14 @@ class ModelImportService:
             raise NotFound(f"dataset {name!r} has no rows in data_history")
         return feature_matrix(dataset.features), np.asarray(dataset.targets), name, dataset.feature_names
 
-    def _probe(self, data: bytes, sample: list[list[float]] | None) -> dict[str, Any]:
+    def _probe(self, data: bytes, rows: list[list[float]] | None) -> dict[str, Any]:
         with tempfile.NamedTemporaryFile(suffix=".joblib") as handle:
             handle.write(data)
             handle.flush()
             try:
                 completed = subprocess.run(
                     [sys.executable, "-m", "server.import_probe", handle.name],
-                    input=json.dumps(sample),
+                    input=json.dumps(rows),
                     capture_output=True,
                     text=True,
                     timeout=self.probe_timeout,
@@ -150,16 +137,14 @@ def _feature_names(description: dict[str, Any], dataset_names: tuple[str, ...]) 
     return tuple(f"f{i}" for i in range(description["n_features"]))
 
 
-def _metrics(task: str, pipeline: Any, features: np.ndarray | None, targets: np.ndarray | None) -> dict[str, float]:
+def _metrics(task: str, predictions: list[Any] | None, targets: np.ndarray | None) -> dict[str, float]:
     """Scored on the whole dataset given at import (the model was fitted elsewhere, on unknown rows)."""
-    if features is None or targets is None:
+    if predictions is None or targets is None:
         return {}
     from sklearn.metrics import accuracy_score, r2_score
 
-    predicted = pipeline.predict(features)
-    metric = PRIMARY_METRIC[task]
     if task == CLASSIFICATION:
-        value = accuracy_score(targets.astype(str), np.asarray(predicted).astype(str))
+        value = accuracy_score(targets.astype(str), np.asarray(predictions).astype(str))
     else:
-        value = r2_score(targets.astype(np.float64), predicted)
-    return {metric: float(value), "evaluated_rows": float(len(targets))}
+        value = r2_score(targets.astype(np.float64), np.asarray(predictions, dtype=np.float64))
+    return {PRIMARY_METRIC[task]: float(value), EVALUATED_ROWS: float(len(targets))}

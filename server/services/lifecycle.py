@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from server.domain import PredictionSetRecord
 from server.errors import ArtifactRejected, FailedPrecondition, InvalidArgument, NotFound
-from server.model_store import LoadedModel, ModelStore
+from server.model_store import LoadedModel
 from server.services.registration import SetRegistrar
 from server.services.validation import check_name
 from server.storage.artifacts import ArtifactStore
-from server.storage.database import PredictionSetRepository
+from server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 
@@ -42,24 +42,21 @@ class Collection:
 
 
 class ModelLifecycleService:
-    def __init__(
-        self, sets: PredictionSetRepository, artifacts: ArtifactStore, registrar: SetRegistrar, store: ModelStore
-    ) -> None:
+    def __init__(self, sets: PredictionSetRepository, artifacts: ArtifactStore, registrar: SetRegistrar) -> None:
         self.sets = sets
         self.artifacts = artifacts
         self.registrar = registrar
-        self.store = store
 
     def promote(self, set_id: int) -> Promotion:
         record = self._servable_record(set_id)
-        previous = self.sets.current_ids().get(record.model_type, 0)
+        previous = self._current_id(record.model_type)
         if previous == set_id:
             raise FailedPrecondition(f"prediction set {set_id} is already current for {record.model_type!r}")
         return Promotion(self.registrar.promote(record, "promote"), previous)
 
     def rollback(self, model_type: str) -> Promotion:
         check_name("model_type", model_type)
-        previous_current = self.sets.current_ids().get(model_type, 0)
+        previous_current = self._current_id(model_type)
         target = self.sets.previous_current(model_type)
         if target is None:
             if not self.sets.for_model_type(model_type):
@@ -75,10 +72,7 @@ class ModelLifecycleService:
         types = [check_name("model_type", model_type)] if model_type else self.sets.model_types()
         doomed = [CollectedSet(r) for t in types for r in self._beyond_retention(t, keep)]
         if not dry_run and doomed:
-            for collected in doomed:
-                assert collected.record.artifact is not None
-                self.artifacts.discard(collected.record.artifact.relative_path)
-            self.sets.archive([c.record.id for c in doomed])
+            self.registrar.retire([c.record for c in doomed])
             logger.info(
                 "retention: archived %d set(s), freed %d bytes",
                 len(doomed),
@@ -107,6 +101,10 @@ class ModelLifecycleService:
                 continue
             return record.id
         return None
+
+    def _current_id(self, model_type: str) -> int:
+        current = self.sets.current(model_type)
+        return 0 if current is None else current.id
 
     def _servable_record(self, set_id: int) -> PredictionSetRecord:
         if set_id <= 0:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from server.domain import PredictionSetRecord, SelfCheck
+from server.domain import PredictionSetRecord, SelfCheck, VersionPolicy
 from server.errors import ArtifactRejected, FailedPrecondition
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.storage.artifacts import ArtifactStore, load_pipeline
-from server.storage.database import PredictionSetRepository
+from server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +53,19 @@ def self_check_passes(pipeline: Any, check: SelfCheck) -> bool:
     return [str(value) for value in answers] == [str(value) for value in check.outputs]
 
 
-@dataclass(frozen=True)
-class LoadPolicy:
-    version_policy: str = "warn"  # or "refuse"
-
-
 class ModelLoader:
     def __init__(
-        self, artifacts: ArtifactStore, sets: PredictionSetRepository, policy: LoadPolicy | None = None
+        self,
+        artifacts: ArtifactStore,
+        sets: PredictionSetRepository,
+        version_policy: VersionPolicy = VersionPolicy.WARN,
     ) -> None:
         self.artifacts = artifacts
         self.sets = sets
-        self.policy = policy or LoadPolicy()
+        self.version_policy = version_policy
         self.environment = environment_fingerprint()
 
-    def load(self, record: PredictionSetRecord, note: str = "") -> LoadedModel:
+    def load(self, record: PredictionSetRecord, note: str = "", fallback_for: int | None = None) -> LoadedModel:
         """Loads a set's verified artifact and proves it answers as it did at training."""
         if record.artifact is None:
             raise FailedPrecondition(
@@ -77,7 +74,7 @@ class ModelLoader:
         if record.archived_at:
             raise FailedPrecondition(f"prediction set {record.id} was archived by retention: its artifact is gone")
         mismatch = fingerprint_mismatch(record.environment, self.environment)
-        if mismatch and self.policy.version_policy == "refuse":
+        if mismatch and self.version_policy is VersionPolicy.REFUSE:
             raise ArtifactRejected(f"prediction set {record.id} was trained in another environment: {mismatch}")
         started = time.perf_counter()
         data = self.artifacts.read_verified(record.artifact, record.model_type)
@@ -85,7 +82,9 @@ class ModelLoader:
         elapsed = time.perf_counter() - started
         if mismatch:
             note = "; ".join(filter(None, [note, f"version mismatch: {mismatch}"]))
-        return LoadedModel(record=record, pipeline=pipeline, load_seconds=elapsed, note=note)
+        return LoadedModel(
+            record=record, pipeline=pipeline, load_seconds=elapsed, note=note, fallback_for=fallback_for
+        )
 
     @staticmethod
     def load_bytes(data: bytes, check: SelfCheck | None, label: str) -> Any:
@@ -141,7 +140,7 @@ class ModelLoader:
                 continue
             note = f"FALLBACK: current set {current.id} refused ({reason}); serving older set {older.id}"
             try:
-                model = self.load(older, note=note)
+                model = self.load(older, note=note, fallback_for=current.id)
             except (ArtifactRejected, FailedPrecondition) as exc:
                 logger.error("older set %d of model type %s refused too: %s", older.id, model_type, exc)
                 continue

@@ -20,7 +20,7 @@ from server.model_store import LoadedModel, ModelStore
 from server.services.batching import Answer, MicroBatcher
 from server.services.loading import ModelLoader
 from server.services.validation import check_finite, check_name, check_row_limit, feature_matrix
-from server.storage.database import PredictionSetRepository
+from server.storage.repositories import PredictionSetRepository
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
-"""SetRegistrar: the one place where a prediction set is recorded and where the current set changes.
+"""SetRegistrar: the one owner of an artifact's life, from a fitted or imported pipeline to a served set.
 
-Training, import, promote, rollback and live reload all come through here, under one lock, so
-that in this process the model in memory always agrees with the database on which set is
-current. Across processes the database's unique index is the arbiter.
+Training and import hand it a pipeline (or an imported file's bytes), a description and a promotion
+policy; it writes the file, proves the written bytes load and answer, records the set, promotes it by
+policy and swaps it into the model store, and deletes its own file if any step fails. Promote,
+rollback and live reload change the current set through it too, under one lock, so that in this
+process the model in memory always agrees with the database on which set is current. Across
+processes the database's unique index is the arbiter.
 """
 
 from __future__ import annotations
@@ -10,27 +13,43 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from server import failpoints
-from server.domain import NewPredictionSet, PredictionSetRecord
-from server.errors import Cancelled
-from server.model_store import LoadedModel, ModelStore
+from server.domain import IMPORTED, ArtifactInfo, NewPredictionSet, PredictionSetRecord, SetDescription
+from server.errors import Cancelled, PredserveError
+from server.model_store import LoadedModel, ModelStore, UnavailableModel
+from server.services.catalog import PRIMARY_METRIC
 from server.services.loading import ModelLoader
 from server.storage.artifacts import ArtifactStore
-from server.storage.database import PredictionSetRepository
+from server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
-
-# The held-out metric that decides "at least as good", per task; higher is better for both.
-PRIMARY_METRIC = {"classification": "accuracy", "regression": "r2"}
 
 
 class PromotionPolicy(enum.Enum):
     ALWAYS = "always"
     REGISTER_ONLY = "register_only"
     IF_BETTER = "if_better"
+
+
+@dataclass(frozen=True)
+class FittedPipeline:
+    """A pipeline trained here, to be serialised with joblib."""
+
+    pipeline: Any
+
+
+@dataclass(frozen=True)
+class ArtifactBytes:
+    """The bytes of a joblib file made elsewhere (ImportModel), stored as they are."""
+
+    data: bytes
+
+
+Candidate = FittedPipeline | ArtifactBytes
 
 
 @dataclass(frozen=True)
@@ -41,7 +60,7 @@ class Registration:
 
 
 def promotion_decision(
-    policy: PromotionPolicy, new: NewPredictionSet, current: PredictionSetRecord | None
+    policy: PromotionPolicy, new: SetDescription, current: PredictionSetRecord | None
 ) -> tuple[bool, str]:
     if policy is PromotionPolicy.ALWAYS:
         return True, "promoted: policy is to always promote"
@@ -64,47 +83,97 @@ class SetRegistrar:
     def __init__(
         self, sets: PredictionSetRepository, artifacts: ArtifactStore, loader: ModelLoader, store: ModelStore
     ) -> None:
-        self.sets = sets
-        self.artifacts = artifacts
-        self.loader = loader
-        self.store = store
-        self.lock = threading.Lock()
+        self._sets = sets
+        self._artifacts = artifacts
+        self._loader = loader
+        self._store = store
+        self._lock = threading.Lock()
 
     def register(
         self,
-        new_set: NewPredictionSet,
-        data_bytes: bytes,
+        candidate: Candidate,
+        description: SetDescription,
         policy: PromotionPolicy,
         still_wanted: Callable[[], bool] = lambda: True,
     ) -> Registration:
-        """Proves the written bytes load and answer, then records the set and, by policy, promotes it."""
+        """Write, verify, record, promote by policy, swap; on any failure the written file is deleted."""
+        artifact, data = self._write(candidate, description.model_type)
+        recording = False
         try:
             # Loading the very bytes on disk, not the fitted object, proves the artifact serves.
-            pipeline = self.loader.load_bytes(data_bytes, new_set.self_check, f"new {new_set.model_type} artifact")
-            with self.lock:
+            pipeline = self._loader.load_bytes(data, description.self_check, f"new {description.model_type} artifact")
+            with self._lock:
                 if not still_wanted():
-                    logger.warning("registration of %s abandoned: the caller is gone", new_set.model_type)
-                    raise Cancelled(f"{new_set.model_type!r}: the caller is gone; nothing was recorded")
-                current = next((r for r in self.sets.current_sets() if r.model_type == new_set.model_type), None)
-                promote, reason = promotion_decision(policy, new_set, current)
-                set_id = self.sets.insert(new_set, make_current=promote)
+                    logger.warning("registration of %s abandoned: the caller is gone", description.model_type)
+                    raise Cancelled(f"{description.model_type!r}: the caller is gone; nothing was recorded")
+                promote, reason = promotion_decision(policy, description, self._sets.current(description.model_type))
+                new_set = NewPredictionSet.of(description, artifact, self._loader.environment)
+                recording = True
+                record = self._sets.insert(new_set, make_current=promote, reason=_promotion_reason(description))
                 failpoints.reach(failpoints.AFTER_COMMIT)
-                record = self.sets.get(set_id)
-                assert record is not None
                 model = LoadedModel(record=record, pipeline=pipeline, load_seconds=0.0)
                 if promote:
-                    self.store.put(new_set.model_type, model)
+                    self._store.put(description.model_type, model)
                 return Registration(model, promote, reason)
         except BaseException:
-            if new_set.artifact.relative_path not in self.sets.artifact_paths():
-                self.artifacts.discard(new_set.artifact.relative_path)
+            self._discard_unrecorded(artifact, ask_database=recording)
             raise
 
     def promote(self, record: PredictionSetRecord, reason: str) -> LoadedModel:
         """Verifies and loads a recorded set, makes it current in one transaction, swaps it in."""
-        model = self.loader.load(record)
-        with self.lock:
-            self.sets.promote(record.id, reason)
-            self.store.put(record.model_type, model)
+        model = self._loader.load(record)
+        with self._lock:
+            self._sets.promote(record.id, reason)
+            self._store.put(record.model_type, model)
         logger.info("%s: model type=%s set=%d is now current", reason, record.model_type, record.id)
         return model
+
+    def adopt(self, model_type: str, set_id: int) -> LoadedModel | None:
+        """Serves a set that another process made current; None when it is no longer current.
+
+        A set that cannot be served leaves what is served in place (or marks a type this process has
+        never served unavailable), and the error goes to the caller.
+        """
+        with self._lock:
+            record = self._sets.current(model_type)
+            if record is None or record.id != set_id:
+                return None  # it changed again meanwhile; the next look sees the newest
+            try:
+                model = self._loader.load(record)
+            except PredserveError as exc:
+                if model_type not in self._store.slots():
+                    self._store.put(model_type, UnavailableModel(model_type, str(exc), record))
+                raise
+            self._store.put(model_type, model)
+            return model
+
+    def retire(self, records: Sequence[PredictionSetRecord]) -> None:
+        """Deletes the artifacts of sets that are not current, and marks them archived; the rows stay."""
+        for record in records:
+            if record.artifact is not None:
+                self._artifacts.discard(record.artifact.relative_path)
+        self._sets.archive([record.id for record in records])
+
+    def _write(self, candidate: Candidate, model_type: str) -> tuple[ArtifactInfo, bytes]:
+        if isinstance(candidate, FittedPipeline):
+            return self._artifacts.write(candidate.pipeline, model_type)
+        return self._artifacts.write_bytes(candidate.data, model_type)
+
+    def _discard_unrecorded(self, artifact: ArtifactInfo, ask_database: bool) -> None:
+        """Deletes a file this registration wrote and no row names. Once the insert was attempted only
+        the database knows whether it committed (a connection can drop during COMMIT): if it cannot
+        say, the file stays, and start-up reports it as an orphan."""
+        if ask_database:
+            try:
+                if self._sets.records_artifact(artifact.relative_path):
+                    return
+            except PredserveError as exc:
+                logger.warning(
+                    "keeping artifact %s: cannot tell whether it was recorded (%s)", artifact.relative_path, exc
+                )
+                return
+        self._artifacts.discard(artifact.relative_path)
+
+
+def _promotion_reason(description: SetDescription) -> str:
+    return "import" if description.origin == IMPORTED else "train"

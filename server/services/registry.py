@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from server.domain import PredictionSetRecord
 from server.model_store import LoadedModel, ModelStore
 from server.services.validation import check_name
-from server.storage.database import PredictionSetRepository
+from server.storage.repositories import PredictionSetRepository
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import threading
 from server.errors import ArtifactMissing, PredserveError
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.services.registration import SetRegistrar
-from server.storage.database import PredictionSetRepository
+from server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class LiveReloader:
     ) -> None:
         self.sets = sets
         self.registrar = registrar
-        self.store = store
+        self.store = store  # read only: what is served now; every swap goes through the registrar
         self.interval = interval_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,31 +74,24 @@ class LiveReloader:
         for model_type, set_id in sorted(self.sets.current_ids().items()):
             if _served_set(slots.get(model_type)) == set_id or set_id in self._refused:
                 continue
-            record = self.sets.get(set_id)
-            if record is None:
+            try:
+                adopted = self.registrar.adopt(model_type, set_id)
+            except ArtifactMissing as exc:
+                if set_id not in self._missing:
+                    logger.warning("live reload: set %d of model type %s: %s; will retry", set_id, model_type, exc)
+                self._missing.add(set_id)
                 continue
-            with self.registrar.lock:
-                if self.sets.current_ids().get(model_type) != set_id:
-                    continue  # it changed again meanwhile; the next tick sees the newest
-                try:
-                    model = self.registrar.loader.load(record)
-                except ArtifactMissing as exc:
-                    if set_id not in self._missing:
-                        logger.warning("live reload: set %d of model type %s: %s; will retry", set_id, model_type, exc)
-                    self._missing.add(set_id)
-                    continue
-                except PredserveError as exc:
-                    self._refused.add(set_id)
-                    logger.error(
-                        "live reload: set %d of model type %s cannot be served (%s); keeping what is served",
-                        set_id,
-                        model_type,
-                        exc,
-                    )
-                    if model_type not in slots:
-                        self.store.put(model_type, UnavailableModel(model_type, str(exc), record))
-                    continue
-                self.store.put(model_type, model)
+            except PredserveError as exc:
+                self._refused.add(set_id)
+                logger.error(
+                    "live reload: set %d of model type %s cannot be served (%s); keeping what is served",
+                    set_id,
+                    model_type,
+                    exc,
+                )
+                continue
+            if adopted is None:
+                continue
             logger.info("live reload: model type=%s now serves set=%d (changed by another process)", model_type, set_id)
             changed.append(model_type)
         return changed

@@ -14,14 +14,25 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import InvalidParameterError
 
 from server import failpoints
-from server.domain import HistoryRow, NewPredictionSet, SelfCheck, TargetValue
+from server.domain import HistoryRow, SelfCheck, SetDescription, TargetValue
 from server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from server.model_store import LoadedModel
-from server.services.catalog import CATALOG, CLASSIFICATION, Recipe, find_recipe, parse_params
-from server.services.registration import PromotionPolicy, Registration, SetRegistrar
+from server.services.catalog import (
+    ACCURACY,
+    CATALOG,
+    CLASSIFICATION,
+    F1_MACRO,
+    HOLDOUT_ROWS,
+    MAE,
+    R2,
+    RMSE,
+    Recipe,
+    find_recipe,
+    parse_params,
+)
+from server.services.registration import FittedPipeline, PromotionPolicy, Registration, SetRegistrar
 from server.services.validation import check_name, check_row_limit, check_targets, feature_matrix
-from server.storage.artifacts import ArtifactStore
-from server.storage.database import HistoryRepository
+from server.storage.repositories import HistoryRepository
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +102,11 @@ class ModelTrainingService:
     def __init__(
         self,
         history: HistoryRepository,
-        artifacts: ArtifactStore,
         registrar: SetRegistrar,
         max_rows: int | None = None,
         time_limit_seconds: float | None = None,
     ) -> None:
         self.history = history
-        self.artifacts = artifacts
         self.registrar = registrar
         self.max_rows = max_rows
         self.time_limit_seconds = time_limit_seconds
@@ -135,8 +144,7 @@ class ModelTrainingService:
         if deadline is not None:
             deadline.check(f"after a fit of {fit_seconds:.2f}s")
         persist_started = time.perf_counter()
-        artifact, data_bytes = self.artifacts.write(pipeline, model_type)
-        new_set = NewPredictionSet(
+        description = SetDescription(
             model_type=model_type,
             dataset=data.dataset,
             algorithm=recipe.name,
@@ -147,21 +155,22 @@ class ModelTrainingService:
             classes=tuple(pipeline.classes_.tolist()) if recipe.task == CLASSIFICATION else None,
             training_rows=len(data.targets),
             fit_seconds=fit_seconds,
-            artifact=artifact,
-            environment=self.registrar.loader.environment,
             self_check=self_check,
         )
-        registration = self.registrar.register(new_set, data_bytes, command.promotion, command.still_wanted)
+        registration = self.registrar.register(
+            FittedPipeline(pipeline), description, command.promotion, command.still_wanted
+        )
+        record = registration.model.record
         persist_seconds = time.perf_counter() - persist_started
         logger.info(
             "trained model type=%s set=%d algorithm=%s rows=%d fit=%.3fs persist=%.3fs path=%s metrics=%s (%s)",
             model_type,
-            registration.model.record.id,
+            record.id,
             recipe.name,
-            new_set.training_rows,
+            description.training_rows,
             fit_seconds,
             persist_seconds,
-            artifact.relative_path,
+            record.artifact.relative_path if record.artifact else "",
             metrics,
             registration.reason,
         )
@@ -275,13 +284,13 @@ def _evaluate(recipe: Recipe, pipeline: Any, split: _Split) -> dict[str, float]:
     predicted = pipeline.predict(split.x_test)
     if recipe.task == CLASSIFICATION:
         return {
-            "accuracy": float(accuracy_score(split.y_test, predicted)),
-            "f1_macro": float(f1_score(split.y_test, predicted, average="macro")),
-            "holdout_rows": float(len(split.y_test)),
+            ACCURACY: float(accuracy_score(split.y_test, predicted)),
+            F1_MACRO: float(f1_score(split.y_test, predicted, average="macro")),
+            HOLDOUT_ROWS: float(len(split.y_test)),
         }
     return {
-        "r2": float(r2_score(split.y_test, predicted)),
-        "mae": float(mean_absolute_error(split.y_test, predicted)),
-        "rmse": float(np.sqrt(mean_squared_error(split.y_test, predicted))),
-        "holdout_rows": float(len(split.y_test)),
+        R2: float(r2_score(split.y_test, predicted)),
+        MAE: float(mean_absolute_error(split.y_test, predicted)),
+        RMSE: float(np.sqrt(mean_squared_error(split.y_test, predicted))),
+        HOLDOUT_ROWS: float(len(split.y_test)),
     }

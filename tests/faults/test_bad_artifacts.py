@@ -28,6 +28,8 @@ from tests.faults.baseline import CLASSIFIER, FOREST, Baseline, Launch
 from tests.invariants import check_invariants, sha256_of
 from tests.support import IRIS_PROBES
 
+pytestmark = [pytest.mark.faults, pytest.mark.slow]  # 14 server starts
+
 
 @dataclass(frozen=True)
 class Case:

@@ -17,11 +17,14 @@ import pytest
 from client.library import PredserveClientError
 from server.config import MIGRATIONS_DIR
 from server.failpoints import ENV_VAR, MID_MIGRATION
-from server.storage.database import Database, MigrationRunner, discover_migrations
+from server.storage.migrations import MigrationRunner, discover_migrations
+from server.storage.sqlite import SqliteDatabase
 from tests.faults.baseline import CLASSIFIER, FOREST, SMALL_FOREST, Baseline, Launch
 from tests.invariants import TEMP_PREFIX, check_invariants, read_rows
 from tests.support import ServerProcess
 from tests.test_migrations import columns, phase4_database
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]  # about 3 s a test: a baseline copy, a kill, a restart
 
 # What a client sees when the server dies under its call; the text comes from gRPC, not from predserve.
 CONNECTION_LOST = re.compile(r"Socket closed|Connection reset|Broken pipe|failed to connect|Stream removed", re.I)
@@ -112,7 +115,7 @@ def test_kill_mid_migration_of_a_phase4_database(launch: Launch, tmp_path: Path)
     db = tmp_path / "phase4.db"
     phase4_database(db)
     # 0001 is a no-op on a Phase-4 database; applying it first makes the kill land inside 0002.
-    MigrationRunner(Database(db)).apply(discover_migrations(MIGRATIONS_DIR)[:1])
+    MigrationRunner(SqliteDatabase(db)).apply(discover_migrations(MIGRATIONS_DIR)[:1])
     rows_before = dump_rows(db)
 
     server = launch(tmp_path, db=db, env={ENV_VAR: MID_MIGRATION})

@@ -20,6 +20,8 @@ from tests.faults.baseline import CLASSIFIER, FOREST, Baseline, Launch
 from tests.invariants import check_invariants
 from tests.support import ServerProcess
 
+pytestmark = [pytest.mark.faults, pytest.mark.slow]  # several kills and restarts a test
+
 ITERATIONS = int(os.environ.get("PREDSERVE_KILL_ITERATIONS", "3"))
 MAX_KILL_DELAY = 1.5
 

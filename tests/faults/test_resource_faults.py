@@ -23,6 +23,8 @@ from tests.faults.baseline import CLASSIFIER, FOREST, Baseline, Launch
 from tests.invariants import TEMP_PREFIX, check_invariants
 from tests.support import IRIS_PROBES, ServerProcess
 
+pytestmark = pytest.mark.faults
+
 BIG_FOREST = {"n_estimators": 300}  # about 570 kB on iris: larger than the room we leave
 ARTIFACT_ROOM = 256 * 1024  # room for the database, its WAL, the log and a small model, not for BIG_FOREST
 BUSY_TIMEOUT = 0.5

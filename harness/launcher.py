@@ -1,7 +1,7 @@
 """Start predserve as a child process on a loopback port and wait until it serves.
 
 Used by the tests, the restart story and the benchmark, which all need the real server process,
-really stopped and really killed.
+really stopped and really killed. It lives beside them, outside `server/`, so the wheel never ships it.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TypeVar
+
+from harness.waiting import wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 60.0
@@ -83,15 +84,24 @@ class ServerProcess:
         return self
 
     def _wait_for_port(self, port_file: Path) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
+        def written_port() -> int | None:
             if port_file.exists():
-                self.port = int(port_file.read_text())
-                return
+                return int(port_file.read_text())
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise RuntimeError(f"server did not become ready in {STARTUP_TIMEOUT}s:\n{self.log()}")
+            return None
+
+        try:
+            self.port = wait_until(written_port, STARTUP_TIMEOUT, f"the server to write its port to {port_file}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; its log:\n{self.log()}") from None
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        """Until `text` appears in the server's log; on a timeout the error carries the whole log."""
+        try:
+            wait_until(lambda: text in self.log(), timeout, f"{text!r} in the server log")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; the log:\n{self.log()}") from None
 
     def wait_exit(self, timeout: float = 60.0) -> int:
         assert self.process is not None

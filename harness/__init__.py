@@ -1,0 +1,1 @@
+"""Test support shared by the tests, the scripts and the benchmark: the real server process, and waiting on it."""

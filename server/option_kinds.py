@@ -1,0 +1,112 @@
+"""How a server option's text (a flag's value or an environment variable) is read and range-checked.
+
+server/config.py declares the options; this module only knows how to turn text into checked values,
+so that every option reads and reports a bad value the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The longest wait any option may ask for. Python's timers refuse waits beyond threading.TIMEOUT_MAX
+# (an OverflowError in a background thread, long after start-up); a week is longer than any sensible value.
+MAX_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How an option's text (a flag's value or an environment variable) becomes a value.
+
+    parse raises ValueError on text it cannot read; `expected` completes "must be ..." in the error.
+    """
+
+    expected: str
+    parse: Callable[[str], Any]
+    metavar: str
+
+
+@dataclass(frozen=True)
+class Within:
+    """The values a number may take: low..high, excluding low when low_open, and `off` besides."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    off: float | None = None
+
+    def allows(self, value: float) -> bool:
+        if value == self.off:
+            return True
+        above = value > self.low if self.low_open else value >= self.low
+        return above and (self.high is None or value <= self.high)
+
+    def __str__(self) -> str:
+        low, high = number_text(self.low), None if self.high is None else number_text(self.high)
+        if self.low_open:
+            text = "positive" if self.low == 0 else f"more than {low}"
+            text += "" if high is None else f" and at most {high}"
+        else:
+            text = (f"{low} or more" if self.low == 0 else f"at least {low}") if high is None else f"in {low}..{high}"
+        return text if self.off is None else f"{number_text(self.off)} (off) or {text}"
+
+
+def number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _integer(text: str) -> int:
+    return int(text)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError(text)
+    return text
+
+
+def _path(text: str) -> Path:
+    return Path(_text(text))
+
+
+def _optional_path(text: str) -> Path | None:
+    # As before the table: an empty variable (a common way to "unset" one in compose files) means none.
+    return Path(text) if text else None
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _boolean(text: str) -> bool:
+    word = text.strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise ValueError(text)
+    return word in _TRUE
+
+
+def choice(choices: type[enum.Enum]) -> Kind:
+    values = [str(member.value) for member in choices]
+    return Kind(f"one of {', '.join(values)}", choices, "|".join(values))
+
+
+INTEGER = Kind("an integer", _integer, "N")
+NUMBER = Kind("a finite number", _finite, "S")
+TEXT = Kind("non-empty", _text, "TEXT")
+PATH = Kind("a non-empty path", _path, "PATH")
+OPTIONAL_PATH = Kind("a path", _optional_path, "PATH")
+BOOLEAN = Kind(f"one of {', '.join(_TRUE + _FALSE)}", _boolean, "")
+POSITIVE = Within(0, low_open=True)
+NOT_NEGATIVE = Within(0)
+SECONDS = Within(0, MAX_SECONDS)
+POSITIVE_SECONDS = Within(0, MAX_SECONDS, low_open=True)

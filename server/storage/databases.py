@@ -1,0 +1,74 @@
+"""What the repositories and the migration runner need of a database, and the choice of one from --db.
+
+Two adapters implement it: SqliteDatabase (server/storage/sqlite.py), the embedded default, and
+PostgresDatabase (server/storage/postgres.py), the registry several replicas share. The repositories'
+statements are written once, with qmark placeholders, in SQL that both accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+from server.storage.postgres import PostgresDatabase, is_postgres_url
+from server.storage.sqlite import SqliteDatabase
+
+
+class Cursor(Protocol):
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """What the repositories use of a connection: sqlite3.Connection, or the PostgreSQL wrapper."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+
+class ChangeFeed(Protocol):
+    def wait(self, timeout: float) -> bool:
+        """Blocks until another process announces a change (True) or the timeout passes (False)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RegistryDatabase(Protocol):
+    """The registry the repositories and the migration runner work on."""
+
+    # SQL for "now" in the format the database stores timestamps in, and the column type that holds it.
+    now_sql: str
+    timestamp_type: str
+    # Where this dialect's migrations sit, relative to db/migrations ("" for the SQLite ones).
+    migrations_subdir: str
+
+    @property
+    def name(self) -> str: ...
+
+    def prepare(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def reading(self) -> AbstractContextManager[Connection]: ...
+
+    def writing(self) -> AbstractContextManager[Connection]: ...
+
+    def migrating(self) -> AbstractContextManager[Connection]: ...
+
+    def lock_model_type(self, conn: Connection, model_type: str) -> None: ...
+
+    def announce_change(self, conn: Connection, model_type: str) -> None: ...
+
+    def change_feed(self) -> ChangeFeed | None: ...
+
+
+def open_database(location: str | Path, busy_timeout_seconds: float = 5.0) -> SqliteDatabase | PostgresDatabase:
+    """The registry a --db value names: a postgresql:// URL, or else the path of a SQLite file."""
+    if is_postgres_url(str(location)):
+        return PostgresDatabase(str(location), busy_timeout_seconds)
+    return SqliteDatabase(Path(location), busy_timeout_seconds)

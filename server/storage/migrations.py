@@ -1,0 +1,111 @@
+"""Numbered SQL migrations: found on disk, applied in order, each in one transaction with its record.
+
+db/migrations/NNNN_what_it_does.sql holds SQLite's, db/migrations/postgresql/ PostgreSQL's, with the
+same numbers and names. The database only lends a transaction (`migrating()`); which statements run,
+in which order, and how an applied migration is recorded are decided here, once for both dialects.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from server import failpoints
+from server.errors import PredserveError, StorageError
+from server.storage.databases import Connection, RegistryDatabase
+
+logger = logging.getLogger(__name__)
+
+MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.version:04d}_{self.name}"
+
+
+def discover_migrations(directory: Path) -> list[Migration]:
+    """The numbered migrations in a directory, in order."""
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        match = MIGRATION_FILE.match(path.name)
+        if not match:
+            raise StorageError(f"migration file name {path.name!r} is not NNNN_what_it_does.sql")
+        migrations.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+    return migrations
+
+
+def migrations_for(database: RegistryDatabase, directory: Path) -> list[Migration]:
+    """The migrations of the database's dialect, under db/migrations."""
+    return discover_migrations(directory / database.migrations_subdir)
+
+
+class MigrationRunner:
+    """Applies numbered migrations in order, each in one transaction with the record of it."""
+
+    def __init__(self, database: RegistryDatabase) -> None:
+        self.database = database
+
+    def applied_versions(self) -> set[int]:
+        with self.database.migrating() as conn:
+            self._ensure_bookkeeping(conn)
+            return {int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+
+    def apply(self, migrations: Sequence[Migration]) -> list[Migration]:
+        return [migration for migration in migrations if self._apply_one(migration)]
+
+    def _apply_one(self, migration: Migration) -> bool:
+        try:
+            with self.database.migrating() as conn:
+                self._ensure_bookkeeping(conn)
+                applied = conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,))
+                if applied.fetchone():
+                    return False
+                for index, statement in enumerate(statements(migration.sql)):
+                    if index:
+                        # Between two statements, inside the transaction: a crash here must leave no trace.
+                        failpoints.reach(failpoints.MID_MIGRATION)
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (migration.version, migration.name)
+                )
+        except PredserveError as exc:
+            raise StorageError(f"migration {migration.label} failed: {exc}") from exc
+        logger.info("applied migration %s", migration.label)
+        return True
+
+    def _ensure_bookkeeping(self, conn: Connection) -> None:
+        conn.execute(
+            f"""CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version    INTEGER PRIMARY KEY,
+                   name       TEXT NOT NULL,
+                   applied_at {self.database.timestamp_type} NOT NULL DEFAULT ({self.database.now_sql})
+               )"""
+        )
+
+
+def statements(script: str) -> Iterator[str]:
+    """Each complete statement of a script, in order; the migrations hold no procedural code, so a
+    statement ends at a semicolon outside quotes and comments, in both dialects."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip() and not _only_comments(pending):
+        raise StorageError(f"incomplete SQL statement at the end of a migration: {pending.strip()[:80]}")
+
+
+def _only_comments(text: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())

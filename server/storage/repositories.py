@@ -1,0 +1,269 @@
+"""The repositories: every statement on data_history, datasets, prediction_sets and promotions, and the
+mapping of their rows to domain records. Each statement is written once, for both dialects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from server.domain import (
+    ArtifactInfo,
+    Dataset,
+    HistoryRow,
+    NewPredictionSet,
+    PredictionSetRecord,
+    SelfCheck,
+)
+from server.errors import StorageError
+from server.storage.databases import ChangeFeed, Connection, RegistryDatabase
+
+
+class HistoryRepository:
+    """data_history and datasets: the observations models are trained on."""
+
+    def __init__(self, database: RegistryDatabase) -> None:
+        self.database = database
+
+    def append(self, dataset: str, feature_names: Sequence[str], rows: Sequence[HistoryRow]) -> int:
+        """Appends rows in one transaction and returns the dataset's row count afterwards."""
+        with self.database.writing() as conn:
+            if feature_names:
+                conn.execute(
+                    "INSERT INTO datasets (name, feature_names) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET feature_names = excluded.feature_names",
+                    (dataset, json.dumps(list(feature_names))),
+                )
+            conn.executemany(
+                "INSERT INTO data_history (dataset, features, target) VALUES (?, ?, ?)",
+                [(dataset, json.dumps(list(row.features)), json.dumps(row.target)) for row in rows],
+            )
+            return int(conn.execute("SELECT COUNT(*) FROM data_history WHERE dataset = ?", (dataset,)).fetchone()[0])
+
+    def feature_count(self, dataset: str) -> int | None:
+        """The number of features of the dataset's first row, or None for an empty dataset."""
+        with self.database.reading() as conn:
+            row = conn.execute(
+                "SELECT features FROM data_history WHERE dataset = ? ORDER BY id LIMIT 1", (dataset,)
+            ).fetchone()
+        return None if row is None else len(json.loads(row[0]))
+
+    def load(self, dataset: str) -> Dataset | None:
+        with self.database.reading() as conn:
+            rows = conn.execute(
+                "SELECT features, target FROM data_history WHERE dataset = ? ORDER BY id", (dataset,)
+            ).fetchall()
+            names_row = conn.execute("SELECT feature_names FROM datasets WHERE name = ?", (dataset,)).fetchone()
+        if not rows:
+            return None
+        return Dataset(
+            name=dataset,
+            feature_names=tuple(json.loads(names_row[0])) if names_row else (),
+            features=[json.loads(row[0]) for row in rows],
+            targets=[json.loads(row[1]) for row in rows],
+        )
+
+
+_SET_COLUMNS = (
+    "id, model_type, dataset, created_at, is_current, metrics, model_artifact_path, artifact_sha256, "
+    "artifact_size_bytes, algorithm, task, params, feature_names, classes, training_rows, fit_seconds, "
+    "sklearn_version, environment, self_check, origin, archived_at, artifact_signature"
+)
+
+
+class PredictionSetRepository:
+    """prediction_sets: every trained pipeline, which file holds it, and which one is current."""
+
+    def __init__(self, database: RegistryDatabase) -> None:
+        self.database = database
+
+    def insert(self, new: NewPredictionSet, make_current: bool, reason: str = "train") -> PredictionSetRecord:
+        """Records a prediction set and returns it as stored; if asked, it becomes the only current one
+        of its type in the same transaction, and the promotion log gives `reason`."""
+        with self.database.writing() as conn:
+            row = conn.execute(
+                f"""INSERT INTO prediction_sets (
+                       model_type, dataset, is_current, metrics, model_artifact_path, artifact_sha256,
+                       artifact_size_bytes, algorithm, task, params, feature_names, classes,
+                       training_rows, fit_seconds, sklearn_version, environment, self_check, origin,
+                       artifact_signature)
+                   VALUES (?, ?, FALSE, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   RETURNING {_SET_COLUMNS}""",
+                _insert_parameters(new),
+            ).fetchall()[0]
+            record = _record(row)
+            if not make_current:
+                self.database.announce_change(conn, new.model_type)
+                return record
+            self._make_current(conn, new.model_type, record.id, reason)
+            return dataclasses.replace(record, is_current=True)
+
+    def promote(self, set_id: int, reason: str) -> None:
+        """Makes an existing set the only current one of its model type and logs the promotion."""
+        with self.database.writing() as conn:
+            row = conn.execute("SELECT model_type FROM prediction_sets WHERE id = ?", (set_id,)).fetchone()
+            if row is None:
+                raise StorageError(f"prediction set {set_id} vanished before its promotion")
+            self._make_current(conn, row[0], set_id, reason)
+
+    def _make_current(self, conn: Connection, model_type: str, set_id: int, reason: str) -> None:
+        self.database.lock_model_type(conn, model_type)
+        conn.execute(
+            "UPDATE prediction_sets SET is_current = FALSE WHERE model_type = ? AND is_current AND id != ?",
+            (model_type, set_id),
+        )
+        conn.execute("UPDATE prediction_sets SET is_current = TRUE WHERE id = ?", (set_id,))
+        conn.execute(
+            "INSERT INTO promotions (model_type, prediction_set_id, reason) VALUES (?, ?, ?)",
+            (model_type, set_id, reason),
+        )
+        self.database.announce_change(conn, model_type)
+
+    def previous_current(self, model_type: str) -> int | None:
+        """The set that was current before the present one, from the promotion log."""
+        with self.database.reading() as conn:
+            row = conn.execute(
+                """SELECT p.prediction_set_id FROM promotions p
+                    WHERE p.model_type = ?
+                      AND p.prediction_set_id NOT IN (
+                          SELECT id FROM prediction_sets WHERE model_type = ? AND is_current)
+                    ORDER BY p.id DESC LIMIT 1""",
+                (model_type, model_type),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def current(self, model_type: str) -> PredictionSetRecord | None:
+        with self.database.reading() as conn:
+            row = conn.execute(
+                f"SELECT {_SET_COLUMNS} FROM prediction_sets WHERE model_type = ? AND is_current", (model_type,)
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def current_ids(self) -> dict[str, int]:
+        with self.database.reading() as conn:
+            rows = conn.execute("SELECT model_type, id FROM prediction_sets WHERE is_current").fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
+    def archive(self, set_ids: Sequence[int]) -> None:
+        """Marks sets whose artifacts retention deleted; the rows stay as history."""
+        with self.database.writing() as conn:
+            conn.executemany(
+                f"UPDATE prediction_sets SET archived_at = {self.database.now_sql} WHERE id = ? AND NOT is_current",
+                [(set_id,) for set_id in set_ids],
+            )
+
+    def current_sets(self) -> list[PredictionSetRecord]:
+        with self.database.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {_SET_COLUMNS} FROM prediction_sets WHERE is_current ORDER BY model_type"
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def model_types(self) -> list[str]:
+        with self.database.reading() as conn:
+            rows = conn.execute("SELECT DISTINCT model_type FROM prediction_sets ORDER BY model_type").fetchall()
+        return [row[0] for row in rows]
+
+    def get(self, set_id: int) -> PredictionSetRecord | None:
+        with self.database.reading() as conn:
+            row = conn.execute(f"SELECT {_SET_COLUMNS} FROM prediction_sets WHERE id = ?", (set_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def for_model_type(self, model_type: str) -> list[PredictionSetRecord]:
+        """Every set of a model type, newest first."""
+        with self.database.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {_SET_COLUMNS} FROM prediction_sets WHERE model_type = ? ORDER BY id DESC",
+                (model_type,),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def change_feed(self) -> ChangeFeed | None:
+        """Announcements of sets recorded or promoted by other processes, where the database makes them."""
+        return self.database.change_feed()
+
+    def records_artifact(self, relative_path: str) -> bool:
+        """Whether any prediction set names this artifact file."""
+        with self.database.reading() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM prediction_sets WHERE model_artifact_path = ? LIMIT 1", (relative_path,)
+            ).fetchone()
+        return row is not None
+
+    def artifact_paths(self) -> set[str]:
+        with self.database.reading() as conn:
+            rows = conn.execute(
+                "SELECT model_artifact_path FROM prediction_sets WHERE model_artifact_path IS NOT NULL"
+            ).fetchall()
+        return {row[0] for row in rows}
+
+
+def _insert_parameters(new: NewPredictionSet) -> tuple[Any, ...]:
+    return (
+        new.model_type,
+        new.dataset,
+        json.dumps(new.metrics),
+        new.artifact.relative_path,
+        new.artifact.sha256,
+        new.artifact.size_bytes,
+        new.algorithm,
+        new.task,
+        json.dumps(new.params),
+        json.dumps(list(new.feature_names)),
+        None if new.classes is None else json.dumps(list(new.classes)),
+        new.training_rows,
+        new.fit_seconds,
+        new.environment.get("sklearn"),
+        json.dumps(new.environment),
+        json.dumps({"inputs": new.self_check.inputs, "outputs": new.self_check.outputs}),
+        new.origin,
+        new.artifact.signature,
+    )
+
+
+def _json(text: str | None, default: Any) -> Any:
+    return default if text is None else json.loads(text)
+
+
+def _timestamp(value: str | dt.datetime | None) -> Any:
+    """SQLite stores ISO-8601 text; PostgreSQL's timestamptz is rendered in the very same form."""
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return value
+
+
+def _record(row: Any) -> PredictionSetRecord:
+    artifact = None
+    if row["model_artifact_path"] is not None:
+        artifact = ArtifactInfo(
+            relative_path=row["model_artifact_path"],
+            sha256=row["artifact_sha256"] or "",
+            size_bytes=int(row["artifact_size_bytes"] or 0),
+            signature=row["artifact_signature"],
+        )
+    self_check = _json(row["self_check"], None)
+    classes = _json(row["classes"], None)
+    return PredictionSetRecord(
+        id=int(row["id"]),
+        model_type=row["model_type"],
+        dataset=row["dataset"],
+        created_at=_timestamp(row["created_at"]),
+        is_current=bool(row["is_current"]),
+        metrics=_json(row["metrics"], {}) or {},
+        algorithm=row["algorithm"],
+        task=row["task"],
+        params=_json(row["params"], {}),
+        feature_names=tuple(_json(row["feature_names"], [])),
+        classes=None if classes is None else tuple(classes),
+        training_rows=row["training_rows"],
+        fit_seconds=row["fit_seconds"],
+        artifact=artifact,
+        sklearn_version=row["sklearn_version"],
+        environment=_json(row["environment"], {}),
+        self_check=None if self_check is None else SelfCheck(self_check["inputs"], self_check["outputs"]),
+        origin=row["origin"],
+        archived_at=_timestamp(row["archived_at"]),
+    )

@@ -115,6 +115,10 @@ class ResourceExhaustedError(PredserveClientError):
     """A server limit was exceeded; the details name it."""
 
 
+class DataLossError(PredserveClientError):
+    """The server's stored data is damaged (a corrupted database page); the details name the file."""
+
+
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[PredserveClientError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
@@ -123,6 +127,7 @@ _ERROR_BY_CODE: dict[grpc.StatusCode, type[PredserveClientError]] = {
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.DATA_LOSS: DataLossError,
 }
 
 

@@ -88,13 +88,15 @@ def build_services(
     """
     # The one place that picks the backend: a postgresql:// URL, or the SQLite file.
     database = open_database(config.database_url or config.db_path, config.busy_timeout_seconds)
-    database.prepare()
+    database.prepare(check_integrity=config.integrity_check)
     applied = MigrationRunner(database).apply(migrations_for(database, config.migrations_dir))
     logger.info("database %s ready (%d migration(s) applied now)", database.name, len(applied))
 
     artifacts = artifacts or ArtifactStore(config.models_dir, config.artifact_hmac_key)
     artifacts.prepare()
     sets = PredictionSetRepository(database)
+    if not config.allow_empty_registry:
+        _refuse_a_lost_registry(database, sets, artifacts)
     history_repository = HistoryRepository(database)
     loader = ModelLoader(artifacts, sets, VersionPolicy(config.version_policy))
     store = store or ModelStore()
@@ -276,6 +278,20 @@ def _report_orphans(artifacts: ArtifactStore, sets: PredictionSetRepository) -> 
     orphans = artifacts.stored_names() - sets.artifact_paths()
     if orphans:
         logger.warning("ignoring %d artifact(s) that no prediction set records: %s", len(orphans), sorted(orphans))
+
+
+def _refuse_a_lost_registry(
+    database: RegistryDatabase, sets: PredictionSetRepository, artifacts: ArtifactStore
+) -> None:
+    """An empty registry beside stored artifacts is most likely a lost or wrong database (a deleted file, a
+    typo in --db): starting would serve nothing and bury the artifacts as orphans."""
+    stored = artifacts.stored_names()
+    if stored and sets.is_empty():
+        raise StartupError(
+            f"database {database.name} records no prediction set, but {artifacts.root} holds {len(stored)} "
+            "artifact(s): the registry was probably lost; restore it, or pass --allow-empty-registry "
+            "to start a new one beside them"
+        )
 
 
 def _refuse_unservable(store: ModelStore) -> None:

@@ -61,6 +61,10 @@ class ServerConfig:
     port_file: Path | None = None
     version_policy: VersionPolicy = VersionPolicy.WARN
     strict: bool = False
+    # PRAGMA quick_check of the SQLite file at start-up; reads every page, so a huge file may skip it.
+    integrity_check: bool = True
+    # Start even though the registry records no prediction set while the models directory holds artifacts.
+    allow_empty_registry: bool = False
     max_workers: int = 16
     max_message_bytes: int = 64 * 1024 * 1024
     max_rows_per_request: int = 100_000
@@ -170,6 +174,20 @@ OPTIONS: tuple[Option, ...] = (
         "what to do with an artifact trained under other library versions: serve it and say so, or refuse it",
     ),
     Option("strict", "--strict", "PREDSERVE_STRICT", BOOLEAN, "refuse to start when a current artifact is refused"),
+    Option(
+        "integrity_check",
+        "--integrity-check",
+        "PREDSERVE_INTEGRITY_CHECK",
+        BOOLEAN,
+        "check every page of the SQLite file at start-up (PRAGMA quick_check) and refuse a corrupted one",
+    ),
+    Option(
+        "allow_empty_registry",
+        "--allow-empty-registry",
+        "PREDSERVE_ALLOW_EMPTY_REGISTRY",
+        BOOLEAN,
+        "start with a registry that records no prediction set although the models directory holds artifacts",
+    ),
     Option("max_workers", "--max-workers", "PREDSERVE_MAX_WORKERS", INTEGER, "threads answering RPCs", POSITIVE),
     Option(
         "max_message_bytes",

@@ -14,6 +14,7 @@ class ErrorKind(enum.Enum):
     RESOURCE_EXHAUSTED = "resource_exhausted"
     UNAVAILABLE = "unavailable"
     CANCELLED = "cancelled"
+    DATA_LOSS = "data_loss"
     INTERNAL = "internal"
 
 
@@ -47,6 +48,12 @@ class Cancelled(PredserveError):
     """The caller is gone (deadline passed, call cancelled, server stopping): its work is not committed."""
 
     kind = ErrorKind.CANCELLED
+
+
+class DataLoss(PredserveError):
+    """Stored data is damaged (a corrupted database page): retrying will not help, restoring will."""
+
+    kind = ErrorKind.DATA_LOSS
 
 
 class StorageError(PredserveError):

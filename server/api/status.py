@@ -20,6 +20,7 @@ STATUS_BY_KIND: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.CANCELLED: grpc.StatusCode.CANCELLED,
+    ErrorKind.DATA_LOSS: grpc.StatusCode.DATA_LOSS,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -35,7 +36,7 @@ def maps_errors(method: F) -> F:
             return method(self, request, context)
         except PredserveError as exc:
             code = STATUS_BY_KIND[exc.kind]
-            if code is grpc.StatusCode.INTERNAL:
+            if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS):
                 logger.error("%s failed: %s", method.__name__, exc)
             context.abort(code, str(exc))
         except Exception:

@@ -62,8 +62,9 @@ class PostgresDatabase:
     def name(self) -> str:
         return redact_url(self.url)
 
-    def prepare(self) -> None:
-        """Proves the database can be reached, so that a wrong URL stops start-up with one clear line."""
+    def prepare(self, check_integrity: bool = True) -> None:
+        """Proves the database can be reached, so that a wrong URL stops start-up with one clear line.
+        PostgreSQL checksums its own pages (initdb --data-checksums); there is no file to check here."""
         try:
             with psycopg.connect(self.url, connect_timeout=max(2, int(self.busy_timeout_seconds))):
                 pass

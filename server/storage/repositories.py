@@ -162,6 +162,10 @@ class PredictionSetRepository:
             ).fetchall()
         return [_record(row) for row in rows]
 
+    def is_empty(self) -> bool:
+        with self.database.reading() as conn:
+            return conn.execute("SELECT 1 FROM prediction_sets LIMIT 1").fetchone() is None
+
     def model_types(self) -> list[str]:
         with self.database.reading() as conn:
             rows = conn.execute("SELECT DISTINCT model_type FROM prediction_sets ORDER BY model_type").fetchall()

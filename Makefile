@@ -17,7 +17,7 @@ endif
 RUN_ARGS ?=
 RUN_TARGET = $(or $(PREDSERVE_HOST),127.0.0.1):$(or $(PREDSERVE_PORT),50051)
 
-.PHONY: run test test-quick lint soak restart-test demo proto report bench bench-compare bench-replicas clean
+.PHONY: run recover test test-quick lint soak restart-test demo proto report bench bench-compare bench-replicas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ run: $(PROTO_OUT)
 	@echo "  $(VENV)/bin/predserve --target $(RUN_TARGET) train --model-type iris_classifier --algorithm logistic_regression --dataset iris"
 	@echo "  $(VENV)/bin/predserve --target $(RUN_TARGET) predict --model-type iris_classifier --row 5.1,3.5,1.4,0.2 --proba"
 	$(PY) -m server $(RUN_ARGS)
+
+# Records the orphan artifacts of the models directory (a lost registry, a Train killed before its commit).
+recover: $(PROTO_OUT)
+	$(PY) -m server recover $(RUN_ARGS)
 
 lint: $(PROTO_OUT)
 	$(VENV)/bin/ruff check server client tests scripts bench harness

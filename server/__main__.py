@@ -1,4 +1,4 @@
-"""`python -m server` and the `predserve-server` console script."""
+"""`python -m server` and the `predserve-server` console script; `... recover` records orphan artifacts."""
 
 import logging
 import os
@@ -6,13 +6,17 @@ import sys
 
 from server.config import parse_config
 
+RECOVER = "recover"
+
 
 def main() -> None:
+    arguments = sys.argv[1:]
+    recovering = arguments[:1] == [RECOVER]
     # The flags are read before server.app imports scikit-learn, so a bad one is reported at once.
-    config = parse_config()
-    from server.app import run
+    config = parse_config(arguments[1:] if recovering else arguments)
+    from server import app
 
-    code = run(config)
+    code = app.recover(config) if recovering else app.run(config)
     # A call still running after the grace period (a long fit) was cancelled and will not commit.
     # Exiting without joining its thread, as sys.exit would, keeps the stop within the grace period.
     sys.stdout.flush()

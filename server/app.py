@@ -23,7 +23,9 @@ from grpc_reflection.v1alpha import reflection
 from protos import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc, predserve_pb2, predserve_pb2_grpc
 from server import workers
 from server.api.auth import AuthInterceptor, AuthPolicy
+from server.api.decoding import DecodingInterceptor
 from server.api.servicer import PredserveServicer
+from server.api.streams import IdleStreamReaper
 from server.api.tls import server_credentials
 from server.api.v2_servicer import InferenceServicer
 from server.config import ServerConfig, parse_config
@@ -31,12 +33,14 @@ from server.domain import VersionPolicy
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.preflight import StartupCheckFailed, check_startup
 from server.security import security_summary, security_warnings
+from server.services.admission import FitCores, WorkSlots
 from server.services.batching import MicroBatcher
 from server.services.history import HistoryService
 from server.services.importing import ModelImportService
 from server.services.lifecycle import ModelLifecycleService
 from server.services.loading import ModelLoader
 from server.services.prediction import PredictionService
+from server.services.recovery import ArtifactRecoveryService
 from server.services.registration import SetRegistrar
 from server.services.registry import ModelRegistryService
 from server.services.reload import LiveReloader
@@ -75,6 +79,7 @@ class Services:
     history: HistoryService
     lifecycle: ModelLifecycleService
     importer: ModelImportService
+    recovery: ArtifactRecoveryService
     reloader: LiveReloader
 
 
@@ -98,7 +103,7 @@ def build_services(
     if not config.allow_empty_registry:
         _refuse_a_lost_registry(database, sets, artifacts)
     history_repository = HistoryRepository(database)
-    loader = ModelLoader(artifacts, sets, VersionPolicy(config.version_policy))
+    loader = ModelLoader(artifacts, sets, VersionPolicy(config.version_policy), config.trusted_modules)
     store = store or ModelStore()
     loader.load_current_models(store)
     store.mark_startup_loaded()
@@ -107,6 +112,14 @@ def build_services(
         _refuse_unservable(store)
 
     registrar = SetRegistrar(sets, artifacts, loader, store)
+    heavy_work = WorkSlots(config.max_concurrent_trains, "Trains and imports", "--max-concurrent-trains")
+    importer = ModelImportService(
+        history_repository,
+        registrar,
+        config.import_timeout_seconds,
+        trusted_modules=config.trusted_modules,
+        slots=heavy_work,
+    )
     return Services(
         database=database,
         sets=sets,
@@ -118,6 +131,8 @@ def build_services(
             registrar,
             max_rows=config.max_rows_per_request,
             time_limit_seconds=config.train_deadline_seconds,
+            slots=heavy_work,
+            cores=FitCores(config.fit_jobs),
         ),
         prediction=PredictionService(
             store,
@@ -129,7 +144,8 @@ def build_services(
         registry=ModelRegistryService(store, sets),
         history=HistoryService(history_repository, max_rows=config.max_rows_per_request),
         lifecycle=ModelLifecycleService(sets, artifacts, registrar),
-        importer=ModelImportService(history_repository, registrar, config.import_timeout_seconds),
+        importer=importer,
+        recovery=ArtifactRecoveryService(sets, artifacts, importer),
         # Not started here: threads do not survive a fork, so each serving process starts its own.
         reloader=LiveReloader(sets, registrar, store, config.reload_interval_seconds),
     )
@@ -144,8 +160,11 @@ def build_server(
     """
     auth = AuthPolicy(config.admin_token, config.predict_token, open_admin_without_token=config.binds_loopback)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-        interceptors=[AuthInterceptor(auth)],
+        # One thread per admitted call: with fewer, calls past the pool would wait in its queue (a hang)
+        # instead of being refused with RESOURCE_EXHAUSTED by maximum_concurrent_rpcs.
+        futures.ThreadPoolExecutor(max_workers=config.max_concurrent_rpcs, thread_name_prefix="rpc"),
+        # Auth first: a caller without the token is refused before its bytes are even decoded.
+        interceptors=[AuthInterceptor(auth), DecodingInterceptor((SERVICE_NAME, V2_SERVICE_NAME))],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
             # grpcio enables SO_REUSEPORT by default: a leftover server would silently share the port.
@@ -161,6 +180,7 @@ def build_server(
         services.history,
         services.lifecycle,
         services.importer,
+        IdleStreamReaper(config.stream_idle_seconds),
     )
     predserve_pb2_grpc.add_PredserveServicer_to_server(servicer, server)
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -208,12 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(config: ServerConfig) -> int:
-    try:
-        check_startup(config)  # before anything is created or migrated
-    except StartupCheckFailed as exc:
-        print(f"predserve-server: error: {exc}", file=sys.stderr)
+    if not _startup_checks_pass(config):
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A file-size limit must fail the write (EFBIG), not kill the whole server.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     for warning in security_warnings(config):
@@ -234,6 +250,39 @@ def run(config: ServerConfig) -> int:
     except Exception as exc:  # a storage or bind error at start-up is fatal, with one clear line
         logger.error("predserve cannot start: %s", exc)
         return 1
+
+
+def recover(config: ServerConfig) -> int:
+    """`predserve-server recover`: records every orphan artifact that verifies as a set that is not current.
+
+    Returns 1 when some orphan could not be recovered (it stays where it is), else 0.
+    """
+    if not _startup_checks_pass(config):
+        return 2
+    try:
+        # The registry may well be the lost one this is run for: an empty one is expected here.
+        services = build_services(dataclasses.replace(config, allow_empty_registry=True))
+        recoveries = services.recovery.recover()
+    except Exception as exc:
+        logger.error("predserve cannot recover: %s", exc)
+        return 1
+    for recovery in recoveries:
+        if recovery.set_id is not None:
+            print(f"recovered {recovery.stored_name}: prediction set {recovery.set_id} of {recovery.model_type}")
+        else:
+            print(f"left {recovery.stored_name}: {recovery.problem}")
+    print(f"{sum(r.set_id is not None for r in recoveries)} of {len(recoveries)} orphan artifact(s) recovered")
+    return 0 if all(r.set_id is not None for r in recoveries) else 1
+
+
+def _startup_checks_pass(config: ServerConfig) -> bool:
+    try:
+        check_startup(config)  # before anything is created or migrated
+    except StartupCheckFailed as exc:
+        print(f"predserve-server: error: {exc}", file=sys.stderr)
+        return False
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return True
 
 
 def serve(

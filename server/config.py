@@ -21,6 +21,7 @@ from server.option_kinds import (
     BOOLEAN,
     INTEGER,
     MAX_SECONDS,
+    MODULE_NAMES,
     NOT_NEGATIVE,
     NUMBER,
     OPTIONAL_PATH,
@@ -65,10 +66,15 @@ class ServerConfig:
     integrity_check: bool = True
     # Start even though the registry records no prediction set while the models directory holds artifacts.
     allow_empty_registry: bool = False
-    max_workers: int = 16
     max_message_bytes: int = 64 * 1024 * 1024
     max_rows_per_request: int = 100_000
     max_concurrent_rpcs: int = 64
+    # Trains and imports running at once: each holds a core for seconds to minutes.
+    max_concurrent_trains: int = 2
+    # A client stream (IngestHistory, ImportModel) that sends nothing for this long is cancelled.
+    stream_idle_seconds: float = 30.0
+    # Cores one fit may use: n_jobs is capped to it, and so are the BLAS and OpenMP pools during the fit.
+    fit_jobs: int = 1
     train_deadline_seconds: float = 600.0
     busy_timeout_seconds: float = 5.0
     grace_seconds: float = 30.0
@@ -88,6 +94,9 @@ class ServerConfig:
     batch_max_rows: int = 256
     # How long a batch may wait for the callers the previous batch answered to come back (adaptive: never alone).
     batch_max_wait_ms: float = 2.0
+    # Modules (with their submodules) besides scikit-learn, NumPy and SciPy whose classes an artifact may
+    # name when unpickled (server/storage/safe_pickle.py): their code runs at every load.
+    trusted_modules: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -131,7 +140,7 @@ class Option:
     @property
     def shown_default(self) -> str:
         value = self.default
-        if value is None:
+        if value is None or value == ():
             return "none"
         if isinstance(value, bool):
             return "on" if value else "off"
@@ -188,7 +197,6 @@ OPTIONS: tuple[Option, ...] = (
         BOOLEAN,
         "start with a registry that records no prediction set although the models directory holds artifacts",
     ),
-    Option("max_workers", "--max-workers", "PREDSERVE_MAX_WORKERS", INTEGER, "threads answering RPCs", POSITIVE),
     Option(
         "max_message_bytes",
         "--max-message-bytes",
@@ -210,9 +218,26 @@ OPTIONS: tuple[Option, ...] = (
         "--max-concurrent-rpcs",
         "PREDSERVE_MAX_CONCURRENT_RPCS",
         INTEGER,
-        "calls handled at once; more get RESOURCE_EXHAUSTED",
+        "calls handled at once, one thread each; more get RESOURCE_EXHAUSTED at once",
         POSITIVE,
     ),
+    Option(
+        "max_concurrent_trains",
+        "--max-concurrent-trains",
+        "PREDSERVE_MAX_CONCURRENT_TRAINS",
+        INTEGER,
+        "Trains and ImportModels running at once; more get RESOURCE_EXHAUSTED at once",
+        POSITIVE,
+    ),
+    Option(
+        "stream_idle_seconds",
+        "--stream-idle-seconds",
+        "PREDSERVE_STREAM_IDLE_SECONDS",
+        NUMBER,
+        "a client stream (IngestHistory, ImportModel) silent this long is cancelled",
+        POSITIVE_SECONDS,
+    ),
+    Option("fit_jobs", "--fit-jobs", "PREDSERVE_FIT_JOBS", INTEGER, "cores one fit may use (caps n_jobs)", POSITIVE),
     Option(
         "train_deadline_seconds",
         "--train-deadline-seconds",
@@ -287,6 +312,14 @@ OPTIONS: tuple[Option, ...] = (
         Within(0, MAX_SECONDS * 1000),
         metavar="MS",
     ),
+    Option(
+        "trusted_modules",
+        "--trusted-module",
+        "PREDSERVE_TRUSTED_MODULES",
+        MODULE_NAMES,
+        "modules, comma-separated, whose classes an artifact may name besides scikit-learn, NumPy and SciPy"
+        " (their code runs at every load)",
+    ),
 )
 # Environment (or *_FILE) only: never a flag, which the process list would show.
 SECRET_VARIABLES = ("PREDSERVE_ADMIN_TOKEN", "PREDSERVE_PREDICT_TOKEN", "PREDSERVE_ARTIFACT_HMAC_KEY")
@@ -302,7 +335,12 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The flags of OPTIONS. Every default is None, so that a flag not given leaves the choice to the
     environment, then to ServerConfig's default."""
-    parser = _OneLineParser(prog=PROG, description="Serve predictions from persisted scikit-learn pipelines over gRPC.")
+    parser = _OneLineParser(
+        prog=PROG,
+        description="Serve predictions from persisted scikit-learn pipelines over gRPC. "
+        f"`{PROG} recover [options]` records every orphan artifact of the models directory that verifies "
+        "as a prediction set that is not current, and exits.",
+    )
     for option in OPTIONS:
         help_text = f"{option.help} (env {option.env}; default {option.shown_default})"
         if option.kind is BOOLEAN:

@@ -1,26 +1,31 @@
 """Loads a joblib file in a throw-away process and describes what it holds, as one JSON line.
 
-Import runs this before the server itself unpickles anything: a pickle runs code when loaded, so
-a crash, a hang or an exit while loading must end this process, not the server.
-Usage: python -m server.import_probe FILE < rows-json (the dataset's feature rows, or null)
+Import runs this before the server itself unpickles anything. Both unpickle through the same
+allow-list (server/storage/safe_pickle.py), so a pickle naming anything else is refused here with the
+global's name; the process remains for what the allow-list cannot stop: a crash, a hang or an exit in
+allowed code must end this process, not the server.
+Usage: python -m server.import_probe FILE [TRUSTED_MODULE ...] < rows-json (the dataset's feature rows, or null)
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 from typing import Any
 
-import joblib
 import numpy as np
+
+from server.storage.safe_pickle import load_restricted
 
 SELF_CHECK_ROWS = 5
 
 
-def describe(path: str, rows: list[list[float]] | None) -> dict[str, Any]:
+def describe(path: str, rows: list[list[float]] | None, trusted_modules: tuple[str, ...] = ()) -> dict[str, Any]:
     """What the file holds, its answers to a few rows (the self-check), and its predictions for `rows`
     when they have the width it expects (the import scores them against the dataset's targets)."""
-    model = joblib.load(path)
+    with open(path, "rb") as handle:
+        model = load_restricted(handle.read(), trusted_modules)
     if not callable(getattr(model, "predict", None)):
         return {"error": f"the file holds a {type(model).__name__}, which has no predict()"}
     n_features = getattr(model, "n_features_in_", None)
@@ -59,7 +64,9 @@ def _final_estimator_name(model: Any) -> str:
 def main() -> int:
     rows = json.loads(sys.stdin.read() or "null")
     try:
-        description = describe(sys.argv[1], rows)
+        description = describe(sys.argv[1], rows, tuple(sys.argv[2:]))
+    except pickle.UnpicklingError as exc:  # ForbiddenGlobal among them: its text names the global
+        description = {"error": f"it does not unpickle: {exc}"[:500]}
     except Exception as exc:  # anything the pickle raises is the answer
         description = {"error": f"loading or calling the model failed: {exc!r}"[:500]}
     print(json.dumps(description))

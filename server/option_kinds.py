@@ -95,6 +95,13 @@ def _boolean(text: str) -> bool:
     return word in _TRUE
 
 
+def _module_names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(all(part.isidentifier() for part in name.split(".")) for name in names):
+        raise ValueError(text)
+    return names
+
+
 def choice(choices: type[enum.Enum]) -> Kind:
     values = [str(member.value) for member in choices]
     return Kind(f"one of {', '.join(values)}", choices, "|".join(values))
@@ -105,6 +112,7 @@ NUMBER = Kind("a finite number", _finite, "S")
 TEXT = Kind("non-empty", _text, "TEXT")
 PATH = Kind("a non-empty path", _path, "PATH")
 OPTIONAL_PATH = Kind("a path", _optional_path, "PATH")
+MODULE_NAMES = Kind("comma-separated module names such as mypackage.transformers", _module_names, "MODULE[,MODULE]")
 BOOLEAN = Kind(f"one of {', '.join(_TRUE + _FALSE)}", _boolean, "")
 POSITIVE = Within(0, low_open=True)
 NOT_NEGATIVE = Within(0)

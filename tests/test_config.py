@@ -20,6 +20,7 @@ from client.library import TargetPortError, channel_target
 from server.config import (
     BOOLEAN,
     INTEGER,
+    MODULE_NAMES,
     NUMBER,
     OPTIONAL_PATH,
     OPTIONS,
@@ -52,6 +53,8 @@ def samples(option: Option) -> tuple[str, str]:
         return f"env-{option.field}", f"flag-{option.field}"
     if option.field == "version_policy":
         return "refuse", "warn"
+    if option.kind is MODULE_NAMES:
+        return "env_pkg.sub,other", "flag_pkg"
     candidates = ["7", "9", "1000"] if option.kind is INTEGER else ["0.5", "7.25", "9"]
     valid = [text for text in candidates if option.within is None or option.within.allows(float(text))]
     valid = [text for text in valid if float(text) != option.default]
@@ -65,6 +68,8 @@ def expected(option: Option, text: str) -> Any:
         return float(text)
     if option.field == "version_policy":
         return VersionPolicy(text)
+    if option.kind is MODULE_NAMES:
+        return tuple(text.split(","))
     return text if option.field == "host" else Path(text)
 
 
@@ -165,6 +170,8 @@ BAD_VALUES = [
     (["--busy-timeout", "-1"], {}, "--busy-timeout", "-1"),
     (["--max-message-bytes", "99999999999"], {}, "--max-message-bytes", "99999999999"),
     (["--version-policy", "ignore"], {}, "--version-policy", "ignore"),
+    ([], {"PREDSERVE_TRUSTED_MODULES": "pkg,,os"}, "PREDSERVE_TRUSTED_MODULES", "pkg,,os"),
+    (["--trusted-module", "my pkg"], {}, "--trusted-module", "my pkg"),
 ]
 BAD_IDS = [" ".join([*(f"{k}={v}" for k, v in env.items()), *argv]) for argv, env, _, _ in BAD_VALUES]
 

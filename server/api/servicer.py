@@ -10,6 +10,7 @@ from protos import predserve_pb2 as pb
 from protos import predserve_pb2_grpc as pb_grpc
 from server.api import converters
 from server.api.status import maps_errors
+from server.api.streams import IdleStreamReaper
 from server.errors import InvalidArgument
 from server.services.history import HistoryService
 from server.services.importing import ModelImportService
@@ -29,6 +30,7 @@ class PredserveServicer(pb_grpc.PredserveServicer):
         history: HistoryService,
         lifecycle: ModelLifecycleService,
         importer: ModelImportService,
+        streams: IdleStreamReaper,
     ) -> None:
         self.training = training
         self.prediction = prediction
@@ -36,6 +38,7 @@ class PredserveServicer(pb_grpc.PredserveServicer):
         self.history = history
         self.lifecycle = lifecycle
         self.importer = importer
+        self.streams = streams
 
     @maps_errors
     def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> pb.TrainResponse:
@@ -68,7 +71,8 @@ class PredserveServicer(pb_grpc.PredserveServicer):
     def IngestHistory(
         self, request_iterator: Iterator[pb.IngestHistoryRequest], context: grpc.ServicerContext
     ) -> pb.IngestHistoryResponse:
-        dataset, feature_names, rows = _collect_ingest_stream(request_iterator, self.history.max_rows)
+        messages = self.streams.watch(request_iterator, context)
+        dataset, feature_names, rows = _collect_ingest_stream(messages, self.history.max_rows)
         total = self.history.ingest(dataset, feature_names, rows)
         return pb.IngestHistoryResponse(dataset=dataset, rows_added=len(rows), total_rows=total)
 
@@ -84,7 +88,7 @@ class PredserveServicer(pb_grpc.PredserveServicer):
     def ImportModel(
         self, request_iterator: Iterator[pb.ImportModelRequest], context: grpc.ServicerContext
     ) -> pb.TrainResponse:
-        command = converters.import_command(request_iterator, self.importer.max_bytes)
+        command = converters.import_command(self.streams.watch(request_iterator, context), self.importer.max_bytes)
         return converters.train_response(self.importer.import_model(command))
 
     @maps_errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,7 @@ def parse_params(recipe: Recipe, raw: Mapping[str, str]) -> dict[str, Any]:
             f"unknown parameter(s) {', '.join(unknown)} for algorithm {recipe.name}; "
             f"known: {', '.join(sorted(defaults))}"
         )
-    params = {name: _parse_value(text) for name, text in raw.items()}
+    params = {name: _parse_value(name, text) for name, text in raw.items()}
     estimator = recipe.make_estimator().set_params(**params)
     try:
         estimator._validate_params()  # scikit-learn's own constraint checks, run without fitting
@@ -96,7 +97,7 @@ def parse_params(recipe: Recipe, raw: Mapping[str, str]) -> dict[str, Any]:
     return params
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(name: str, text: str) -> Any:
     lowered = text.strip().lower()
     if lowered in ("none", "null"):
         return None
@@ -106,4 +107,7 @@ def _parse_value(text: str) -> Any:
         value = json.loads(text)
     except ValueError:
         return text
+    # JSON has no infinity, but json.loads("1e999") overflows to one; "inf" itself stays text and is refused.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgument(f"parameter {name} = {text!r} is not a finite number")
     return value if isinstance(value, (int, float, str)) else text

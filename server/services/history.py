@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from server.domain import HistoryRow
 from server.errors import InvalidArgument
-from server.services.validation import check_name, check_row_limit, check_targets, feature_matrix
+from server.services.validation import check_feature_names, check_name, check_row_limit, check_targets, feature_matrix
 from server.storage.repositories import HistoryRepository
 
 
@@ -26,5 +26,6 @@ class HistoryService:
         width = existing_width or len(rows[0].features)
         if feature_names and len(feature_names) != width:
             raise InvalidArgument(f"{len(feature_names)} feature names given for {width} features")
+        check_feature_names(feature_names)
         check_targets([row.target for row in rows])
         return self.history.append(dataset, feature_names, rows)

@@ -13,7 +13,6 @@ import json
 import logging
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from server.domain import IMPORTED, SelfCheck, SetDescription
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from server.services.admission import WorkSlots
 from server.services.catalog import CLASSIFICATION, EVALUATED_ROWS, PRIMARY_METRIC, REGRESSION
 from server.services.registration import ArtifactBytes, PromotionPolicy, Registration, SetRegistrar
 from server.services.validation import check_name, feature_matrix
@@ -45,11 +45,16 @@ class ModelImportService:
         registrar: SetRegistrar,
         probe_timeout_seconds: float = 60.0,
         max_bytes: int = 1024**3,
+        trusted_modules: tuple[str, ...] = (),
+        slots: WorkSlots | None = None,
     ) -> None:
         self.history = history
         self.registrar = registrar
         self.probe_timeout = probe_timeout_seconds
         self.max_bytes = max_bytes
+        self.trusted_modules = trusted_modules
+        # Shared with training: an import probes, unpickles and scores, as heavy as a small Train.
+        self.slots = slots or WorkSlots(2, "Trains and imports", "--max-concurrent-trains")
 
     def import_model(self, command: ImportCommand) -> Registration:
         model_type = check_name("model_type", command.model_type)
@@ -57,6 +62,10 @@ class ModelImportService:
             raise InvalidArgument("the artifact is empty")
         if len(command.data) > self.max_bytes:
             raise ResourceExhausted(f"the artifact has {len(command.data)} bytes, the limit is {self.max_bytes}")
+        with self.slots.taken():
+            return self._import(model_type, command)
+
+    def _import(self, model_type: str, command: ImportCommand) -> Registration:
         features, targets, dataset, dataset_names = self._dataset(command.dataset)
         started = time.perf_counter()
         description = self._probe(command.data, None if features is None else features.tolist())
@@ -102,12 +111,11 @@ class ModelImportService:
         return feature_matrix(dataset.features), np.asarray(dataset.targets), name, dataset.feature_names
 
     def _probe(self, data: bytes, rows: list[list[float]] | None) -> dict[str, Any]:
-        with tempfile.NamedTemporaryFile(suffix=".joblib") as handle:
-            handle.write(data)
-            handle.flush()
+        # In the store's own directory, not the system temp dir: a crash here leaves it where start-up sweeps.
+        with self.registrar.scratch_copy(data) as copy:
             try:
                 completed = subprocess.run(
-                    [sys.executable, "-m", "server.import_probe", handle.name],
+                    [sys.executable, "-m", "server.import_probe", str(copy), *self.trusted_modules],
                     input=json.dumps(rows),
                     capture_output=True,
                     text=True,
@@ -122,10 +130,33 @@ class ModelImportService:
             raise FailedPrecondition(
                 f"the probe process loading the artifact died (exit status {completed.returncode}); refused"
             )
-        description: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+        description = _probe_answer(completed.stdout)
         if "error" in description:
             raise FailedPrecondition(f"the artifact cannot be served: {description['error']}")
         return description
+
+
+# The keys of the probe's JSON line (server/import_probe.py): its refusal, or its description.
+_PROBE_ANSWER_KEYS = (
+    frozenset({"error"}),
+    frozenset({"estimator", "n_features", "classes", "feature_names", "sample", "outputs", "predictions"}),
+)
+
+
+def _probe_answer(stdout: str) -> dict[str, Any]:
+    """The probe's last JSON line. The artifact runs code in the probe and may print too, even after
+    the answer (at exit), so the answer is the last line shaped like one, not simply the last line."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(answer, dict) and any(keys <= answer.keys() for keys in _PROBE_ANSWER_KEYS):
+            return answer
+    printed = stdout.strip()[-200:]
+    raise FailedPrecondition(
+        f"the probe process loading the artifact gave no answer (the artifact printed {printed!r}); refused"
+    )
 
 
 def _feature_names(description: dict[str, Any], dataset_names: tuple[str, ...]) -> tuple[str, ...]:

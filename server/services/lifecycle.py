@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from server.domain import PredictionSetRecord
 from server.errors import ArtifactRejected, FailedPrecondition, InvalidArgument, NotFound
 from server.model_store import LoadedModel
-from server.services.registration import SetRegistrar
+from server.services.registration import SetRegistrar, log_refused_collection
 from server.services.validation import check_name
 from server.storage.artifacts import ArtifactStore
 from server.storage.repositories import PredictionSetRepository
@@ -35,6 +35,9 @@ class CollectedSet:
 class Collection:
     sets: list[CollectedSet]
     dry_run: bool
+    # Past retention, but refused by the artifact store (a path leading outside, a bad signature): not touched.
+    # GarbageCollectResponse has no field for them yet; the log names each.
+    refused: tuple[int, ...] = ()
 
     @property
     def bytes_freed(self) -> int:
@@ -70,15 +73,28 @@ class ModelLifecycleService:
         if keep < 1:
             raise InvalidArgument(f"keep must be at least 1 (got {keep}): the fallback candidate is always kept")
         types = [check_name("model_type", model_type)] if model_type else self.sets.model_types()
-        doomed = [CollectedSet(r) for t in types for r in self._beyond_retention(t, keep)]
+        beyond = [r for t in types for r in self._beyond_retention(t, keep)]
+        doomed = [CollectedSet(r) for r in beyond if self._may_delete(r)]
         if not dry_run and doomed:
-            self.registrar.retire([c.record for c in doomed])
+            doomed = [CollectedSet(r) for r in self.registrar.retire([c.record for c in doomed])]
             logger.info(
                 "retention: archived %d set(s), freed %d bytes",
                 len(doomed),
                 sum(c.size_bytes for c in doomed),
             )
-        return Collection(doomed, dry_run)
+        collected = {c.record.id for c in doomed}
+        return Collection(doomed, dry_run, tuple(r.id for r in beyond if r.id not in collected))
+
+    def _may_delete(self, record: PredictionSetRecord) -> bool:
+        """Whether the store accepts the row's path (and signature) with the checks loading applies; the
+        dry run lists only what a real run would delete."""
+        assert record.artifact is not None
+        try:
+            self.artifacts.locate(record.artifact, record.model_type)
+        except ArtifactRejected as exc:
+            log_refused_collection(record, exc)
+            return False
+        return True
 
     def _beyond_retention(self, model_type: str, keep: int) -> list[PredictionSetRecord]:
         """Non-current sets past the newest `keep`, never the fallback candidate. Pinned sets may go:

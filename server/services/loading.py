@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import platform
 import time
 from typing import Any
@@ -59,10 +60,13 @@ class ModelLoader:
         artifacts: ArtifactStore,
         sets: PredictionSetRepository,
         version_policy: VersionPolicy = VersionPolicy.WARN,
+        trusted_modules: tuple[str, ...] = (),
     ) -> None:
         self.artifacts = artifacts
         self.sets = sets
         self.version_policy = version_policy
+        # Modules besides scikit-learn, NumPy and SciPy whose classes an artifact may name (--trusted-module).
+        self.trusted_modules = trusted_modules
         self.environment = environment_fingerprint()
 
     def load(self, record: PredictionSetRecord, note: str = "", fallback_for: int | None = None) -> LoadedModel:
@@ -86,11 +90,12 @@ class ModelLoader:
             record=record, pipeline=pipeline, load_seconds=elapsed, note=note, fallback_for=fallback_for
         )
 
-    @staticmethod
-    def load_bytes(data: bytes, check: SelfCheck | None, label: str) -> Any:
-        """Unpickles verified bytes and proves the result answers as it did at training."""
+    def load_bytes(self, data: bytes, check: SelfCheck | None, label: str) -> Any:
+        """Unpickles verified bytes through the allow-list and proves the result answers as it did at training."""
         try:
-            pipeline = load_pipeline(data)
+            pipeline = load_pipeline(data, self.trusted_modules)
+        except pickle.UnpicklingError as exc:  # ForbiddenGlobal among them: its text names the global
+            raise ArtifactRejected(f"{label} does not unpickle: {exc}") from exc
         except Exception as exc:  # a corrupt pickle can raise nearly anything
             raise ArtifactRejected(f"{label} does not unpickle: {exc!r}") from exc
         if not hasattr(pipeline, "predict"):

@@ -14,12 +14,14 @@ import enum
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from server import failpoints
 from server.domain import IMPORTED, ArtifactInfo, NewPredictionSet, PredictionSetRecord, SetDescription
-from server.errors import Cancelled, PredserveError
+from server.errors import ArtifactRejected, Cancelled, PredserveError
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.services.catalog import PRIMARY_METRIC
 from server.services.loading import ModelLoader
@@ -147,12 +149,25 @@ class SetRegistrar:
             self._store.put(model_type, model)
             return model
 
-    def retire(self, records: Sequence[PredictionSetRecord]) -> None:
-        """Deletes the artifacts of sets that are not current, and marks them archived; the rows stay."""
+    def retire(self, records: Sequence[PredictionSetRecord]) -> list[PredictionSetRecord]:
+        """Deletes the artifacts of sets that are not current, and marks them archived; the rows stay.
+        A row whose path or signature the artifact store refuses is skipped, logged and left as it is:
+        it is never followed. Returns the sets retired."""
+        retired = []
         for record in records:
             if record.artifact is not None:
-                self._artifacts.discard(record.artifact.relative_path)
-        self._sets.archive([record.id for record in records])
+                try:
+                    self._artifacts.discard_recorded(record.artifact, record.model_type)
+                except ArtifactRejected as exc:
+                    log_refused_collection(record, exc)
+                    continue
+            retired.append(record)
+        self._sets.archive([record.id for record in retired])
+        return retired
+
+    def scratch_copy(self, data: bytes) -> AbstractContextManager[Path]:
+        """A temporary file of `data` in the artifact store, for a probe process to load; removed on exit."""
+        return self._artifacts.scratch_file(data)
 
     def _write(self, candidate: Candidate, model_type: str) -> tuple[ArtifactInfo, bytes]:
         if isinstance(candidate, FittedPipeline):
@@ -172,7 +187,21 @@ class SetRegistrar:
                     "keeping artifact %s: cannot tell whether it was recorded (%s)", artifact.relative_path, exc
                 )
                 return
-        self._artifacts.discard(artifact.relative_path)
+        try:
+            self._artifacts.discard(artifact.relative_path)
+        except ArtifactRejected as exc:  # not for a name write_bytes made; never mask the original error
+            logger.warning("keeping artifact %r: %s", artifact.relative_path, exc)
+
+
+def log_refused_collection(record: PredictionSetRecord, exc: ArtifactRejected) -> None:
+    path = record.artifact.relative_path if record.artifact else None
+    logger.warning(
+        "garbage collection skips set %d: its artifact path %r is refused (%s); no file is touched and the set "
+        "is not archived",
+        record.id,
+        path,
+        exc,
+    )
 
 
 def _promotion_reason(description: SetDescription) -> str:

@@ -17,6 +17,7 @@ from server import failpoints
 from server.domain import HistoryRow, SelfCheck, SetDescription, TargetValue
 from server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from server.model_store import LoadedModel
+from server.services.admission import FitCores, WorkSlots
 from server.services.catalog import (
     ACCURACY,
     CATALOG,
@@ -31,7 +32,7 @@ from server.services.catalog import (
     parse_params,
 )
 from server.services.registration import FittedPipeline, PromotionPolicy, Registration, SetRegistrar
-from server.services.validation import check_name, check_row_limit, check_targets, feature_matrix
+from server.services.validation import check_feature_names, check_name, check_row_limit, check_targets, feature_matrix
 from server.storage.repositories import HistoryRepository
 
 logger = logging.getLogger(__name__)
@@ -105,11 +106,15 @@ class ModelTrainingService:
         registrar: SetRegistrar,
         max_rows: int | None = None,
         time_limit_seconds: float | None = None,
+        slots: WorkSlots | None = None,
+        cores: FitCores | None = None,
     ) -> None:
         self.history = history
         self.registrar = registrar
         self.max_rows = max_rows
         self.time_limit_seconds = time_limit_seconds
+        self.slots = slots or WorkSlots(2, "Trains and imports", "--max-concurrent-trains")
+        self.cores = cores or FitCores(1)
 
     def train(self, command: TrainCommand, caller_seconds: float | None = None) -> TrainOutcome:
         """Fits, persists and serves; `caller_seconds` is how long the caller will wait, if it said."""
@@ -117,61 +122,67 @@ class ModelTrainingService:
         check_row_limit("the request", len(command.rows), self.max_rows)
         model_type = check_name("model_type", command.model_type)
         recipe = find_recipe(command.algorithm or _default_algorithm(model_type))
-        params = parse_params(recipe, command.params)
+        params = self.cores.cap(parse_params(recipe, command.params))
         test_fraction = _test_fraction(command.test_fraction)
         seed = _seed(command.random_seed)
-        data = self._training_data(command)
-        _check_targets(recipe, data.targets)
+        with self.slots.taken():
+            data = self._training_data(command)
+            _check_targets(recipe, data.targets)
+            split = _split(recipe, data, test_fraction, seed)
+            if deadline is not None:
+                deadline.check("before fitting")
+            pipeline, fit_seconds = self._fit(recipe, params, seed, split, data.dataset)
+            _check_wanted(command)
+            if deadline is not None:
+                deadline.check(f"after a fit of {fit_seconds:.2f}s")
+            sample = split.x_test[:SELF_CHECK_ROWS]
+            description = SetDescription(
+                model_type=model_type,
+                dataset=data.dataset,
+                algorithm=recipe.name,
+                task=recipe.task,
+                params=params,
+                metrics=_evaluate(recipe, pipeline, split),
+                feature_names=data.feature_names,
+                classes=tuple(pipeline.classes_.tolist()) if recipe.task == CLASSIFICATION else None,
+                training_rows=len(data.targets),
+                fit_seconds=fit_seconds,
+                self_check=SelfCheck(sample.tolist(), pipeline.predict(sample).tolist()),
+            )
+            return self._register(command, pipeline, description)
 
-        split = _split(recipe, data, test_fraction, seed)
+    def _fit(
+        self, recipe: Recipe, params: dict[str, Any], seed: int, split: _Split, dataset: str
+    ) -> tuple[Any, float]:
         pipeline = recipe.build(params, seed)
-        if deadline is not None:
-            deadline.check("before fitting")
         started = time.perf_counter()
         try:
             failpoints.reach(failpoints.DURING_FIT)
-            pipeline.fit(split.x_train, split.y_train)
+            with self.cores.limited():
+                pipeline.fit(split.x_train, split.y_train)
         except InvalidParameterError as exc:
             raise InvalidArgument(f"invalid parameter for algorithm {recipe.name}: {exc}") from exc
         except ValueError as exc:
-            raise FailedPrecondition(f"algorithm {recipe.name} cannot fit dataset {data.dataset}: {exc}") from exc
-        fit_seconds = time.perf_counter() - started
-        metrics = _evaluate(recipe, pipeline, split)
-        sample = split.x_test[:SELF_CHECK_ROWS]
-        self_check = SelfCheck(sample.tolist(), pipeline.predict(sample).tolist())
+            raise FailedPrecondition(f"algorithm {recipe.name} cannot fit dataset {dataset}: {exc}") from exc
+        return pipeline, time.perf_counter() - started
 
-        _check_wanted(command)
-        if deadline is not None:
-            deadline.check(f"after a fit of {fit_seconds:.2f}s")
-        persist_started = time.perf_counter()
-        description = SetDescription(
-            model_type=model_type,
-            dataset=data.dataset,
-            algorithm=recipe.name,
-            task=recipe.task,
-            params=params,
-            metrics=metrics,
-            feature_names=data.feature_names,
-            classes=tuple(pipeline.classes_.tolist()) if recipe.task == CLASSIFICATION else None,
-            training_rows=len(data.targets),
-            fit_seconds=fit_seconds,
-            self_check=self_check,
-        )
+    def _register(self, command: TrainCommand, pipeline: Any, description: SetDescription) -> TrainOutcome:
+        started = time.perf_counter()
         registration = self.registrar.register(
             FittedPipeline(pipeline), description, command.promotion, command.still_wanted
         )
+        persist_seconds = time.perf_counter() - started
         record = registration.model.record
-        persist_seconds = time.perf_counter() - persist_started
         logger.info(
             "trained model type=%s set=%d algorithm=%s rows=%d fit=%.3fs persist=%.3fs path=%s metrics=%s (%s)",
-            model_type,
+            record.model_type,
             record.id,
-            recipe.name,
+            record.algorithm,
             description.training_rows,
-            fit_seconds,
+            description.fit_seconds,
             persist_seconds,
             record.artifact.relative_path if record.artifact else "",
-            metrics,
+            description.metrics,
             registration.reason,
         )
         return TrainOutcome(registration=registration, persist_seconds=persist_seconds)
@@ -238,6 +249,7 @@ def _names(given: Sequence[str], features: np.ndarray) -> tuple[str, ...]:
         return tuple(f"f{i}" for i in range(width))
     if len(given) != width:
         raise InvalidArgument(f"{len(given)} feature names given for {width} features")
+    check_feature_names(given)
     return tuple(given)
 
 
@@ -251,7 +263,7 @@ def _check_targets(recipe: Recipe, targets: np.ndarray) -> None:
     if len(targets) < MIN_TRAINING_ROWS:
         raise FailedPrecondition(f"too few rows to train: {len(targets)}, at least {MIN_TRAINING_ROWS} needed")
     if recipe.task == CLASSIFICATION:
-        classes = np.unique(targets.astype(str)) if targets.dtype == object else np.unique(targets)
+        classes = np.unique(targets.astype(str)) if _is_text(targets) else np.unique(targets)
         if len(classes) < 2:
             raise FailedPrecondition(f"too few classes to train a classifier: {len(classes)}, at least 2 needed")
         if targets.dtype.kind == "f" and not np.all(np.mod(targets, 1) == 0):
@@ -259,10 +271,15 @@ def _check_targets(recipe: Recipe, targets: np.ndarray) -> None:
                 f"algorithm {recipe.name} is a classifier but the targets are continuous numbers; "
                 "choose a regression algorithm"
             )
-    elif targets.dtype == object:
+    elif _is_text(targets):
         raise FailedPrecondition(f"algorithm {recipe.name} is a regressor but the targets are text labels")
     elif not np.isfinite(targets.astype(np.float64)).all():
         raise FailedPrecondition("the targets hold a non-finite value")
+
+
+def _is_text(targets: np.ndarray) -> bool:
+    """Stored labels arrive as an object array, inline ones as numpy text (`<U`): both are labels."""
+    return targets.dtype == object or targets.dtype.kind in "US"
 
 
 def _split(recipe: Recipe, data: _TrainingData, test_fraction: float, seed: int) -> _Split:

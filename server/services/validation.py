@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -61,3 +62,13 @@ def check_row_limit(what: str, count: int, limit: int | None) -> None:
         raise ResourceExhausted(
             f"{what} has {count} rows, more than the limit of {limit} rows per request (--max-rows-per-request)"
         )
+
+
+def check_feature_names(names: Sequence[str]) -> None:
+    """Names say which column is which (V2 metadata, imports by name): each one present and unique."""
+    for index, name in enumerate(names):
+        if not name.strip():
+            raise InvalidArgument(f"feature name {index} is empty")
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise InvalidArgument(f"feature names must be unique: {', '.join(map(repr, repeated))} repeated")

@@ -1,7 +1,8 @@
 """The artifact store: fitted pipelines as joblib files in one directory.
 
 Writes are atomic (temporary file, fsync, rename, fsync of the directory) so a database row can
-only ever point at a complete file. Reads are confined to the directory and verified against the
+only ever point at a complete file. Every use of a recorded path (read, delete) is confined to the
+directory by one check (resolve, and the signature with a key), and reads are verified against the
 SHA-256 recorded in the database on the very bytes that are then unpickled, because joblib.load
 runs pickle, and pickle runs code. That makes the database the root of trust; with a signing key,
 each record also carries an HMAC of its checksum, so that a database write alone is not enough.
@@ -12,6 +13,7 @@ up never removes another's write in progress.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import errno
@@ -21,10 +23,12 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +38,15 @@ from server import failpoints
 from server.domain import ArtifactInfo
 from server.errors import ArtifactMissing, ArtifactRejected, ResourceExhausted, StorageError
 from server.storage.permissions import warn_if_others_can_write
+from server.storage.safe_pickle import load_restricted
 
 logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"
 SUFFIX = ".joblib"
+# Imports' temporary copies (up to the import limit, 1 GiB by default): inside the store, so that a crash leaves them
+# where start-up sweeps, never in the system temp dir. Named like the writes' temporary files, minus the prefix.
+SCRATCH_DIR = ".tmp"
 # A temporary file of another host is only known to be abandoned once it is this old; no write takes that long.
 STALE_TEMP_SECONDS = 3600.0
 _SPACE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -50,15 +58,45 @@ class ArtifactStore:
         self._signing_key = signing_key
 
     def prepare(self) -> None:
-        """Creates the directory (owner-only) and removes temporary files a crash left behind."""
+        """Creates the directory (owner-only) and removes temporary files a crash left behind: those of
+        writes, and the imports' copies in SCRATCH_DIR."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         warn_if_others_can_write(
             self.root, "models directory", "they can add, remove or replace artifacts", "chmod 700 it"
         )
         for leftover in self.root.glob(f"{TEMP_PREFIX}*"):
-            if _abandoned(leftover):
+            if _abandoned(leftover, TEMP_PREFIX):
                 logger.warning("removing temporary artifact left by an interrupted write: %s", leftover.name)
                 leftover.unlink(missing_ok=True)
+        scratch = self.root / SCRATCH_DIR
+        if _is_real_directory(scratch):
+            for leftover in scratch.iterdir():
+                if _abandoned(leftover, ""):
+                    logger.warning("removing temporary copy left by an interrupted import: %s", leftover.name)
+                    leftover.unlink(missing_ok=True)
+        elif scratch.is_symlink() or scratch.exists():
+            logger.warning("%s is not a directory predserve made (a symlink or a file?); imports will fail", scratch)
+
+    @contextlib.contextmanager
+    def scratch_file(self, data: bytes) -> Iterator[Path]:
+        """A private temporary copy of `data` inside the store (for the import probe), removed on exit;
+        one a crash leaves behind is removed at the next start-up."""
+        scratch = self.root / SCRATCH_DIR
+        try:
+            scratch.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise _storage_error(exc, "create the directory of temporary copies") from exc
+        if not _is_real_directory(scratch):
+            raise StorageError(f"{scratch} is not a directory predserve made (a symlink?); refusing to write there")
+        path = self.resolve(f"{SCRATCH_DIR}/{_owner()}~{uuid.uuid4().hex}{SUFFIX}")
+        try:
+            try:
+                self._write_durably(path, data, sync=False)  # read once by the probe, never kept: no fsync
+            except OSError as exc:
+                raise _storage_error(exc, "write the temporary copy of the artifact") from exc
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
 
     def write(self, pipeline: Any, model_type: str) -> tuple[ArtifactInfo, bytes]:
         """Persists a pipeline under a new unique name; returns where, and the exact bytes written."""
@@ -67,8 +105,8 @@ class ArtifactStore:
     def write_bytes(self, data: bytes, model_type: str) -> tuple[ArtifactInfo, bytes]:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         name = f"{model_type}-{stamp}-{uuid.uuid4().hex[:12]}{SUFFIX}"
-        temp = self.root / f"{TEMP_PREFIX}{os.getpid()}@{socket.gethostname()}~{name}"
-        final = self.root / name
+        temp = self.resolve(f"{TEMP_PREFIX}{_owner()}~{name}")
+        final = self.resolve(name)
         try:
             self._write_durably(temp, data)
             failpoints.reach(failpoints.AFTER_TEMP_WRITE)
@@ -78,9 +116,7 @@ class ArtifactStore:
             _fsync_directory(self.root)
         except OSError as exc:
             temp.unlink(missing_ok=True)
-            if exc.errno in _SPACE_ERRORS:
-                raise ResourceExhausted(f"no space left to write the model artifact ({exc.strerror})") from exc
-            raise StorageError(f"could not write the model artifact: {exc.strerror or exc}") from exc
+            raise _storage_error(exc, "write the model artifact") from exc
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
@@ -91,31 +127,30 @@ class ArtifactStore:
         return info, data
 
     def discard(self, relative_path: str) -> None:
-        """Removes an artifact that no row points at (its registration failed)."""
+        """Removes a file of the store, confined by resolve: a path leading outside raises ArtifactRejected
+        and nothing is touched. unlink never follows the last component, so a symlink inside the store that
+        points inside is removed itself, never its target; one that points outside fails resolve and stays."""
+        path = self.resolve(relative_path)
         try:
-            (self.root / relative_path).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         except OSError as exc:
-            logger.warning("could not remove unregistered artifact %s: %s", relative_path, exc)
+            logger.warning("could not remove artifact %s: %s", relative_path, exc)
+
+    def discard_recorded(self, info: ArtifactInfo, model_type: str) -> None:
+        """Removes a recorded set's file after the very checks loading applies (see locate)."""
+        self.locate(info, model_type)
+        self.discard(info.relative_path)
+
+    def locate(self, info: ArtifactInfo, model_type: str) -> Path:
+        """Where a recorded artifact is, refused (ArtifactRejected) unless its row is signed, when the store
+        has a key, and its path stays inside the store: the one check of every use of a recorded path."""
+        self._check_signature(info, model_type)
+        return self.resolve(info.relative_path)
 
     def read_verified(self, info: ArtifactInfo, model_type: str) -> bytes:
         """The artifact's bytes, refused unless they are exactly the recorded (and signed) ones."""
         self._check_signature(info, model_type)
-        path = self.resolve(info.relative_path)
-        try:
-            with open(path, "rb", opener=_open_no_follow) as handle:
-                mode = os.fstat(handle.fileno()).st_mode
-                if not stat.S_ISREG(mode):
-                    raise ArtifactRejected(f"artifact {info.relative_path} is not a regular file")
-                if mode & stat.S_IWOTH:
-                    raise ArtifactRejected(
-                        f"artifact {info.relative_path} is world-writable (mode {stat.S_IMODE(mode):04o}): "
-                        "anyone could have replaced it"
-                    )
-                data = handle.read()
-        except FileNotFoundError as exc:
-            raise ArtifactMissing(f"artifact {info.relative_path} is missing") from exc
-        except OSError as exc:
-            raise ArtifactRejected(f"artifact {info.relative_path} cannot be read: {exc.strerror}") from exc
+        data = self._read_confined(info.relative_path)  # confined by resolve, as locate is
         if len(data) != info.size_bytes:
             raise ArtifactRejected(
                 f"artifact {info.relative_path} has {len(data)} bytes, the database recorded {info.size_bytes}"
@@ -127,6 +162,29 @@ class ArtifactStore:
                 f"(file {digest[:12]}, recorded {info.sha256[:12]})"
             )
         return data
+
+    def read_unrecorded(self, relative_path: str) -> bytes:
+        """The bytes of a file no row records (an orphan), read with the same confinement as any other;
+        nothing vouches for them, so they go through the import path before anything loads them."""
+        return self._read_confined(relative_path)
+
+    def _read_confined(self, relative_path: str) -> bytes:
+        path = self.resolve(relative_path)
+        try:
+            with open(path, "rb", opener=_open_no_follow) as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                if not stat.S_ISREG(mode):
+                    raise ArtifactRejected(f"artifact {relative_path} is not a regular file")
+                if mode & stat.S_IWOTH:
+                    raise ArtifactRejected(
+                        f"artifact {relative_path} is world-writable (mode {stat.S_IMODE(mode):04o}): "
+                        "anyone could have replaced it"
+                    )
+                return handle.read()
+        except FileNotFoundError as exc:
+            raise ArtifactMissing(f"artifact {relative_path} is missing") from exc
+        except OSError as exc:
+            raise ArtifactRejected(f"artifact {relative_path} cannot be read: {exc.strerror}") from exc
 
     def _check_signature(self, info: ArtifactInfo, model_type: str) -> None:
         if self._signing_key is None:
@@ -155,24 +213,44 @@ class ArtifactStore:
         return root / candidate
 
     def stored_names(self) -> set[str]:
+        """The artifacts' names; not recursive, so the temporary copies in SCRATCH_DIR are never among them."""
         return {p.name for p in self.root.glob(f"*{SUFFIX}") if not p.name.startswith(TEMP_PREFIX)}
 
     @staticmethod
-    def _write_durably(path: Path, data: bytes) -> None:
+    def _write_durably(path: Path, data: bytes, sync: bool = True) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
 
 
-def _abandoned(temp: Path) -> bool:
+def _owner() -> str:
+    """How a temporary file names the process writing it, so that start-up removes only abandoned ones."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _is_real_directory(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _storage_error(exc: OSError, what: str) -> StorageError | ResourceExhausted:
+    if exc.errno in _SPACE_ERRORS:
+        return ResourceExhausted(f"no space left to {what} ({exc.strerror})")
+    return StorageError(f"could not {what}: {exc.strerror or exc}")
+
+
+def _abandoned(temp: Path, prefix: str) -> bool:
     """Whether a temporary file's writer is gone: a dead process of this host, or a long-silent other host."""
-    owner, _, _ = temp.name.removeprefix(TEMP_PREFIX).partition("~")
+    owner, _, _ = temp.name.removeprefix(prefix).partition("~")
     pid_text, _, host = owner.partition("@")
     if not host or not pid_text.isdigit():
         return True  # not named by a writer that could still be running
@@ -194,15 +272,26 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
+_STORED_NAME = re.compile(r"^(?P<model_type>.+)-\d{8}T\d{6}Z-[0-9a-f]{12}" + re.escape(SUFFIX) + "$")
+
+
+def model_type_of(stored_name: str) -> str | None:
+    """The model type an artifact's file name was written for (write_bytes names them), if it is one of ours."""
+    match = _STORED_NAME.match(stored_name)
+    return match.group("model_type") if match else None
+
+
 def artifact_signature(key: bytes, model_type: str, info: ArtifactInfo) -> str:
     """Hex HMAC-SHA256 binding an artifact's checksum to its size, file name and model type."""
     message = json.dumps(["predserve-artifact-v1", model_type, info.relative_path, info.sha256, info.size_bytes])
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-def load_pipeline(data: bytes) -> Any:
-    """Unpickles verified bytes; callers must have checked them with read_verified."""
-    return joblib.load(io.BytesIO(data))
+def load_pipeline(data: bytes, trusted_modules: tuple[str, ...] = ()) -> Any:
+    """Unpickles verified bytes through the allow-list of server/storage/safe_pickle.py, so that no code
+    but that of scikit-learn, NumPy, SciPy and `trusted_modules` runs; callers must have checked the bytes
+    with read_verified. Raises ForbiddenGlobal naming the first global outside the list."""
+    return load_restricted(data, trusted_modules)
 
 
 def _serialize(pipeline: Any) -> bytes:

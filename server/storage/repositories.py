@@ -18,7 +18,7 @@ from server.domain import (
     PredictionSetRecord,
     SelfCheck,
 )
-from server.errors import StorageError
+from server.errors import InvalidArgument, StorageError
 from server.storage.databases import ChangeFeed, Connection, RegistryDatabase
 
 
@@ -29,14 +29,22 @@ class HistoryRepository:
         self.database = database
 
     def append(self, dataset: str, feature_names: Sequence[str], rows: Sequence[HistoryRow]) -> int:
-        """Appends rows in one transaction and returns the dataset's row count afterwards."""
+        """Appends rows in one transaction and returns the dataset's row count afterwards.
+
+        A dataset's first rows fix its feature names (none given: it has none); rows that give other
+        names store nothing. Recording and comparing happen in this transaction, so two first ingests
+        at once cannot both win: the primary key keeps one, and the other is compared with it.
+        """
+        given = list(feature_names)
         with self.database.writing() as conn:
-            if feature_names:
-                conn.execute(
-                    "INSERT INTO datasets (name, feature_names) VALUES (?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET feature_names = excluded.feature_names",
-                    (dataset, json.dumps(list(feature_names))),
-                )
+            conn.execute(
+                "INSERT INTO datasets (name, feature_names) SELECT ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM data_history WHERE dataset = ?) ON CONFLICT (name) DO NOTHING",
+                (dataset, json.dumps(given), dataset),
+            )
+            fixed = list(_feature_names(conn, dataset))
+            if given and given != fixed:
+                raise InvalidArgument(_other_names(dataset, fixed, given))
             conn.executemany(
                 "INSERT INTO data_history (dataset, features, target) VALUES (?, ?, ?)",
                 [(dataset, json.dumps(list(row.features)), json.dumps(row.target)) for row in rows],
@@ -56,15 +64,29 @@ class HistoryRepository:
             rows = conn.execute(
                 "SELECT features, target FROM data_history WHERE dataset = ? ORDER BY id", (dataset,)
             ).fetchall()
-            names_row = conn.execute("SELECT feature_names FROM datasets WHERE name = ?", (dataset,)).fetchone()
+            feature_names = _feature_names(conn, dataset)
         if not rows:
             return None
         return Dataset(
             name=dataset,
-            feature_names=tuple(json.loads(names_row[0])) if names_row else (),
+            feature_names=feature_names,
             features=[json.loads(row[0]) for row in rows],
             targets=[json.loads(row[1]) for row in rows],
         )
+
+
+def _feature_names(conn: Connection, dataset: str) -> tuple[str, ...]:
+    row = conn.execute("SELECT feature_names FROM datasets WHERE name = ?", (dataset,)).fetchone()
+    return () if row is None else tuple(json.loads(row[0]))
+
+
+def _other_names(dataset: str, fixed: list[str], given: list[str]) -> str:
+    if not fixed:
+        return f"dataset {dataset!r} has no feature names: its first rows gave none; these rows give {given}: send none"
+    return (
+        f"dataset {dataset!r} has the feature names {fixed}, fixed by its first rows; "
+        f"these rows give {given}: send the same names or none"
+    )
 
 
 _SET_COLUMNS = (

@@ -1,0 +1,1 @@
+"""A package the tests name with --trusted-module: its classes may appear in an artifact."""

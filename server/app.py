@@ -1,6 +1,7 @@
 """Bootstrap: the one place that wires concrete adapters together and tells the start-up story.
 
-migrate the database -> load the current pipeline of every model type -> bind the port -> SERVING.
+migrate the database -> load the current pipeline of every model type -> (in each serving process) sync
+with the database -> bind the port -> SERVING.
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ def build_services(
     everything else is wired exactly as the server runs.
     """
     # The one place that picks the backend: a postgresql:// URL, or the SQLite file.
-    database = open_database(config.database_url or config.db_path, config.busy_timeout_seconds)
+    database = open_database(
+        config.database_url or config.db_path, config.busy_timeout_seconds, config.db_pool_size
+    )
     database.prepare(check_integrity=config.integrity_check)
     applied = MigrationRunner(database).apply(migrations_for(database, config.migrations_dir))
     logger.info("database %s ready (%d migration(s) applied now)", database.name, len(applied))
@@ -202,24 +205,28 @@ def build_server(
         port = server.add_insecure_port(config.address)
     else:
         port = server.add_secure_port(config.address, credentials)
+    publish_health(health_servicer, services.store)  # before start: grpc's servicer says SERVING until told
     server.start()
-    publish_health(health_servicer, services.store)
     return server, port, health_servicer
 
 
 def publish_health(health_servicer: health.HealthServicer, store: ModelStore) -> None:
-    """Server-wide SERVING, plus one entry per model type that follows every swap."""
+    """Server-wide SERVING while the store agrees with the database, plus one entry per model type that
+    follows every swap; all NOT_SERVING while the store is not synced, since Predict refuses then."""
 
     def publish_model(model_type: str, slot: LoadedModel | UnavailableModel) -> None:
-        status = SERVING if isinstance(slot, LoadedModel) else NOT_SERVING
-        health_servicer.set(MODEL_HEALTH_PREFIX + model_type, status)
+        serves = isinstance(slot, LoadedModel) and store.not_synced_reason is None
+        health_servicer.set(MODEL_HEALTH_PREFIX + model_type, SERVING if serves else NOT_SERVING)
 
-    for model_type, slot in store.slots().items():
-        publish_model(model_type, slot)
+    def publish_server(synced: bool) -> None:
+        for model_type, slot in store.slots().items():
+            publish_model(model_type, slot)
+        for service in ("", SERVICE_NAME, V2_SERVICE_NAME):
+            health_servicer.set(service, SERVING if synced else NOT_SERVING)
+
     store.add_listener(publish_model)
-    health_servicer.set("", SERVING)
-    health_servicer.set(SERVICE_NAME, SERVING)
-    health_servicer.set(V2_SERVICE_NAME, SERVING)
+    store.add_sync_listener(publish_server)
+    publish_server(store.not_synced_reason is None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -293,16 +300,21 @@ def serve(
     share_port: bool = False,
     started: float | None = None,
 ) -> int:
-    """Binds, serves until SIGTERM or SIGINT, then stops gracefully. Runs in each worker process too."""
+    """Syncs with the database, binds, serves until SIGTERM or SIGINT, then stops gracefully. Runs in each
+    worker process too, and a worker may have been forked long after its parent loaded the models."""
     stop_requested = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_requested.set())
+    # Before the port is bound, so no call meets the models as they were at the fork. If the database
+    # cannot be reached the port is bound all the same, NOT_SERVING, and the reloader keeps trying.
+    synced = services.reloader.sync_before_serving()
     server, bound_port, health_servicer = build_server(dataclasses.replace(config, port=port), services, share_port)
     services.reloader.start()
     on_ready(bound_port)
     elapsed = "" if started is None else f", start-up {time.perf_counter() - started:.2f}s"
     logger.info(
-        "predserve ready on %s:%d (%d model type(s)%s, pid %d)",
+        "predserve %s on %s:%d (%d model type(s)%s, pid %d)",
+        "ready" if synced else "listening but NOT_SERVING until it syncs with the database",
         config.host,
         bound_port,
         len(services.store.slots()),

@@ -35,7 +35,8 @@ from server.option_kinds import (
     choice,
     number_text,
 )
-from server.storage.postgres import is_postgres_url
+from server.storage.postgres import DEFAULT_POOL_SIZE
+from server.storage.urls import DatabaseLocationError, postgres_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS_DIR = PROJECT_ROOT / "db" / "migrations"
@@ -97,6 +98,9 @@ class ServerConfig:
     # Modules (with their submodules) besides scikit-learn, NumPy and SciPy whose classes an artifact may
     # name when unpickled (server/storage/safe_pickle.py): their code runs at every load.
     trusted_modules: tuple[str, ...] = ()
+    # Most pooled PostgreSQL connections one serving process holds; it holds one more to LISTEN. The default
+    # lets 3 replicas of 2 workers use 30 of PostgreSQL's default 100 slots (README: Running several replicas).
+    db_pool_size: int = DEFAULT_POOL_SIZE
 
     @property
     def address(self) -> str:
@@ -320,6 +324,14 @@ OPTIONS: tuple[Option, ...] = (
         "modules, comma-separated, whose classes an artifact may name besides scikit-learn, NumPy and SciPy"
         " (their code runs at every load)",
     ),
+    Option(
+        "db_pool_size",
+        "--db-pool-size",
+        "PREDSERVE_DB_POOL_SIZE",
+        INTEGER,
+        "most pooled connections to a PostgreSQL registry per serving process (it holds one more to LISTEN)",
+        POSITIVE,
+    ),
 )
 # Environment (or *_FILE) only: never a flag, which the process list would show.
 SECRET_VARIABLES = ("PREDSERVE_ADMIN_TOKEN", "PREDSERVE_PREDICT_TOKEN", "PREDSERVE_ARTIFACT_HMAC_KEY")
@@ -358,6 +370,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        database_url = _database_url(args.db_path, env)
         values = {option.field: _value(option, getattr(args, option.field), env) for option in OPTIONS}
         admin_token = _token(env, "PREDSERVE_ADMIN_TOKEN")
         predict_token = _token(env, "PREDSERVE_PREDICT_TOKEN")
@@ -373,7 +386,6 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     if hmac_key is not None and len(hmac_key) < MIN_HMAC_KEY_BYTES:
         parser.error(f"PREDSERVE_ARTIFACT_HMAC_KEY must hold at least {MIN_HMAC_KEY_BYTES} bytes")
     location = str(values.pop("db_path"))
-    database_url = location if is_postgres_url(location) else None
     return ServerConfig(
         **values,
         db_path=_DEFAULTS["db_path"] if database_url else Path(location),
@@ -382,6 +394,20 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         predict_token=predict_token,
         artifact_hmac_key=hmac_key,
     )
+
+
+def _database_url(given: str | None, env: Mapping[str, str]) -> str | None:
+    """The libpq form of the PostgreSQL URL --db (else PREDSERVE_DB) gives; None for a SQLite path. Any
+    other URL is refused, naming its scheme only: the rest may hold a password, and read as a path it
+    would become a SQLite file named after it. The variable is checked even when the flag overrides it."""
+    url = None
+    for source, text in (("PREDSERVE_DB", env.get("PREDSERVE_DB")), ("--db", given)):
+        if text is not None:
+            try:
+                url = postgres_url(text)
+            except DatabaseLocationError as exc:
+                raise ValueError(f"{source}: {exc}") from None
+    return url
 
 
 def _value(option: Option, given: Any, env: Mapping[str, str]) -> Any:

@@ -58,6 +58,10 @@ class ModelStore:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[str, Slot], None]] = []
         self._startup_loaded = threading.Event()
+        # Why these slots may not be what the database says is current (a forked worker's copy of its
+        # parent's models, before it has compared them with the database); None once they agree.
+        self._not_synced: str | None = None
+        self._sync_listeners: list[Callable[[bool], None]] = []
 
     def add_listener(self, listener: Callable[[str, Slot], None]) -> None:
         """Called after every swap; the health service follows the models this way."""
@@ -70,6 +74,30 @@ class ModelStore:
     @property
     def startup_loaded(self) -> bool:
         return self._startup_loaded.is_set()
+
+    def add_sync_listener(self, listener: Callable[[bool], None]) -> None:
+        """Called with True or False whenever the store comes to agree, or stops agreeing, with the database."""
+        self._sync_listeners.append(listener)
+
+    def mark_not_synced(self, reason: str) -> None:
+        """Until mark_synced, these slots must not answer: they may be older than the database's current sets."""
+        with self._lock:
+            was_synced, self._not_synced = self._not_synced is None, reason
+        if was_synced:
+            for listener in self._sync_listeners:
+                listener(False)
+
+    def mark_synced(self) -> None:
+        with self._lock:
+            was_synced, self._not_synced = self._not_synced is None, None
+        if not was_synced:
+            for listener in self._sync_listeners:
+                listener(True)
+
+    @property
+    def not_synced_reason(self) -> str | None:
+        """None when every slot holds what the database said was current at the last comparison."""
+        return self._not_synced
 
     def put(self, model_type: str, slot: Slot) -> None:
         with self._lock:

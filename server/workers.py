@@ -2,8 +2,10 @@
 
 The parent loads every model, reserves the port, then forks; each child builds its own gRPC server
 (no gRPC object may exist before a fork) bound with SO_REUSEPORT, and its own live reloader, which
-is what keeps the children consistent after a Train or Promote in any one of them. The parent
-only supervises: it forwards SIGTERM and replaces a child that dies.
+is what keeps the children consistent after a Train or Promote in any one of them. A child, first
+or replacement, syncs with the database before it binds (app.serve): its copy of the models is the
+parent's start-up copy, which may be many sets old. The parent only supervises: it forwards SIGTERM
+and replaces a child that dies.
 """
 
 from __future__ import annotations

@@ -68,13 +68,15 @@ class Databases:
 
 
 class PostgresCluster(Databases):
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, max_connections: int = 200) -> None:
         self.bindir = bindir
+        self.max_connections = max_connections
         self.root = Path(tempfile.mkdtemp(prefix="predserve-pg-"))
         self.data = self.root / "data"
         self.log_path = self.root / "postgres.log"
         self.password = secrets.token_hex(16)
         self.port = 0
+        self._settings = ""
         self._run_as: list[str] = []
 
     @property
@@ -113,29 +115,30 @@ class PostgresCluster(Databases):
             self.port = random.randint(20000, 60000)
             settings = (
                 f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
-                "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=200"
+                "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
+                f"-c max_connections={self.max_connections}"
             )
-            started = self._run(
-                [
-                    "pg_ctl",
-                    "--pgdata",
-                    str(self.data),
-                    "--log",
-                    str(self.log_path),
-                    "--wait",
-                    "--timeout",
-                    "60",
-                    "--options",
-                    settings,
-                    "start",
-                ],
-                check=False,
-            )
+            started = self._pg_ctl_start(settings)
             if started.returncode == 0:
+                self._settings = settings
                 return self
             if "already in use" not in self.log():
                 break
         raise RuntimeError(f"PostgreSQL did not start:\n{self.log()}")
+
+    def _pg_ctl_start(self, settings: str) -> subprocess.CompletedProcess[str]:
+        command = ["pg_ctl", "--pgdata", str(self.data), "--log", str(self.log_path), "--wait", "--timeout", "60"]
+        return self._run([*command, "--options", settings, "start"], check=False)
+
+    def pause(self) -> None:
+        """Stops the server as an outage would (fast: every connection is cut), keeping its data and port."""
+        self._run(["pg_ctl", "--pgdata", str(self.data), "--mode", "fast", "--wait", "stop"])
+
+    def resume(self) -> None:
+        """Starts the paused server again, on the same port; returns once it accepts connections."""
+        started = self._pg_ctl_start(self._settings)
+        if started.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not start again:\n{self.log()}")
 
     def stop(self) -> None:
         if self.port:

@@ -15,7 +15,7 @@ import numpy as np
 import sklearn
 
 from server.domain import TargetValue
-from server.errors import ErrorKind, FailedPrecondition, InvalidArgument, NotFound, PredserveError
+from server.errors import ErrorKind, FailedPrecondition, InvalidArgument, NotFound, PredserveError, Unavailable
 from server.model_store import LoadedModel, ModelStore
 from server.services.batching import Answer, MicroBatcher
 from server.services.loading import ModelLoader
@@ -91,17 +91,21 @@ class PredictionService:
         try:
             self.resolve_model(model_type, prediction_set_id)
         except PredserveError as exc:
-            if exc.kind in (ErrorKind.NOT_FOUND, ErrorKind.FAILED_PRECONDITION):
+            if exc.kind in (ErrorKind.NOT_FOUND, ErrorKind.FAILED_PRECONDITION, ErrorKind.UNAVAILABLE):
                 return False
             raise
         return True
 
     def server_ready(self) -> bool:
-        """True once start-up loading has filled the store."""
-        return self.store.startup_loaded
+        """True once start-up loading has filled the store and the store agrees with the database."""
+        return self.store.startup_loaded and self.store.not_synced_reason is None
 
     def resolve_model(self, model_type: str, prediction_set_id: int = 0) -> LoadedModel:
         check_name("model_type", model_type)
+        not_synced = self.store.not_synced_reason
+        if not_synced is not None:
+            # UNAVAILABLE, not NOT_FOUND or an old set: a client retries it on another server or worker.
+            raise Unavailable(f"this server has not synced with the registry database yet: {not_synced}")
         if prediction_set_id == 0:
             return self.store.current(model_type)
         if prediction_set_id < 0:

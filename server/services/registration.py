@@ -108,10 +108,11 @@ class SetRegistrar:
                 if not still_wanted():
                     logger.warning("registration of %s abandoned: the caller is gone", description.model_type)
                     raise Cancelled(f"{description.model_type!r}: the caller is gone; nothing was recorded")
-                promote, reason = promotion_decision(policy, description, self._sets.current(description.model_type))
                 new_set = NewPredictionSet.of(description, artifact, self._loader.environment)
+                decision = _Decision(policy, description)
                 recording = True
-                record = self._sets.insert(new_set, make_current=promote, reason=_promotion_reason(description))
+                record = self._sets.insert(new_set, reason=_promotion_reason(description), promote_if=decision)
+                promote, reason = decision.promote, decision.reason
                 failpoints.reach(failpoints.AFTER_COMMIT)
                 model = LoadedModel(record=record, pipeline=pipeline, load_seconds=0.0)
                 if promote:
@@ -202,6 +203,20 @@ def log_refused_collection(record: PredictionSetRecord, exc: ArtifactRejected) -
         path,
         exc,
     )
+
+
+class _Decision:
+    """The promotion decision, taken by the repository inside the insert's transaction (see insert)."""
+
+    def __init__(self, policy: PromotionPolicy, description: SetDescription) -> None:
+        self.policy = policy
+        self.description = description
+        self.promote = False
+        self.reason = ""
+
+    def __call__(self, current: PredictionSetRecord | None) -> bool:
+        self.promote, self.reason = promotion_decision(self.policy, self.description, current)
+        return self.promote
 
 
 def _promotion_reason(description: SetDescription) -> str:

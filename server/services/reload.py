@@ -5,11 +5,16 @@ the current set ids (a tiny indexed query) and loads what changed, without a res
 failing any Predict, since a swap replaces one slot of the ModelStore whole. Where the database
 announces changes (PostgreSQL's LISTEN/NOTIFY), the reloader looks as soon as one arrives; the
 polling stays as the safety net for an announcement lost with a dropped connection.
+
+Every serving process syncs once before it answers (sync_before_serving): a forked worker holds its
+parent's start-up copy of the models, which may be sets ago. Until a sync succeeds the store is
+marked not synced, and Predict refuses with UNAVAILABLE instead of answering from a stale set.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from server.errors import ArtifactMissing, PredserveError
@@ -19,6 +24,9 @@ from server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 
+# With live reload off (--reload-interval 0), how often a process that could not sync at start tries again.
+UNSYNCED_RETRY_SECONDS = 1.0
+
 
 class LiveReloader:
     def __init__(
@@ -26,7 +34,8 @@ class LiveReloader:
     ) -> None:
         self.sets = sets
         self.registrar = registrar
-        self.store = store  # read only: what is served now; every swap goes through the registrar
+        # What is served now; every swap goes through the registrar, the reloader only marks it synced.
+        self.store = store
         self.interval = interval_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -36,8 +45,29 @@ class LiveReloader:
         # here at once (NFS caches directory lookups), so these are retried every tick, logged once.
         self._missing: set[int] = set()
 
+    def sync_before_serving(self) -> bool:
+        """Brings the store in line with the database before the first call; False if it cannot (yet).
+
+        On False the store stays marked not synced, with the reason, and the ticks started by start()
+        keep trying; the first one that succeeds lets the process answer.
+        """
+        self.store.mark_not_synced("not yet compared with the database")
+        try:
+            self.sync_once()
+        except Exception as exc:  # unreachable, busy or broken: anything but agreement keeps calls refused
+            reason = str(exc) if isinstance(exc, PredserveError) else f"{type(exc).__name__} (see the server log)"
+            self.store.mark_not_synced(reason)
+            logger.log(
+                logging.WARNING if isinstance(exc, PredserveError) else logging.ERROR,
+                "cannot sync with the database before serving (%s); NOT_SERVING until a sync succeeds",
+                reason,
+                exc_info=not isinstance(exc, PredserveError),
+            )
+            return False
+        return True
+
     def start(self) -> None:
-        if self.interval <= 0:
+        if self.interval <= 0 and self.store.not_synced_reason is None:
             return
         self._thread = threading.Thread(target=self._run, name="live-reload", daemon=True)
         self._thread.start()
@@ -46,11 +76,12 @@ class LiveReloader:
         self._stop.set()
 
     def _run(self) -> None:
-        feed = self.sets.change_feed()
+        reloading = self.interval > 0  # else only until the first sync succeeds
+        feed = self.sets.change_feed() if reloading else None
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and (reloading or self.store.not_synced_reason is not None):
                 if feed is None:
-                    self._stop.wait(self.interval)
+                    self._stop.wait(self.interval if reloading else UNSYNCED_RETRY_SECONDS)
                 else:
                     feed.wait(self.interval)
                 if not self._stop.is_set():
@@ -60,15 +91,29 @@ class LiveReloader:
                 feed.close()
 
     def _sync_logging_errors(self) -> None:
+        was_synced = self.store.not_synced_reason is None
         try:
             self.sync_once()
         except PredserveError as exc:  # a busy or unreachable database: try again next tick
             logger.warning("live reload skipped a tick: %s", exc)
+            if not was_synced:
+                self.store.mark_not_synced(str(exc))
+            return
         except Exception:
             logger.exception("live reload failed; it will try again")
+            return
+        if not was_synced:
+            logger.info(
+                "synced with the database: SERVING %d model type(s) (pid %d)", len(self.store.slots()), os.getpid()
+            )
 
     def sync_once(self) -> list[str]:
-        """Loads every model type whose current set differs from the one in memory; returns them."""
+        """Loads every model type whose current set differs from the one in memory, including a type this
+        process has never served; returns them. Marks the store synced once the database was read through.
+
+        A set that cannot be served (refused, or its file not visible yet) keeps what is served, as on
+        every tick: the database was reached and compared, which is what being synced means.
+        """
         changed = []
         slots = self.store.slots()
         for model_type, set_id in sorted(self.sets.current_ids().items()):
@@ -94,6 +139,7 @@ class LiveReloader:
                 continue
             logger.info("live reload: model type=%s now serves set=%d (changed by another process)", model_type, set_id)
             changed.append(model_type)
+        self.store.mark_synced()
         return changed
 
 

@@ -12,8 +12,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from server.storage.postgres import PostgresDatabase, is_postgres_url
+from server.storage.postgres import DEFAULT_POOL_SIZE, PostgresDatabase
 from server.storage.sqlite import SqliteDatabase
+from server.storage.urls import postgres_url
 
 
 class Cursor(Protocol):
@@ -67,8 +68,12 @@ class RegistryDatabase(Protocol):
     def change_feed(self) -> ChangeFeed | None: ...
 
 
-def open_database(location: str | Path, busy_timeout_seconds: float = 5.0) -> SqliteDatabase | PostgresDatabase:
-    """The registry a --db value names: a postgresql:// URL, or else the path of a SQLite file."""
-    if is_postgres_url(str(location)):
-        return PostgresDatabase(str(location), busy_timeout_seconds)
+def open_database(
+    location: str | Path, busy_timeout_seconds: float = 5.0, pool_size: int = DEFAULT_POOL_SIZE
+) -> SqliteDatabase | PostgresDatabase:
+    """The registry a --db value names: a PostgreSQL URL, or else the path of a SQLite file. Any other URL
+    raises DatabaseLocationError (parse_config refuses it first): it must never become a file."""
+    url = postgres_url(location) if isinstance(location, str) else None
+    if url is not None:
+        return PostgresDatabase(url, busy_timeout_seconds, pool_size)  # pool_size: --db-pool-size
     return SqliteDatabase(Path(location), busy_timeout_seconds)

@@ -1,6 +1,9 @@
 """The registry several replicas share: a PostgreSQL database, its connection pool and its change feed.
 
-Connections come from a psycopg_pool pool; a change of the current set is serialised per model type
+Connections come from a psycopg_pool pool, dropped whole as soon as one of its connections is found dead
+and opened again by the first call that manages a connection of its own: psycopg_pool's own reconnection
+backs off exponentially (to over 30 s after a long outage), which would keep failing calls long after the
+database returns. A change of the current set is serialised per model type
 by a transaction-scoped advisory lock (the partial unique index stays the arbiter), and every change
 is announced with NOTIFY so that the other replicas reload at once.
 """
@@ -10,32 +13,37 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-import psycopg.conninfo
 import psycopg.errors
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from server.errors import ResourceExhausted, StorageError, Unavailable
+from server.storage.urls import redact_url, scrub
 
 if TYPE_CHECKING:
     from server.storage.databases import Connection
 
 logger = logging.getLogger(__name__)
 
-POSTGRES_URL_SCHEMES = ("postgresql://", "postgres://")
 # NOTIFY channel on which a recorded or promoted prediction set is announced; the payload is the model type.
 CHANGES_CHANNEL = "predserve_prediction_sets"
 # Advisory lock keys (two int4 keys: a namespace, then a value), chosen not to meet other applications' keys.
 _MODEL_TYPE_LOCK = int.from_bytes(b"pred", "big")
 _MIGRATION_LOCK = int.from_bytes(b"migr", "big")
-
-
-def is_postgres_url(location: str) -> bool:
-    return location.startswith(POSTGRES_URL_SCHEMES)
+# Pooled connections one serving process may hold (--db-pool-size); it holds one more to LISTEN.
+DEFAULT_POOL_SIZE = 4
+# How long a new connection may take (libpq's least is 2 s): a stopped server refuses at once, so only a
+# silent host makes a call wait this long before UNAVAILABLE.
+CONNECT_TIMEOUT_SECONDS = 2
+# While its connection is down, how often the change feed tries to LISTEN again.
+FEED_RECONNECT_SECONDS = 0.25
+# SQLSTATE 53300 (too_many_connections), which libpq's connection errors report only in their text.
+_NO_SLOT_TEXTS = ("too many clients already", "remaining connection slots are reserved")
 
 
 class PostgresDatabase:
@@ -48,11 +56,13 @@ class PostgresDatabase:
     timestamp_type = "TIMESTAMPTZ"
     migrations_subdir = "postgresql"
 
-    def __init__(self, url: str, busy_timeout_seconds: float = 5.0, max_connections: int = 8) -> None:
+    def __init__(self, url: str, busy_timeout_seconds: float = 5.0, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.url = url
         self.busy_timeout_seconds = busy_timeout_seconds
-        self.max_connections = max_connections
+        self.pool_size = pool_size
+        # None until the first call, and again from the moment a connection is found dead until one succeeds.
         self._pool: ConnectionPool | None = None
+        self._unreachable = False  # so that an outage is logged once, and its end once
         self._pool_pid = 0
         self._pool_lock = threading.Lock()
         # A pool inherited through fork() must never be closed or collected here: its sockets are the parent's.
@@ -69,7 +79,22 @@ class PostgresDatabase:
             with psycopg.connect(self.url, connect_timeout=max(2, int(self.busy_timeout_seconds))):
                 pass
         except psycopg.Error as exc:
-            raise StorageError(f"cannot connect to the database {self.name}: {_first_line(exc)}") from exc
+            if _no_free_slot(exc):
+                raise StorageError(self._no_slot_message()) from exc
+            message = scrub(_first_line(exc), self.url)
+            raise StorageError(f"cannot connect to the database {self.name}: {message}") from exc
+
+    def _no_slot_message(self) -> str:
+        return (
+            f"the registry database {self.name} has no free connection slot (max_connections reached): raise "
+            f"max_connections or lower --db-pool-size (each serving process uses up to {self.pool_size + 1})"
+        )
+
+    def _unreachable_error(self, exc: Exception) -> Unavailable:
+        if _no_free_slot(exc):
+            return Unavailable(self._no_slot_message())
+        message = scrub(_first_line(exc), self.url)
+        return Unavailable(f"the registry database {self.name} cannot be reached: {message}")
 
     def close(self) -> None:
         with self._pool_lock:
@@ -78,16 +103,32 @@ class PostgresDatabase:
             self._pool = None
 
     def _connections(self) -> ConnectionPool:
+        """This process's pool; when there is none, a new one, once a connection of our own proves it can work.
+
+        The proof is made outside the lock, so that a refused connection fails this call alone, at once.
+        """
         with self._pool_lock:
             if self._pool is not None and self._pool_pid != os.getpid():
                 self._inherited.append(self._pool)
                 self._pool = None
+            if self._pool is not None:
+                return self._pool
+        self._prove_reachable()
+        with self._pool_lock:
             if self._pool is None:
+                # min_size=1: one warm connection for the live reload's tick and the next call; the rest are
+                # opened under load and closed after a minute idle, so an idle process holds 1 + 1 LISTEN.
                 self._pool = ConnectionPool(
                     self.url,
                     min_size=1,
-                    max_size=self.max_connections,
-                    kwargs={"autocommit": True, "application_name": "predserve", "row_factory": _row_factory},
+                    max_size=self.pool_size,
+                    max_idle=60.0,
+                    kwargs={
+                        "autocommit": True,
+                        "application_name": "predserve",
+                        "row_factory": _row_factory,
+                        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                    },
                     configure=self._configure,
                     timeout=self.busy_timeout_seconds,
                     name="predserve",
@@ -96,6 +137,79 @@ class PostgresDatabase:
                 self._pool_pid = os.getpid()
             return self._pool
 
+    def _prove_reachable(self) -> None:
+        try:
+            with psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_SECONDS, application_name="predserve"):
+                pass
+        except psycopg.Error as exc:
+            raise self._unreachable_error(exc) from exc
+        if self._unreachable:
+            self._unreachable = False
+            logger.info("the registry database %s can be reached again", self.name)
+
+    def _drop(self, pool: ConnectionPool, exc: Exception) -> None:
+        """Forgets a pool with a dead connection: the server went away, so its other connections are dead too,
+        and its reconnection would back off for longer and longer. The next call starts a new one."""
+        with self._pool_lock:
+            if self._pool is not pool:
+                return  # another call dropped it already
+            self._pool = None
+            first = not self._unreachable
+            self._unreachable = True
+        if first:
+            logger.warning(
+                "the registry database %s cannot be reached (%s): calls that need it fail with UNAVAILABLE "
+                "until a new connection succeeds",
+                self.name,
+                scrub(_first_line(exc), self.url),
+            )
+        # Closing waits for the pool's threads, which may be in a connect: never in the caller's time.
+        threading.Thread(target=pool.close, name="predserve-pool-close", daemon=True).start()
+
+    def _checkout(self) -> tuple[ConnectionPool, psycopg.Connection[Any]]:
+        """A working connection, or UNAVAILABLE at once when the database cannot be reached."""
+        failure: Exception = PoolClosed("the pool was closed")
+        for _ in range(2):  # a dead pool is dropped once, then a new one tried
+            pool = self._connections()
+            try:
+                conn = pool.getconn()
+            except PoolClosed as exc:  # dropped by another call meanwhile
+                failure = exc
+                continue
+            except PoolTimeout as exc:
+                try:
+                    self._prove_reachable()
+                except Unavailable:
+                    self._drop(pool, exc)
+                    raise
+                raise Unavailable(
+                    f"the registry database {self.name} is busy: no free connection among this process's "
+                    f"{self.pool_size} (--db-pool-size) after {self.busy_timeout_seconds:g}s"
+                ) from exc
+            try:
+                # One round trip (an empty query): a connection the server closed while it sat idle fails
+                # here, before any statement of the caller ran on it.
+                conn.execute("")
+            except psycopg.Error as exc:
+                failure = exc
+                self._drop(pool, exc)
+                pool.putconn(conn)
+                continue
+            return pool, conn
+        raise self._unreachable_error(failure) from failure
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        pool, conn = self._checkout()
+        try:
+            yield conn
+        except psycopg.OperationalError as exc:
+            if conn.broken or conn.closed:
+                self._drop(pool, exc)
+            raise
+        finally:
+            pool.putconn(conn)
+
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         # SQLite's busy timeout, here: a write waiting longer than this for a lock fails as UNAVAILABLE.
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(self.busy_timeout_seconds * 1000)}ms",))
@@ -103,19 +217,19 @@ class PostgresDatabase:
     @contextmanager
     def reading(self) -> Iterator[PostgresConnection]:
         try:
-            with self._connections().connection() as conn:
+            with self._connection() as conn:
                 yield PostgresConnection(conn)
         except psycopg.OperationalError as exc:
-            raise _translate_postgres(exc) from exc
+            raise _translate_postgres(exc, self.url, self.name) from exc
 
     @contextmanager
     def writing(self) -> Iterator[PostgresConnection]:
         """One transaction; PostgreSQL locks rows as they are written, and lock_model_type serialises promotions."""
         try:
-            with self._connections().connection() as conn, conn.transaction():
+            with self._connection() as conn, conn.transaction():
                 yield PostgresConnection(conn)
         except psycopg.OperationalError as exc:
-            raise _translate_postgres(exc) from exc
+            raise _translate_postgres(exc, self.url, self.name) from exc
 
     @contextmanager
     def migrating(self) -> Iterator[PostgresConnection]:
@@ -127,7 +241,7 @@ class PostgresDatabase:
                 conn.execute("SELECT pg_advisory_xact_lock(?::integer, 0)", (_MIGRATION_LOCK,))
                 yield conn
         except psycopg.Error as exc:
-            raise StorageError(_first_line(exc)) from exc
+            raise StorageError(scrub(_first_line(exc), self.url)) from exc
 
     def lock_model_type(self, conn: Connection, model_type: str) -> None:
         """Serialises every change of one model type's current set across hosts until the transaction ends.
@@ -197,22 +311,34 @@ class PostgresChangeFeed:
         self._broken = False
 
     def wait(self, timeout: float) -> bool:
-        try:
-            if self._conn is None:
-                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(2, int(timeout)))
-                self._conn.execute(f"LISTEN {CHANGES_CHANNEL}")
-                if self._broken:
-                    logger.info("live reload: listening for changes again")
-                self._broken = False
-                return True  # announcements made while nobody listened are lost: look once now
-            return any(True for _ in self._conn.notifies(timeout=timeout, stop_after=1))
-        except psycopg.Error as exc:
-            if not self._broken:
-                logger.warning("live reload: no notifications from the database (%s); polling meanwhile", exc)
-            self._broken = True
-            self.close()
-            threading.Event().wait(timeout)
-            return False
+        """While the connection is down, tries to LISTEN again every FEED_RECONNECT_SECONDS, however long
+        the polling interval: the replica must follow changes again as soon as the database returns."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = psycopg.connect(
+                        self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS, application_name="predserve"
+                    )
+                    self._conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+                    if self._broken:
+                        logger.info("live reload: listening for changes again")
+                    self._broken = False
+                    return True  # announcements made while nobody listened are lost: look once now
+                remaining = max(0.0, deadline - time.monotonic())
+                return any(True for _ in self._conn.notifies(timeout=remaining, stop_after=1))
+            except psycopg.Error as exc:
+                if not self._broken:
+                    logger.warning(
+                        "live reload: no notifications from the database (%s); polling meanwhile",
+                        scrub(_first_line(exc), self.url),
+                    )
+                self._broken = True
+                self.close()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(FEED_RECONNECT_SECONDS, remaining))
 
     def close(self) -> None:
         if self._conn is not None:
@@ -221,18 +347,6 @@ class PostgresChangeFeed:
             except psycopg.Error:
                 pass
             self._conn = None
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for logs and messages."""
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.Error:
-        return "postgresql://(unparsable URL)"
-    host = params.get("host", "")
-    port = f":{params['port']}" if params.get("port") else ""
-    user = f"{params['user']}@" if params.get("user") else ""
-    return f"postgresql://{user}{host}{port}/{params.get('dbname', '')}"
 
 
 def _first_line(exc: Exception) -> str:
@@ -247,11 +361,15 @@ _POSTGRES_BUSY = (
 )
 
 
-def _translate_postgres(exc: psycopg.OperationalError) -> Exception:
-    message = _first_line(exc)
+def _no_free_slot(exc: Exception) -> bool:
+    return getattr(exc, "sqlstate", None) == "53300" or any(text in str(exc) for text in _NO_SLOT_TEXTS)
+
+
+def _translate_postgres(exc: psycopg.OperationalError, url: str = "", name: str = "") -> Exception:
+    message = scrub(_first_line(exc), url)
     if isinstance(exc, psycopg.errors.DiskFull):
         return ResourceExhausted(f"no space left in the database: {message}")
     if isinstance(exc, _POSTGRES_BUSY):
         return Unavailable(f"the database is busy (another writer holds its lock): {message}")
     # A connection refused, dropped or timed out, a database shutting down: another try may well work.
-    return Unavailable(f"the database cannot be reached: {message}")
+    return Unavailable(f"the registry database {name} cannot be reached: {message}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from server.domain import (
@@ -102,10 +102,24 @@ class PredictionSetRepository:
     def __init__(self, database: RegistryDatabase) -> None:
         self.database = database
 
-    def insert(self, new: NewPredictionSet, make_current: bool, reason: str = "train") -> PredictionSetRecord:
+    def insert(
+        self,
+        new: NewPredictionSet,
+        make_current: bool = False,
+        reason: str = "train",
+        promote_if: Callable[[PredictionSetRecord | None], bool] | None = None,
+    ) -> PredictionSetRecord:
         """Records a prediction set and returns it as stored; if asked, it becomes the only current one
-        of its type in the same transaction, and the promotion log gives `reason`."""
+        of its type in the same transaction, and the promotion log gives `reason`.
+
+        `promote_if` decides instead of `make_current`, from the current set as read inside this very
+        transaction, under the model type's lock: no other writer can change it between the comparison
+        and the switch, so a set that is told it was promoted really is current when this commits.
+        """
         with self.database.writing() as conn:
+            if promote_if is not None:
+                self.database.lock_model_type(conn, new.model_type)
+                make_current = promote_if(self._current(conn, new.model_type))
             row = conn.execute(
                 f"""INSERT INTO prediction_sets (
                        model_type, dataset, is_current, metrics, model_artifact_path, artifact_sha256,
@@ -159,9 +173,13 @@ class PredictionSetRepository:
 
     def current(self, model_type: str) -> PredictionSetRecord | None:
         with self.database.reading() as conn:
-            row = conn.execute(
-                f"SELECT {_SET_COLUMNS} FROM prediction_sets WHERE model_type = ? AND is_current", (model_type,)
-            ).fetchone()
+            return self._current(conn, model_type)
+
+    @staticmethod
+    def _current(conn: Connection, model_type: str) -> PredictionSetRecord | None:
+        row = conn.execute(
+            f"SELECT {_SET_COLUMNS} FROM prediction_sets WHERE model_type = ? AND is_current", (model_type,)
+        ).fetchone()
         return None if row is None else _record(row)
 
     def current_ids(self) -> dict[str, int]:

@@ -1,8 +1,9 @@
 """The benchmark's models and data: predserve databases trained through predserve's own API.
 
 Four labs, each a database and a models directory in a temporary directory:
-- `twenty`: 20 model types (10 iris logistic regressions, 10 breast_cancer 100-tree forests); the load scenarios
-  use the first of each, and it is the 20-model start-up and memory lab. MLServer serves its very artifacts.
+- `twenty`: 20 model types (10 iris logistic regressions, 9 breast_cancer 100-tree forests, 1 breast_cancer
+  HistGradientBoostingClassifier); the load scenarios use the first of each, and it is the 20-model start-up and
+  memory lab. MLServer serves its very artifacts.
 - `one`: one breast_cancer forest, for start-up with a single model.
 - `empty`: no model, the idle server of the memory target.
 - `train`: a 12,500-row synthetic dataset; Train fits a 100-tree forest on 10,000 rows (20% held out).
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 IRIS_MODEL = "iris_lr_01"
 FOREST_MODEL = "bc_forest_01"
+HGB_MODEL = "bc_hgb_01"
 TRAIN_ROWS = 12_500  # the Train scenario fits on 80% of them: 10,000 rows
 TRAIN_FEATURES = 20
 
@@ -118,7 +120,9 @@ class Labs:
             _ingest(client, "breast_cancer")
             for index in range(1, 11):
                 client.train(f"iris_lr_{index:02d}", "iris", "logistic_regression", random_seed=index)
-                client.train(f"bc_forest_{index:02d}", "breast_cancer", "random_forest", random_seed=index)
+                if index < 10:  # the twentieth model is the boosting one
+                    client.train(f"bc_forest_{index:02d}", "breast_cancer", "random_forest", random_seed=index)
+            client.train(HGB_MODEL, "breast_cancer", "hist_gradient_boosting", random_seed=1)
         with serving(self.one.server()) as client:
             _ingest(client, "breast_cancer")
             client.train(FOREST_MODEL, "breast_cancer", "random_forest", random_seed=1)

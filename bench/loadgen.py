@@ -95,6 +95,11 @@ class LoadResult:
     def percentile_ms(self, q: float) -> float:
         return float(np.percentile(self.latencies, q) * 1e3) if self.requests else float("nan")
 
+    def server_cpu_per_call(self) -> float:
+        """Server CPU seconds (/proc, all its processes) per call answered or failed during the window."""
+        calls = self.requests + self.errors
+        return self.cpu.server / calls if calls else float("nan")
+
     def summary(self) -> dict[str, Any]:
         return {
             "concurrency": self.concurrency,
@@ -109,6 +114,7 @@ class LoadResult:
             "rows_per_s": round(self.rows_per_second, 1),
             "generator_cpu_pct": round(self.cpu.share(self.cpu.bench), 1),
             "server_cpu_pct": round(self.cpu.share(self.cpu.server), 1),
+            "server_cpu_us_per_call": round(self.server_cpu_per_call() * 1e6, 1),
             "other_cpu_pct": round(self.cpu.share(self.cpu.others), 1),
             "error_samples": self.error_samples[:3],
         }

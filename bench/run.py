@@ -14,7 +14,7 @@ import joblib
 import numpy as np
 
 from bench import mlserver, report, scenarios
-from bench.labs import FOREST_MODEL, IRIS_MODEL, Labs, feature_rows, stop
+from bench.labs import FOREST_MODEL, HGB_MODEL, IRIS_MODEL, Labs, feature_rows, stop
 from bench.procstats import CORES
 
 logger = logging.getLogger(__name__)
@@ -33,9 +33,11 @@ class Workload:
             "forest_1row": (FOREST_MODEL, cancer[:1]),
             "iris_1000": (IRIS_MODEL, np.resize(iris, (1000, iris.shape[1]))),
             "forest_1000": (FOREST_MODEL, np.resize(cancer, (1000, cancer.shape[1]))),
+            "hgb_1row": (HGB_MODEL, cancer[:1]),
+            "hgb_1000": (HGB_MODEL, np.resize(cancer, (1000, cancer.shape[1]))),
         }
         self.probes = {model: iris[:1] if model.startswith("iris") else cancer[:1] for model in artifacts}
-        self.pipelines = {model: joblib.load(artifacts[model]) for model in (IRIS_MODEL, FOREST_MODEL)}
+        self.pipelines = {model: joblib.load(artifacts[model]) for model in (IRIS_MODEL, FOREST_MODEL, HGB_MODEL)}
 
     def expected(self, key: str) -> np.ndarray:
         model, rows = self.rows[key]
@@ -102,6 +104,9 @@ def run_bench(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fals
             "predserve": labs.twenty.server(),
             "predserve_nobatch": labs.twenty.server(("--batch-max-rows", "0")),
             "predserve_workers2": labs.twenty.server(("--workers", "2")),
+            # The same artifacts answered by the pipelines themselves: what the compiled runtimes change.
+            "predserve_sklearn": labs.twenty.server(("--runtime", "sklearn")),
+            "predserve_sklearn_nobatch": labs.twenty.server(("--runtime", "sklearn", "--batch-max-rows", "0")),
         }
         for process in servers.values():
             process.start()
@@ -168,20 +173,34 @@ def _load_plan() -> list[tuple[str, str | None, str | None, int]]:
         ("predserve/empty_c1", "predserve", None, 1),
         ("inprocess/iris_1row", None, "iris_1row", 1),
         ("predserve/iris_1row_c1", "predserve", "iris_1row", 1),
+        ("predserve_sklearn/iris_1row_c1", "predserve_sklearn", "iris_1row", 1),
         ("inprocess/forest_1row", None, "forest_1row", 1),
         ("predserve/forest_1row_c1", "predserve", "forest_1row", 1),
+        ("predserve_sklearn/forest_1row_c1", "predserve_sklearn", "forest_1row", 1),
+        ("inprocess/hgb_1row", None, "hgb_1row", 1),
+        ("predserve/hgb_1row_c1", "predserve", "hgb_1row", 1),
+        ("predserve_sklearn/hgb_1row_c1", "predserve_sklearn", "hgb_1row", 1),
         ("predserve/empty_c8", "predserve", None, 8),
         ("predserve/iris_1row_c8", "predserve", "iris_1row", 8),
+        ("predserve_sklearn/iris_1row_c8", "predserve_sklearn", "iris_1row", 8),
         ("predserve_workers2/iris_1row_c8", "predserve_workers2", "iris_1row", 8),
         ("predserve/forest_1row_c8", "predserve", "forest_1row", 8),
         ("predserve_nobatch/forest_1row_c8", "predserve_nobatch", "forest_1row", 8),
+        ("predserve_sklearn/forest_1row_c8", "predserve_sklearn", "forest_1row", 8),
+        ("predserve_sklearn_nobatch/forest_1row_c8", "predserve_sklearn_nobatch", "forest_1row", 8),
         ("predserve_workers2/forest_1row_c8", "predserve_workers2", "forest_1row", 8),
+        ("predserve/hgb_1row_c8", "predserve", "hgb_1row", 8),
+        ("predserve_sklearn/hgb_1row_c8", "predserve_sklearn", "hgb_1row", 8),
         ("inprocess/iris_1000", None, "iris_1000", 1),
         ("predserve/iris_1000_c1", "predserve", "iris_1000", 1),
         ("predserve/iris_1000_c2", "predserve", "iris_1000", 2),
         ("predserve_workers2/iris_1000_c2", "predserve_workers2", "iris_1000", 2),
         ("inprocess/forest_1000", None, "forest_1000", 1),
         ("predserve/forest_1000_c1", "predserve", "forest_1000", 1),
+        ("predserve_sklearn/forest_1000_c1", "predserve_sklearn", "forest_1000", 1),
+        ("inprocess/hgb_1000", None, "hgb_1000", 1),
+        ("predserve/hgb_1000_c1", "predserve", "hgb_1000", 1),
+        ("predserve_sklearn/hgb_1000_c1", "predserve_sklearn", "hgb_1000", 1),
     ]
 
 
@@ -197,6 +216,8 @@ def _startups(
     recorder.add(
         "startup/predserve_20", {"seconds": round(scenarios.predserve_startup(labs.twenty, FOREST_MODEL, probe), 3)}
     )
+    sklearn_only = scenarios.predserve_startup(labs.twenty, FOREST_MODEL, probe, ("--runtime", "sklearn"))
+    recorder.add("startup/predserve_sklearn_20", {"seconds": round(sklearn_only, 3)})
 
 
 def run_compare(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = False) -> dict[str, Any]:
@@ -210,8 +231,13 @@ def run_compare(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fa
         artifacts = labs.twenty.artifacts()
         workload = Workload(artifacts)
         recorder = Recorder()
-        serving = {model: artifacts[model] for model in (IRIS_MODEL, FOREST_MODEL)}
-        predserves = {"predserve": labs.twenty.server(), "predserve_workers2": labs.twenty.server(("--workers", "2"))}
+        serving = {model: artifacts[model] for model in (IRIS_MODEL, FOREST_MODEL, HGB_MODEL)}
+        predserves = {
+            "predserve": labs.twenty.server(),
+            "predserve_workers2": labs.twenty.server(("--workers", "2")),
+            # The same artifacts answered by the pipelines themselves: what the compiled runtimes change.
+            "predserve_sklearn": labs.twenty.server(("--runtime", "sklearn")),
+        }
         for process in predserves.values():
             process.start()
         targets: dict[str, tuple[str, int]] = {}
@@ -271,8 +297,11 @@ _COMPARED = [
     ("iris_1row", 8),
     ("forest_1row", 1),
     ("forest_1row", 8),
+    ("hgb_1row", 1),
+    ("hgb_1row", 8),
     ("iris_1000", 1),
     ("forest_1000", 1),
+    ("hgb_1000", 1),
 ]
 
 

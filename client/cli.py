@@ -310,18 +310,20 @@ def _models(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str
                 "metrics": dict(m.metrics),
                 "feature_names": list(m.feature_names),
                 "trained_at": m.trained_at,
+                "runtime": _runtime_document(m.runtime),
             }
             for m in models
         ]
     }
     table = format_table(
-        ["model_type", "set", "loaded", "algorithm", "trained_at", "model_artifact_path", "status"],
+        ["model_type", "set", "loaded", "algorithm", "runtime", "trained_at", "model_artifact_path", "status"],
         [
             [
                 m.model_type,
                 m.prediction_set_id,
                 m.loaded,
                 m.algorithm,
+                m.runtime.answering,
                 m.trained_at,
                 m.model_artifact_path,
                 m.status_message,
@@ -336,13 +338,14 @@ def _sets(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, 
     sets = client.list_prediction_sets(args.model_type).prediction_sets
     document = {"prediction_sets": [_set_document(s) for s in sets]}
     table = format_table(
-        ["id", "current", "created_at", "algorithm", "dataset", "rows", "metrics", "model_artifact_path"],
+        ["id", "current", "created_at", "algorithm", "runtime", "dataset", "rows", "metrics", "model_artifact_path"],
         [
             [
                 s.id,
                 "*" if s.is_current else ("archived" if s.archived_at else ""),
                 s.created_at,
                 s.algorithm,
+                s.runtime.answering,
                 s.dataset,
                 s.training_rows,
                 ", ".join(f"{k}={v:.4f}" for k, v in sorted(s.metrics.items())),
@@ -352,6 +355,16 @@ def _sets(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, 
         ],
     )
     return document, table
+
+
+def _runtime_document(runtime: pb.RuntimeInfo) -> dict[str, Any]:
+    return {
+        "answering": runtime.answering,
+        "library_version": runtime.library_version,
+        "rows_checked": runtime.rows_checked,
+        "max_deviation": runtime.max_deviation,
+        "note": runtime.note,
+    }
 
 
 def _set_document(s: pb.PredictionSet) -> dict[str, Any]:
@@ -373,6 +386,7 @@ def _set_document(s: pb.PredictionSet) -> dict[str, Any]:
         "fit_seconds": s.fit_seconds,
         "origin": s.origin,
         "archived_at": s.archived_at,
+        "runtime": _runtime_document(s.runtime),
     }
 
 

@@ -109,15 +109,15 @@ def commands_section(result: StoryResult) -> str:
 
 def results_section(result: StoryResult) -> str:
     rows = [
-        "| phase | ready after (s) | model type | prediction_set_id | predictions | max probability |",
-        "|---|---|---|---|---|---|",
+        "| phase | ready after (s) | model type | prediction_set_id | answered by | predictions | max probability |",
+        "|---|---|---|---|---|---|---|",
     ]
     for phase in result.phases:
         for model_type, answer in phase.predictions.items():
             top = [round(max(p), 6) for p in answer["probabilities"]]
             rows.append(
                 f"| {phase.name} | {phase.seconds_to_ready:.2f} | {model_type} | {answer['prediction_set_id']} "
-                f"| {answer['predictions']} | {top} |"
+                f"| {phase.runtimes.get(model_type, '?')} | {answer['predictions']} | {top} |"
             )
     return "\n".join(rows)
 

@@ -41,6 +41,8 @@ class Phase:
     seconds_to_ready: float
     loads: list[dict[str, Any]]
     predictions: dict[str, Any]
+    # Which runtime answered each model type: a compiled form's, or "sklearn" (ListModels says).
+    runtimes: dict[str, str]
 
 
 @dataclass
@@ -55,6 +57,11 @@ class StoryResult:
             f"{phase.name}: answers differ from before the restart"
             for phase in self.phases[1:]
             if phase.predictions != baseline
+        ]
+        problems += [
+            f"{phase.name}: answered by {phase.runtimes}, before the restart by {self.phases[0].runtimes}"
+            for phase in self.phases[1:]
+            if phase.runtimes != self.phases[0].runtimes
         ]
         if self.trains_after_first_start:
             problems.append(f"{self.trains_after_first_start} Train(s) ran after a restart")
@@ -106,7 +113,9 @@ class Story:
             {"model_type": m[0], "set": int(m[1]), "path": m[2], "load_seconds": float(m[3])}
             for m in LOAD_LINE.findall(log)
         ]
-        self.result.phases.append(Phase(name, seconds, loads, self.predictions()))
+        predictions = self.predictions()
+        runtimes = {m["model_type"]: m["runtime"]["answering"] for m in self.cli("models")["models"]}
+        self.result.phases.append(Phase(name, seconds, loads, predictions, runtimes))
 
     def run(self) -> StoryResult:
         seconds = self.start("first start, empty database")
@@ -149,7 +158,7 @@ def main() -> int:
     for phase in result.phases:
         ids = {t: a["prediction_set_id"] for t, a in phase.predictions.items()}
         print(
-            f"{phase.name:32s} ready in {phase.seconds_to_ready:5.2f}s  sets {ids}  "
+            f"{phase.name:32s} ready in {phase.seconds_to_ready:5.2f}s  sets {ids}  runtimes {phase.runtimes}  "
             f"predictions {[a['predictions'] for a in phase.predictions.values()]}"
         )
     problems = result.failures()

@@ -30,12 +30,13 @@ from server.api.streams import IdleStreamReaper
 from server.api.tls import server_credentials
 from server.api.v2_servicer import InferenceServicer
 from server.config import ServerConfig, parse_config
-from server.domain import VersionPolicy
+from server.domain import RuntimeChoice, VersionPolicy
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.preflight import StartupCheckFailed, check_startup
 from server.security import security_summary, security_warnings
 from server.services.admission import FitCores, WorkSlots
 from server.services.batching import MicroBatcher
+from server.services.compilation import RuntimeBuilder
 from server.services.history import HistoryService
 from server.services.importing import ModelImportService
 from server.services.lifecycle import ModelLifecycleService
@@ -106,7 +107,10 @@ def build_services(
     if not config.allow_empty_registry:
         _refuse_a_lost_registry(database, sets, artifacts)
     history_repository = HistoryRepository(database)
-    loader = ModelLoader(artifacts, sets, VersionPolicy(config.version_policy), config.trusted_modules)
+    runtimes = RuntimeBuilder(artifacts, RuntimeChoice(config.runtime), config.runtime_tolerance)
+    loader = ModelLoader(
+        artifacts, sets, VersionPolicy(config.version_policy), config.trusted_modules, runtimes=runtimes
+    )
     store = store or ModelStore()
     loader.load_current_models(store)
     store.mark_startup_loaded()
@@ -114,7 +118,7 @@ def build_services(
     if config.strict:
         _refuse_unservable(store)
 
-    registrar = SetRegistrar(sets, artifacts, loader, store)
+    registrar = SetRegistrar(sets, artifacts, loader, store, runtimes)
     heavy_work = WorkSlots(config.max_concurrent_trains, "Trains and imports", "--max-concurrent-trains")
     importer = ModelImportService(
         history_repository,

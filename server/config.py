@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from server.domain import VersionPolicy
+from server.domain import RuntimeChoice, VersionPolicy
 from server.option_kinds import (
     BOOLEAN,
     INTEGER,
@@ -101,6 +101,10 @@ class ServerConfig:
     # Most pooled PostgreSQL connections one serving process holds; it holds one more to LISTEN. The default
     # lets 3 replicas of 2 workers use 30 of PostgreSQL's default 100 slots (README: Running several replicas).
     db_pool_size: int = DEFAULT_POOL_SIZE
+    # Which form answers Predict: a compiled one proven faithful to the pipeline, or the pipeline itself.
+    runtime: RuntimeChoice = RuntimeChoice.AUTO
+    # Largest difference of a probability or regression value a compiled form may show in its proof.
+    runtime_tolerance: float = 1e-9
 
     @property
     def address(self) -> str:
@@ -331,6 +335,22 @@ OPTIONS: tuple[Option, ...] = (
         INTEGER,
         "most pooled connections to a PostgreSQL registry per serving process (it holds one more to LISTEN)",
         POSITIVE,
+    ),
+    Option(
+        "runtime",
+        "--runtime",
+        "PREDSERVE_RUNTIME",
+        choice(RuntimeChoice),
+        "auto: answer with a compiled form proven faithful to the pipeline where there is one; sklearn: always "
+        "with the pipeline's own predict",
+    ),
+    Option(
+        "runtime_tolerance",
+        "--runtime-tolerance",
+        "PREDSERVE_RUNTIME_TOLERANCE",
+        NUMBER,
+        "largest absolute difference of a probability or regression value a compiled form may show in its proof",
+        Within(0, 1),
     ),
 )
 # Environment (or *_FILE) only: never a flag, which the process list would show.

@@ -17,6 +17,13 @@ class VersionPolicy(enum.StrEnum):
     REFUSE = "refuse"  # treat it as unservable
 
 
+class RuntimeChoice(enum.StrEnum):
+    """Which form of a pipeline answers Predict and ModelInfer."""
+
+    AUTO = "auto"  # a compiled form proven faithful to the pipeline where there is one, else the pipeline
+    SKLEARN = "sklearn"  # the pipeline's own predict, everywhere
+
+
 @dataclass(frozen=True)
 class HistoryRow:
     features: tuple[float, ...]
@@ -50,6 +57,25 @@ class SelfCheck:
     outputs: list[Any]
 
 
+@dataclass(frozen=True)
+class RuntimeRecord:
+    """What answers a set's Predicts besides its pipeline, and the proof that allowed it.
+
+    `file` is None when the pipeline itself answers; `note` then says why (no runtime covers the
+    estimator, the proof failed, --runtime sklearn at training).
+    """
+
+    name: str = ""  # "onnxruntime", "treelite", ...; "" when the pipeline answers
+    version: str = ""
+    rows_checked: int = 0
+    max_deviation: float = 0.0
+    note: str = ""
+    # The training range the proof sampled, per feature, so that loading can check the proof again.
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
+    file: ArtifactInfo | None = None
+
+
 TRAINED = "trained"
 IMPORTED = "imported"
 
@@ -79,11 +105,18 @@ class NewPredictionSet(SetDescription):
 
     artifact: ArtifactInfo
     environment: dict[str, str]
+    runtime: RuntimeRecord | None = None
 
     @classmethod
-    def of(cls, description: SetDescription, artifact: ArtifactInfo, environment: dict[str, str]) -> NewPredictionSet:
+    def of(
+        cls,
+        description: SetDescription,
+        artifact: ArtifactInfo,
+        environment: dict[str, str],
+        runtime: RuntimeRecord | None = None,
+    ) -> NewPredictionSet:
         given = {f.name: getattr(description, f.name) for f in fields(SetDescription)}
-        return cls(**given, artifact=artifact, environment=environment)
+        return cls(**given, artifact=artifact, environment=environment, runtime=runtime)
 
 
 @dataclass(frozen=True)
@@ -108,4 +141,6 @@ class PredictionSetRecord:
     environment: dict[str, str] = field(default_factory=dict)
     self_check: SelfCheck | None = None
     origin: str = TRAINED
+    # None for sets recorded before compiled forms existed.
+    runtime: RuntimeRecord | None = None
     archived_at: str | None = None

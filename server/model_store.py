@@ -14,6 +14,7 @@ from typing import Any
 
 from server.domain import PredictionSetRecord
 from server.errors import FailedPrecondition, NotFound
+from server.runtimes.base import Runtime
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class LoadedModel:
     note: str = ""
     # The current set that was refused when this older one is served in its place.
     fallback_for: int | None = None
+    # The set's compiled form, proven faithful to the pipeline, which answers in its place; None: the pipeline.
+    runtime: Runtime | None = None
 
     @property
     def is_fallback(self) -> bool:

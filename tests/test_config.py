@@ -31,7 +31,7 @@ from server.config import (
     ServerConfig,
     parse_config,
 )
-from server.domain import VersionPolicy
+from server.domain import RuntimeChoice, VersionPolicy
 from server.preflight import StartupCheckFailed, check_startup
 from tests.certificates import Pki, make_pki
 from tests.support import PROJECT_ROOT
@@ -53,9 +53,11 @@ def samples(option: Option) -> tuple[str, str]:
         return f"env-{option.field}", f"flag-{option.field}"
     if option.field == "version_policy":
         return "refuse", "warn"
+    if option.field == "runtime":
+        return "sklearn", "auto"
     if option.kind is MODULE_NAMES:
         return "env_pkg.sub,other", "flag_pkg"
-    candidates = ["7", "9", "1000"] if option.kind is INTEGER else ["0.5", "7.25", "9"]
+    candidates = ["7", "9", "1000"] if option.kind is INTEGER else ["0.5", "7.25", "9", "0.25"]
     valid = [text for text in candidates if option.within is None or option.within.allows(float(text))]
     valid = [text for text in valid if float(text) != option.default]
     return valid[0], valid[1]
@@ -68,6 +70,8 @@ def expected(option: Option, text: str) -> Any:
         return float(text)
     if option.field == "version_policy":
         return VersionPolicy(text)
+    if option.field == "runtime":
+        return RuntimeChoice(text)
     if option.kind is MODULE_NAMES:
         return tuple(text.split(","))
     return text if option.field == "host" else Path(text)

@@ -39,6 +39,11 @@ PREDICTION_SETS_COLUMNS = [
     "origin",
     "archived_at",
     "artifact_signature",
+    "runtime_path",
+    "runtime_sha256",
+    "runtime_size_bytes",
+    "runtime_signature",
+    "runtime_record",
 ]
 
 
@@ -85,7 +90,7 @@ def test_migration_files_are_numbered_contiguously_from_one() -> None:
 
 def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
     db = tmp_path / "blank.db"
-    assert migrate(db) == [1, 2, 3, 4]
+    assert migrate(db) == [1, 2, 3, 4, 5]
     assert [name for name, _ in schema(db)] == [
         "data_history",
         "datasets",
@@ -105,6 +110,7 @@ def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
         (2, "add_model_artifact_path"),
         (3, "add_lifecycle"),
         (4, "add_artifact_signature"),
+        (5, "add_runtime"),
     ]
 
 
@@ -125,7 +131,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(tmp_path: Path) -> 
             "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets"
         ).fetchall()
 
-    assert migrate(db) == [1, 2, 3, 4]
+    assert migrate(db) == [1, 2, 3, 4, 5]
 
     with sqlite3.connect(db) as conn:
         promotions = conn.execute("SELECT model_type, prediction_set_id, reason FROM promotions").fetchall()

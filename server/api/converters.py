@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from protos import predserve_pb2 as pb
-from server.domain import HistoryRow, PredictionSetRecord, TargetValue
+from server.domain import HistoryRow, PredictionSetRecord, RuntimeRecord, TargetValue
 from server.errors import InvalidArgument, ResourceExhausted
 from server.services.importing import ImportCommand
 from server.services.lifecycle import Collection, Promotion
 from server.services.prediction import PredictionResult
 from server.services.registration import PromotionPolicy, Registration
-from server.services.registry import ModelStatusView
+from server.services.registry import SKLEARN, ModelStatusView
 from server.services.training import TrainCommand
 
 
@@ -159,7 +159,30 @@ def model_status(view: ModelStatusView) -> pb.ModelStatus:
         if record.artifact is not None:
             status.model_artifact_path = record.artifact.relative_path
             status.artifact_sha256 = record.artifact.sha256
+    status.runtime.CopyFrom(runtime_info(view.record.runtime if view.record else None, view.answering))
     return status
+
+
+def runtime_info(recorded: RuntimeRecord | None, answering: str) -> pb.RuntimeInfo:
+    """What answers, and the proof recorded with the set; the note says why the pipeline answers instead."""
+    info = pb.RuntimeInfo(answering=answering)
+    if recorded is None:
+        info.note = "recorded before compiled forms: the pipeline answers"
+        return info
+    info.library_version = recorded.version
+    info.rows_checked = recorded.rows_checked
+    info.max_deviation = recorded.max_deviation
+    if recorded.file is not None and answering == SKLEARN:
+        info.note = f"its {recorded.name} form is not in use here (see status_message or --runtime)"
+    else:
+        info.note = recorded.note
+    return info
+
+
+def recorded_runtime(record: PredictionSetRecord) -> str:
+    """What answers a set wherever its compiled form loads: that form's runtime, or the pipeline."""
+    runtime = record.runtime
+    return runtime.name if runtime is not None and runtime.file is not None else SKLEARN
 
 
 def prediction_set(record: PredictionSetRecord) -> pb.PredictionSet:
@@ -184,4 +207,5 @@ def prediction_set(record: PredictionSetRecord) -> pb.PredictionSet:
         message.model_artifact_path = record.artifact.relative_path
         message.artifact_sha256 = record.artifact.sha256
         message.artifact_size_bytes = record.artifact.size_bytes
+    message.runtime.CopyFrom(runtime_info(record.runtime, recorded_runtime(record)))
     return message

@@ -72,6 +72,12 @@ def model_metadata(description: ModelDescription, versions: Sequence[int]) -> pb
         platform=PLATFORM,
         inputs=[tensor(name=INPUT_NAME, datatype="FP64", shape=[-1, len(description.feature_names)])],
         outputs=outputs,
+        parameters={
+            "runtime": pb.InferParameter(string_param=description.runtime),
+            "runtime_version": pb.InferParameter(string_param=description.runtime_version),
+            "runtime_rows_checked": pb.InferParameter(int64_param=description.runtime_rows_checked),
+            "runtime_max_deviation": pb.InferParameter(double_param=description.runtime_max_deviation),
+        },
     )
 
 

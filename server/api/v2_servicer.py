@@ -58,15 +58,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @maps_errors
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
-        # Describe first, then predict with that very set, so the outputs checked are the outputs computed.
+        # Describe first, then predict with that very model (resolved once), so the outputs checked are the
+        # outputs computed.
         description = self.prediction.describe(
             request.model_name, v2_converters.prediction_set_id(request.model_version)
         )
         outputs = v2_converters.requested_outputs(request, description)
-        result = self.prediction.predict(
-            description.model_type,
+        assert description.model is not None
+        result = self.prediction.answer(
+            description.model,
             v2_converters.feature_matrix(request),
-            description.prediction_set_id,
             include_probabilities=v2_converters.PREDICT_PROBA in outputs,
         )
         return v2_converters.infer_response(request, result, outputs)

@@ -24,6 +24,7 @@ from server.domain import IMPORTED, SelfCheck, SetDescription
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from server.services.admission import WorkSlots
 from server.services.catalog import CLASSIFICATION, EVALUATED_ROWS, PRIMARY_METRIC, REGRESSION
+from server.services.compilation import ProofEvidence
 from server.services.registration import ArtifactBytes, PromotionPolicy, Registration, SetRegistrar
 from server.services.validation import check_name, feature_matrix
 from server.storage.repositories import HistoryRepository
@@ -89,7 +90,12 @@ class ModelImportService:
             self_check=SelfCheck(description["sample"], description["outputs"]),
             origin=IMPORTED,
         )
-        registration = self.registrar.register(ArtifactBytes(command.data), set_description, command.promotion)
+        # Its compiled form is proven on the dataset given (all of it counts as held out: the fit was elsewhere),
+        # or on the probe's sample alone.
+        sample = np.asarray(description["sample"], dtype=np.float64)
+        evidence = ProofEvidence.of(features, features if features is not None else sample)
+        candidate = ArtifactBytes(command.data, evidence)
+        registration = self.registrar.register(candidate, set_description, command.promotion)
         record = registration.model.record
         logger.info(
             "imported model type=%s set=%d estimator=%s path=%s in %.3fs (%s)",

@@ -13,6 +13,7 @@ import numpy as np
 from server.domain import PredictionSetRecord, SelfCheck, VersionPolicy
 from server.errors import ArtifactRejected, FailedPrecondition
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
+from server.services.compilation import RuntimeBuilder
 from server.storage.artifacts import ArtifactStore, load_pipeline
 from server.storage.repositories import PredictionSetRepository
 
@@ -61,8 +62,11 @@ class ModelLoader:
         sets: PredictionSetRepository,
         version_policy: VersionPolicy = VersionPolicy.WARN,
         trusted_modules: tuple[str, ...] = (),
+        runtimes: RuntimeBuilder | None = None,
     ) -> None:
         self.artifacts = artifacts
+        # Gives each loaded set its compiled form, verified and proven again; without it the pipeline answers.
+        self.runtimes = runtimes
         self.sets = sets
         self.version_policy = version_policy
         # Modules besides scikit-learn, NumPy and SciPy whose classes an artifact may name (--trusted-module).
@@ -83,11 +87,20 @@ class ModelLoader:
         started = time.perf_counter()
         data = self.artifacts.read_verified(record.artifact, record.model_type)
         pipeline = self.load_bytes(data, record.self_check, f"artifact of prediction set {record.id}")
+        runtime, runtime_problem = (None, "") if self.runtimes is None else self.runtimes.load(record, pipeline)
+        if runtime_problem:
+            logger.warning("model type %s, set %d: %s", record.model_type, record.id, runtime_problem)
         elapsed = time.perf_counter() - started
         if mismatch:
             note = "; ".join(filter(None, [note, f"version mismatch: {mismatch}"]))
+        note = "; ".join(filter(None, [note, runtime_problem]))
         return LoadedModel(
-            record=record, pipeline=pipeline, load_seconds=elapsed, note=note, fallback_for=fallback_for
+            record=record,
+            pipeline=pipeline,
+            load_seconds=elapsed,
+            note=note,
+            fallback_for=fallback_for,
+            runtime=runtime,
         )
 
     def load_bytes(self, data: bytes, check: SelfCheck | None, label: str) -> Any:

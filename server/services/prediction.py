@@ -6,9 +6,10 @@ transport, so another Python service may import and call it directly.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from server.services.batching import Answer, MicroBatcher
 from server.services.loading import ModelLoader
 from server.services.validation import check_finite, check_name, check_row_limit, feature_matrix
 from server.storage.repositories import PredictionSetRepository
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,13 @@ class ModelDescription:
     # Class labels of a classifier, in the order of its probabilities; None for a regressor.
     classes: tuple[TargetValue, ...] | None
     gives_probabilities: bool
+    # What answers: a compiled form's runtime and version, or "sklearn"; and the proof that let it.
+    runtime: str = "sklearn"
+    runtime_version: str = ""
+    runtime_rows_checked: int = 0
+    runtime_max_deviation: float = 0.0
+    # The model described, so that a caller can predict with this very one (answer) without resolving again.
+    model: LoadedModel | None = field(default=None, compare=False, repr=False)
 
 
 class PredictionService:
@@ -70,8 +80,14 @@ class PredictionService:
         prediction_set_id: int = 0,
         include_probabilities: bool = False,
     ) -> PredictionResult:
+        check_row_limit("the request", len(rows), self.max_rows)  # before anything else, whatever the model
+        return self.answer(self.resolve_model(model_type, prediction_set_id), rows, include_probabilities)
+
+    def answer(
+        self, model: LoadedModel, rows: Sequence[Sequence[float]] | np.ndarray, include_probabilities: bool = False
+    ) -> PredictionResult:
+        """Predicts with a model already resolved (by predict, or by describe for V2's ModelInfer)."""
         check_row_limit("the request", len(rows), self.max_rows)
-        model = self.resolve_model(model_type, prediction_set_id)
         features = self._features(model, rows)
         return self._run(model, features, include_probabilities, self.batcher)
 
@@ -84,6 +100,8 @@ class PredictionService:
             feature_names=record.feature_names,
             classes=record.classes,
             gives_probabilities=hasattr(model.pipeline, "predict_proba"),
+            model=model,
+            **_runtime_fields(model),
         )
 
     def is_ready(self, model_type: str, prediction_set_id: int = 0) -> bool:
@@ -153,7 +171,10 @@ class PredictionService:
             raise FailedPrecondition(
                 f"model type {record.model_type!r} ({record.algorithm}) does not give probabilities"
             )
-        labels, probabilities = batcher.run(model.pipeline, features, include_probabilities, _predict)
+        answer = _compiled_answer(model, features, include_probabilities)
+        if answer is None:
+            answer = batcher.run(model.pipeline, features, include_probabilities, _predict)
+        labels, probabilities = answer
         values: list[Any] = labels.tolist()
         return PredictionResult(
             model_type=record.model_type,
@@ -163,6 +184,54 @@ class PredictionService:
             classes=classes,
             artifact_sha256_prefix=model.sha256_prefix,
         )
+
+
+def _runtime_fields(model: LoadedModel) -> dict[str, Any]:
+    recorded = model.record.runtime
+    if model.runtime is None or recorded is None:
+        return {}
+    return {
+        "runtime": model.runtime.name,
+        "runtime_version": model.runtime.version,
+        "runtime_rows_checked": recorded.rows_checked,
+        "runtime_max_deviation": recorded.max_deviation,
+    }
+
+
+class _Count:
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+# Calls a compiled form failed and the pipeline answered instead, since start-up.
+runtime_fallbacks = _Count()
+
+
+def _compiled_answer(model: LoadedModel, features: np.ndarray, include_probabilities: bool) -> Answer | None:
+    """The compiled form's answer, computed once for labels and probabilities; None when the pipeline must
+    answer: there is no compiled form, or it raised, which is logged and counted and never fails the call.
+
+    A compiled answer costs microseconds, so it is never micro-batched: waiting for others would cost more.
+    A call larger than the runtime's `most_rows` goes to the pipeline, which is faster there.
+    """
+    runtime = model.runtime
+    if runtime is None or (runtime.most_rows is not None and len(features) > runtime.most_rows):
+        return None
+    try:
+        if include_probabilities:
+            return runtime.predict_both(features)
+        return runtime.predict(features), None
+    except Exception:  # whatever a runtime raises, the pipeline still answers the call
+        runtime_fallbacks.add()
+        logger.exception(
+            "the %s form of set %d raised; the pipeline answers this call", runtime.name, model.record.id
+        )
+        return None
 
 
 def _predict(pipeline: Any, features: np.ndarray, include_probabilities: bool) -> Answer:

@@ -24,6 +24,7 @@ from server.domain import IMPORTED, ArtifactInfo, NewPredictionSet, PredictionSe
 from server.errors import ArtifactRejected, Cancelled, PredserveError
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.services.catalog import PRIMARY_METRIC
+from server.services.compilation import ProofEvidence, RuntimeBuilder
 from server.services.loading import ModelLoader
 from server.storage.artifacts import ArtifactStore
 from server.storage.repositories import PredictionSetRepository
@@ -39,9 +40,10 @@ class PromotionPolicy(enum.Enum):
 
 @dataclass(frozen=True)
 class FittedPipeline:
-    """A pipeline trained here, to be serialised with joblib."""
+    """A pipeline trained here, to be serialised with joblib, and what its compiled form is proven on."""
 
     pipeline: Any
+    evidence: ProofEvidence
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ArtifactBytes:
     """The bytes of a joblib file made elsewhere (ImportModel), stored as they are."""
 
     data: bytes
+    evidence: ProofEvidence
 
 
 Candidate = FittedPipeline | ArtifactBytes
@@ -83,12 +86,18 @@ def promotion_decision(
 
 class SetRegistrar:
     def __init__(
-        self, sets: PredictionSetRepository, artifacts: ArtifactStore, loader: ModelLoader, store: ModelStore
+        self,
+        sets: PredictionSetRepository,
+        artifacts: ArtifactStore,
+        loader: ModelLoader,
+        store: ModelStore,
+        runtimes: RuntimeBuilder,
     ) -> None:
         self._sets = sets
         self._artifacts = artifacts
         self._loader = loader
         self._store = store
+        self._runtimes = runtimes
         self._lock = threading.Lock()
 
     def register(
@@ -101,25 +110,30 @@ class SetRegistrar:
         """Write, verify, record, promote by policy, swap; on any failure the written file is deleted."""
         artifact, data = self._write(candidate, description.model_type)
         recording = False
+        companion: ArtifactInfo | None = None  # the compiled form's file, once written
         try:
             # Loading the very bytes on disk, not the fitted object, proves the artifact serves.
             pipeline = self._loader.load_bytes(data, description.self_check, f"new {description.model_type} artifact")
+            runtime, runtime_record = self._runtimes.build(
+                pipeline, description.task, description.self_check, candidate.evidence, artifact, description.model_type
+            )
+            companion = runtime_record.file
             with self._lock:
                 if not still_wanted():
                     logger.warning("registration of %s abandoned: the caller is gone", description.model_type)
                     raise Cancelled(f"{description.model_type!r}: the caller is gone; nothing was recorded")
-                new_set = NewPredictionSet.of(description, artifact, self._loader.environment)
+                new_set = NewPredictionSet.of(description, artifact, self._loader.environment, runtime_record)
                 decision = _Decision(policy, description)
                 recording = True
                 record = self._sets.insert(new_set, reason=_promotion_reason(description), promote_if=decision)
                 promote, reason = decision.promote, decision.reason
                 failpoints.reach(failpoints.AFTER_COMMIT)
-                model = LoadedModel(record=record, pipeline=pipeline, load_seconds=0.0)
+                model = LoadedModel(record=record, pipeline=pipeline, load_seconds=0.0, runtime=runtime)
                 if promote:
                     self._store.put(description.model_type, model)
                 return Registration(model, promote, reason)
         except BaseException:
-            self._discard_unrecorded(artifact, ask_database=recording)
+            self._discard_unrecorded(artifact, companion, ask_database=recording)
             raise
 
     def promote(self, record: PredictionSetRecord, reason: str) -> LoadedModel:
@@ -156,12 +170,13 @@ class SetRegistrar:
         it is never followed. Returns the sets retired."""
         retired = []
         for record in records:
-            if record.artifact is not None:
-                try:
-                    self._artifacts.discard_recorded(record.artifact, record.model_type)
-                except ArtifactRejected as exc:
-                    log_refused_collection(record, exc)
-                    continue
+            compiled = record.runtime.file if record.runtime is not None else None
+            try:
+                for file in filter(None, (record.artifact, compiled)):
+                    self._artifacts.discard_recorded(file, record.model_type)
+            except ArtifactRejected as exc:
+                log_refused_collection(record, exc)
+                continue
             retired.append(record)
         self._sets.archive([record.id for record in retired])
         return retired
@@ -175,7 +190,7 @@ class SetRegistrar:
             return self._artifacts.write(candidate.pipeline, model_type)
         return self._artifacts.write_bytes(candidate.data, model_type)
 
-    def _discard_unrecorded(self, artifact: ArtifactInfo, ask_database: bool) -> None:
+    def _discard_unrecorded(self, artifact: ArtifactInfo, companion: ArtifactInfo | None, ask_database: bool) -> None:
         """Deletes a file this registration wrote and no row names. Once the insert was attempted only
         the database knows whether it committed (a connection can drop during COMMIT): if it cannot
         say, the file stays, and start-up reports it as an orphan."""
@@ -188,10 +203,11 @@ class SetRegistrar:
                     "keeping artifact %s: cannot tell whether it was recorded (%s)", artifact.relative_path, exc
                 )
                 return
-        try:
-            self._artifacts.discard(artifact.relative_path)
-        except ArtifactRejected as exc:  # not for a name write_bytes made; never mask the original error
-            logger.warning("keeping artifact %r: %s", artifact.relative_path, exc)
+        for written in filter(None, (artifact, companion)):
+            try:
+                self._artifacts.discard(written.relative_path)
+            except ArtifactRejected as exc:  # not for a name write_bytes made; never mask the original error
+                logger.warning("keeping artifact %r: %s", written.relative_path, exc)
 
 
 def log_refused_collection(record: PredictionSetRecord, exc: ArtifactRejected) -> None:

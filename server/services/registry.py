@@ -9,6 +9,8 @@ from server.model_store import LoadedModel, ModelStore
 from server.services.validation import check_name
 from server.storage.repositories import PredictionSetRepository
 
+SKLEARN = "sklearn"  # the pipeline's own predict answers
+
 
 @dataclass(frozen=True)
 class ModelStatusView:
@@ -17,6 +19,8 @@ class ModelStatusView:
     status_message: str
     record: PredictionSetRecord | None
     load_seconds: float
+    # The runtime answering this model type's Predicts in this process: a compiled form's name, or "sklearn".
+    answering: str = SKLEARN
 
 
 class ModelRegistryService:
@@ -28,7 +32,8 @@ class ModelRegistryService:
         views = []
         for model_type, slot in sorted(self.store.slots().items()):
             if isinstance(slot, LoadedModel):
-                views.append(ModelStatusView(model_type, True, slot.note, slot.record, slot.load_seconds))
+                answering = slot.runtime.name if slot.runtime is not None else SKLEARN
+                views.append(ModelStatusView(model_type, True, slot.note, slot.record, slot.load_seconds, answering))
             else:
                 views.append(ModelStatusView(model_type, False, slot.reason, slot.record, 0.0))
         return views

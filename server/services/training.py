@@ -31,6 +31,7 @@ from server.services.catalog import (
     find_recipe,
     parse_params,
 )
+from server.services.compilation import ProofEvidence
 from server.services.registration import FittedPipeline, PromotionPolicy, Registration, SetRegistrar
 from server.services.validation import check_feature_names, check_name, check_row_limit, check_targets, feature_matrix
 from server.storage.repositories import HistoryRepository
@@ -149,7 +150,8 @@ class ModelTrainingService:
                 fit_seconds=fit_seconds,
                 self_check=SelfCheck(sample.tolist(), pipeline.predict(sample).tolist()),
             )
-            return self._register(command, pipeline, description)
+            evidence = ProofEvidence.of(split.x_test, split.x_train)
+            return self._register(command, FittedPipeline(pipeline, evidence), description)
 
     def _fit(
         self, recipe: Recipe, params: dict[str, Any], seed: int, split: _Split, dataset: str
@@ -166,11 +168,9 @@ class ModelTrainingService:
             raise FailedPrecondition(f"algorithm {recipe.name} cannot fit dataset {dataset}: {exc}") from exc
         return pipeline, time.perf_counter() - started
 
-    def _register(self, command: TrainCommand, pipeline: Any, description: SetDescription) -> TrainOutcome:
+    def _register(self, command: TrainCommand, fitted: FittedPipeline, description: SetDescription) -> TrainOutcome:
         started = time.perf_counter()
-        registration = self.registrar.register(
-            FittedPipeline(pipeline), description, command.promotion, command.still_wanted
-        )
+        registration = self.registrar.register(fitted, description, command.promotion, command.still_wanted)
         persist_seconds = time.perf_counter() - started
         record = registration.model.record
         logger.info(

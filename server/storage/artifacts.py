@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"
 SUFFIX = ".joblib"
+# A compiled form's file (server/runtimes/), named after its artifact.
+RUNTIME_SUFFIX = ".runtime"
 # Imports' temporary copies (up to the import limit, 1 GiB by default): inside the store, so that a crash leaves them
 # where start-up sweeps, never in the system temp dir. Named like the writes' temporary files, minus the prefix.
 SCRATCH_DIR = ".tmp"
@@ -105,6 +107,15 @@ class ArtifactStore:
     def write_bytes(self, data: bytes, model_type: str) -> tuple[ArtifactInfo, bytes]:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         name = f"{model_type}-{stamp}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+        return self._write_named(name, data, model_type), data
+
+    def write_runtime(self, artifact: ArtifactInfo, runtime_name: str, data: bytes, model_type: str) -> ArtifactInfo:
+        """Persists the compiled form of an artifact beside it, with the same guarantees (atomic, checksummed,
+        signed): `<artifact name>.<runtime>.runtime`, never a name the artifacts or their orphans use."""
+        stem = artifact.relative_path.removesuffix(SUFFIX)
+        return self._write_named(f"{stem}.{runtime_name}{RUNTIME_SUFFIX}", data, model_type)
+
+    def _write_named(self, name: str, data: bytes, model_type: str) -> ArtifactInfo:
         temp = self.resolve(f"{TEMP_PREFIX}{_owner()}~{name}")
         final = self.resolve(name)
         try:
@@ -124,7 +135,7 @@ class ArtifactStore:
         info = ArtifactInfo(name, hashlib.sha256(data).hexdigest(), len(data))
         if self._signing_key is not None:
             info = dataclasses.replace(info, signature=artifact_signature(self._signing_key, model_type, info))
-        return info, data
+        return info
 
     def discard(self, relative_path: str) -> None:
         """Removes a file of the store, confined by resolve: a path leading outside raises ArtifactRejected

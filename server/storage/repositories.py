@@ -16,6 +16,7 @@ from server.domain import (
     HistoryRow,
     NewPredictionSet,
     PredictionSetRecord,
+    RuntimeRecord,
     SelfCheck,
 )
 from server.errors import InvalidArgument, StorageError
@@ -92,7 +93,8 @@ def _other_names(dataset: str, fixed: list[str], given: list[str]) -> str:
 _SET_COLUMNS = (
     "id, model_type, dataset, created_at, is_current, metrics, model_artifact_path, artifact_sha256, "
     "artifact_size_bytes, algorithm, task, params, feature_names, classes, training_rows, fit_seconds, "
-    "sklearn_version, environment, self_check, origin, archived_at, artifact_signature"
+    "sklearn_version, environment, self_check, origin, archived_at, artifact_signature, runtime_path, "
+    "runtime_sha256, runtime_size_bytes, runtime_signature, runtime_record"
 )
 
 
@@ -125,8 +127,9 @@ class PredictionSetRepository:
                        model_type, dataset, is_current, metrics, model_artifact_path, artifact_sha256,
                        artifact_size_bytes, algorithm, task, params, feature_names, classes,
                        training_rows, fit_seconds, sklearn_version, environment, self_check, origin,
-                       artifact_signature)
-                   VALUES (?, ?, FALSE, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       artifact_signature, runtime_path, runtime_sha256, runtime_size_bytes, runtime_signature,
+                       runtime_record)
+                   VALUES (?, ?, FALSE, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    RETURNING {_SET_COLUMNS}""",
                 _insert_parameters(new),
             ).fetchall()[0]
@@ -265,6 +268,49 @@ def _insert_parameters(new: NewPredictionSet) -> tuple[Any, ...]:
         json.dumps({"inputs": new.self_check.inputs, "outputs": new.self_check.outputs}),
         new.origin,
         new.artifact.signature,
+        *_runtime_parameters(new.runtime),
+    )
+
+
+def _runtime_parameters(runtime: RuntimeRecord | None) -> tuple[Any, ...]:
+    if runtime is None:
+        return (None, None, None, None, None)
+    file = runtime.file
+    record = {
+        "name": runtime.name,
+        "version": runtime.version,
+        "rows_checked": runtime.rows_checked,
+        "max_deviation": runtime.max_deviation,
+        "note": runtime.note,
+        "low": list(runtime.low),
+        "high": list(runtime.high),
+    }
+    if file is None:
+        return (None, None, None, None, json.dumps(record))
+    return (file.relative_path, file.sha256, file.size_bytes, file.signature, json.dumps(record))
+
+
+def _runtime_record(row: Any) -> RuntimeRecord | None:
+    record = _json(row["runtime_record"], None)
+    if record is None:
+        return None
+    file = None
+    if row["runtime_path"] is not None:
+        file = ArtifactInfo(
+            relative_path=row["runtime_path"],
+            sha256=row["runtime_sha256"] or "",
+            size_bytes=int(row["runtime_size_bytes"] or 0),
+            signature=row["runtime_signature"],
+        )
+    return RuntimeRecord(
+        name=record["name"],
+        version=record["version"],
+        rows_checked=int(record["rows_checked"]),
+        max_deviation=float(record["max_deviation"]),
+        note=record["note"],
+        low=tuple(record["low"]),
+        high=tuple(record["high"]),
+        file=file,
     )
 
 
@@ -310,4 +356,5 @@ def _record(row: Any) -> PredictionSetRecord:
         self_check=None if self_check is None else SelfCheck(self_check["inputs"], self_check["outputs"]),
         origin=row["origin"],
         archived_at=_timestamp(row["archived_at"]),
+        runtime=_runtime_record(row),
     )

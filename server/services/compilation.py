@@ -1,0 +1,115 @@
+"""RuntimeBuilder: gives a prediction set its compiled form, proven faithful, and checks it again at load.
+
+At Train and Import the artifact owner asks for one: the pipeline is compiled, the compiled bytes are
+loaded back (the very bytes that will be stored), and the result must answer the set's held-out rows,
+its self-check rows and a sample spread over the training range as the pipeline does: identical labels,
+probabilities and values within the tolerance. Only then is it written beside the artifact and used.
+At load the file is verified like an artifact and the proof is run again on the self-check rows and the
+recorded range. Any failure leaves the pipeline answering, with the reason recorded or logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from server.domain import ArtifactInfo, PredictionSetRecord, RuntimeChoice, RuntimeRecord, SelfCheck
+from server.errors import PredserveError
+from server.runtimes import Refusal, Runtime, compile_pipeline, load_runtime, proof_rows, prove
+from server.storage.artifacts import ArtifactStore
+
+logger = logging.getLogger(__name__)
+
+# Held-out rows a proof checks at most: enough to meet every leaf a row is likely to, at a bounded cost.
+MAX_HELD_OUT_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class ProofEvidence:
+    """What a new set offers its proof: rows held out of its fit, and the range of what it was fitted on."""
+
+    held_out: np.ndarray | None
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    @classmethod
+    def of(cls, held_out: np.ndarray | None, fitted_on: np.ndarray) -> ProofEvidence:
+        low, high = tuple(fitted_on.min(axis=0).tolist()), tuple(fitted_on.max(axis=0).tolist())
+        return cls(None if held_out is None else held_out[:MAX_HELD_OUT_ROWS], low, high)
+
+
+class RuntimeBuilder:
+    def __init__(self, artifacts: ArtifactStore, choice: RuntimeChoice, tolerance: float) -> None:
+        self.artifacts = artifacts
+        self.choice = choice
+        self.tolerance = tolerance
+
+    def build(
+        self,
+        pipeline: Any,
+        task: str,
+        self_check: SelfCheck,
+        evidence: ProofEvidence,
+        artifact: ArtifactInfo,
+        model_type: str,
+    ) -> tuple[Runtime | None, RuntimeRecord]:
+        """The compiled form that may answer for a new set (written beside its artifact), and its record."""
+        if self.choice is RuntimeChoice.SKLEARN:
+            return None, RuntimeRecord(note="--runtime sklearn: the pipeline answers")
+        form = compile_pipeline(pipeline, task)
+        if isinstance(form, Refusal):
+            return None, RuntimeRecord(note=f"no compiled form: {form.reason}")
+        try:
+            # The bytes about to be stored, not the object compiled from them, are what must be proven.
+            runtime = load_runtime(form.runtime.name, form.data)
+        except ValueError as exc:
+            return None, RuntimeRecord(note=f"the compiled form does not load back: {exc}")
+        rows = proof_rows(evidence.held_out, _inputs(self_check), evidence.low, evidence.high)
+        proof = prove(pipeline, runtime, rows, self.tolerance)
+        record = RuntimeRecord(
+            name=runtime.name,
+            version=runtime.version,
+            rows_checked=proof.rows_checked,
+            max_deviation=proof.max_deviation,
+            low=evidence.low,
+            high=evidence.high,
+        )
+        if not proof.passed:
+            logger.warning(
+                "%s: the %s form failed its proof (%s); the pipeline answers", model_type, runtime.name, proof.reason
+            )
+            return None, dataclasses.replace(record, note=f"the {runtime.name} form failed its proof: {proof.reason}")
+        file = self.artifacts.write_runtime(artifact, runtime.name, form.data, model_type)
+        return runtime, dataclasses.replace(record, file=file)
+
+    def load(self, record: PredictionSetRecord, pipeline: Any) -> tuple[Runtime | None, str]:
+        """A recorded set's compiled form, verified and proven again; else None and why the pipeline answers."""
+        runtime_record = record.runtime
+        if self.choice is RuntimeChoice.SKLEARN:
+            return None, ""
+        if runtime_record is None:
+            # Recorded before compiled forms existed: there are no held-out rows nor training range to prove one
+            # against, and loading must not write. Training the type again gives it one.
+            return None, "recorded before compiled forms: the pipeline answers (train again for one)"
+        if runtime_record.file is None:
+            return None, ""
+        try:
+            data = self.artifacts.read_verified(runtime_record.file, record.model_type)
+            runtime = load_runtime(runtime_record.name, data)
+        except (PredserveError, ValueError) as exc:
+            return None, f"compiled form refused ({exc}): the pipeline answers"
+        rows = proof_rows(None, _inputs(record.self_check), runtime_record.low, runtime_record.high)
+        proof = prove(pipeline, runtime, rows, self.tolerance)
+        if not proof.passed:
+            return None, f"compiled form fails its proof again ({proof.reason}): the pipeline answers"
+        return runtime, ""
+
+
+def _inputs(self_check: SelfCheck | None) -> np.ndarray | None:
+    if self_check is None or not self_check.inputs:
+        return None
+    return np.asarray(self_check.inputs, dtype=np.float64)

@@ -34,6 +34,8 @@ from server.option_kinds import (
     Within,
     choice,
     number_text,
+    secret_from_env,
+    token_from_env,
 )
 from server.storage.postgres import DEFAULT_POOL_SIZE
 from server.storage.urls import DatabaseLocationError, postgres_url
@@ -392,9 +394,9 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     try:
         database_url = _database_url(args.db_path, env)
         values = {option.field: _value(option, getattr(args, option.field), env) for option in OPTIONS}
-        admin_token = _token(env, "PREDSERVE_ADMIN_TOKEN")
-        predict_token = _token(env, "PREDSERVE_PREDICT_TOKEN")
-        hmac_key = _secret(env, "PREDSERVE_ARTIFACT_HMAC_KEY")
+        admin_token = token_from_env(env, "PREDSERVE_ADMIN_TOKEN")
+        predict_token = token_from_env(env, "PREDSERVE_PREDICT_TOKEN")
+        hmac_key = secret_from_env(env, "PREDSERVE_ARTIFACT_HMAC_KEY")
     except ValueError as exc:
         parser.error(str(exc))
     if (values["tls_cert"] is None) != (values["tls_key"] is None):
@@ -436,32 +438,3 @@ def _value(option: Option, given: Any, env: Mapping[str, str]) -> Any:
     if given is None:
         return env_value
     return given if option.kind is BOOLEAN else option.read(given, option.flag)
-
-
-def _secret(env: Mapping[str, str], name: str) -> bytes | None:
-    """A secret from env NAME, or from the file env NAME_FILE names; never both. Error texts never hold it."""
-    inline, file_name = env.get(name), env.get(f"{name}_FILE")
-    if inline is not None and file_name is not None:
-        raise ValueError(f"set {name} or {name}_FILE, not both")
-    if file_name is not None:
-        try:
-            value = Path(file_name).read_bytes().strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read {name}_FILE {file_name}: {exc.strerror}") from None
-    elif inline is not None:
-        value = inline.strip().encode()
-    else:
-        return None
-    if not value:
-        raise ValueError(f"{name} is set but empty")
-    return value
-
-
-def _token(env: Mapping[str, str], name: str) -> str | None:
-    value = _secret(env, name)
-    if value is None:
-        return None
-    # A bearer token travels as a metadata value, which gRPC allows to hold printable ASCII only.
-    if not all(0x21 <= byte <= 0x7E for byte in value):
-        raise ValueError(f"{name} must be printable ASCII without spaces")
-    return value.decode()

@@ -1,14 +1,15 @@
 """How a server option's text (a flag's value or an environment variable) is read and range-checked.
 
 server/config.py declares the options; this module only knows how to turn text into checked values,
-so that every option reads and reports a bad value the same way.
+so that every option reads and reports a bad value the same way, and how a secret is read from the
+environment or from the file a *_FILE variable names.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,32 @@ POSITIVE = Within(0, low_open=True)
 NOT_NEGATIVE = Within(0)
 SECONDS = Within(0, MAX_SECONDS)
 POSITIVE_SECONDS = Within(0, MAX_SECONDS, low_open=True)
+
+
+def secret_from_env(env: Mapping[str, str], name: str) -> bytes | None:
+    """A secret from env NAME, or from the file env NAME_FILE names; never both. Error texts never hold it."""
+    inline, file_name = env.get(name), env.get(f"{name}_FILE")
+    if inline is not None and file_name is not None:
+        raise ValueError(f"set {name} or {name}_FILE, not both")
+    if file_name is not None:
+        try:
+            value = Path(file_name).read_bytes().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read {name}_FILE {file_name}: {exc.strerror}") from None
+    elif inline is not None:
+        value = inline.strip().encode()
+    else:
+        return None
+    if not value:
+        raise ValueError(f"{name} is set but empty")
+    return value
+
+
+def token_from_env(env: Mapping[str, str], name: str) -> str | None:
+    value = secret_from_env(env, name)
+    if value is None:
+        return None
+    # A bearer token travels as a metadata value, which gRPC allows to hold printable ASCII only.
+    if not all(0x21 <= byte <= 0x7E for byte in value):
+        raise ValueError(f"{name} must be printable ASCII without spaces")
+    return value.decode()

@@ -81,15 +81,15 @@ class PredictionService:
         include_probabilities: bool = False,
     ) -> PredictionResult:
         check_row_limit("the request", len(rows), self.max_rows)  # before anything else, whatever the model
-        return self.answer(self.resolve_model(model_type, prediction_set_id), rows, include_probabilities)
+        model = self.resolve_model(model_type, prediction_set_id)
+        return self._run(model, self._features(model, rows), include_probabilities, self.batcher)
 
     def answer(
         self, model: LoadedModel, rows: Sequence[Sequence[float]] | np.ndarray, include_probabilities: bool = False
     ) -> PredictionResult:
-        """Predicts with a model already resolved (by predict, or by describe for V2's ModelInfer)."""
+        """Predicts with a model already resolved by describe (V2's ModelInfer), so it is resolved once."""
         check_row_limit("the request", len(rows), self.max_rows)
-        features = self._features(model, rows)
-        return self._run(model, features, include_probabilities, self.batcher)
+        return self._run(model, self._features(model, rows), include_probabilities, self.batcher)
 
     def describe(self, model_type: str, prediction_set_id: int = 0) -> ModelDescription:
         model = self.resolve_model(model_type, prediction_set_id)

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -21,10 +21,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc, predserve_pb2, predserve_pb2_grpc
+from protos import grpc_predict_v2_pb2_grpc, predserve_pb2_grpc
 from server import workers
 from server.api.auth import AuthInterceptor, AuthPolicy
 from server.api.decoding import DecodingInterceptor
+from server.api.observing import CallObserver
 from server.api.servicer import PredserveServicer
 from server.api.streams import IdleStreamReaper
 from server.api.tls import server_credentials
@@ -32,7 +33,12 @@ from server.api.v2_servicer import InferenceServicer
 from server.config import ServerConfig, parse_config
 from server.domain import RuntimeChoice, VersionPolicy
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
+from server.observability.logs import configure_logging
+from server.observability.metrics import MetricsEndpoint
+from server.observability.telemetry import Telemetry
 from server.preflight import StartupCheckFailed, check_startup
+from server.publishing import MODEL_HEALTH_PREFIX as MODEL_HEALTH_PREFIX
+from server.publishing import SERVICE_NAME, V2_SERVICE_NAME, publish_health, publish_metrics
 from server.security import security_summary, security_warnings
 from server.services.admission import FitCores, WorkSlots
 from server.services.batching import MicroBatcher
@@ -54,12 +60,6 @@ from server.storage.repositories import HistoryRepository, PredictionSetReposito
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = predserve_pb2.DESCRIPTOR.services_by_name["Predserve"].full_name
-# The Open Inference Protocol (KServe V2) data plane, served on the same port.
-V2_SERVICE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-MODEL_HEALTH_PREFIX = "predserve.model."
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class StartupError(Exception):
@@ -83,23 +83,34 @@ class Services:
     importer: ModelImportService
     recovery: ArtifactRecoveryService
     reloader: LiveReloader
+    telemetry: Telemetry
 
 
 def build_services(
-    config: ServerConfig, *, artifacts: ArtifactStore | None = None, store: ModelStore | None = None
+    config: ServerConfig,
+    *,
+    artifacts: ArtifactStore | None = None,
+    store: ModelStore | None = None,
+    telemetry: Telemetry | None = None,
 ) -> Services:
     """Migrates the database and loads every current model; no port is bound here.
 
     Tests pass their own artifact store (to inject a fault) or model store (a smaller pin budget);
-    everything else is wired exactly as the server runs.
+    everything else is wired exactly as the server runs. Without telemetry nothing is measured.
     """
+    telemetry = telemetry or Telemetry()
     # The one place that picks the backend: a postgresql:// URL, or the SQLite file.
     database = open_database(
         config.database_url or config.db_path, config.busy_timeout_seconds, config.db_pool_size
     )
     database.prepare(check_integrity=config.integrity_check)
     applied = MigrationRunner(database).apply(migrations_for(database, config.migrations_dir))
-    logger.info("database %s ready (%d migration(s) applied now)", database.name, len(applied))
+    logger.info(
+        "database %s ready (%d migration(s) applied now)",
+        database.name,
+        len(applied),
+        extra={"event": "database_ready", "migrations_applied": len(applied)},
+    )
 
     artifacts = artifacts or ArtifactStore(config.models_dir, config.artifact_hmac_key)
     artifacts.prepare()
@@ -109,7 +120,12 @@ def build_services(
     history_repository = HistoryRepository(database)
     runtimes = RuntimeBuilder(artifacts, RuntimeChoice(config.runtime), config.runtime_tolerance)
     loader = ModelLoader(
-        artifacts, sets, VersionPolicy(config.version_policy), config.trusted_modules, runtimes=runtimes
+        artifacts,
+        sets,
+        VersionPolicy(config.version_policy),
+        config.trusted_modules,
+        runtimes=runtimes,
+        telemetry=telemetry,
     )
     store = store or ModelStore()
     loader.load_current_models(store)
@@ -140,13 +156,15 @@ def build_services(
             time_limit_seconds=config.train_deadline_seconds,
             slots=heavy_work,
             cores=FitCores(config.fit_jobs),
+            telemetry=telemetry,
         ),
         prediction=PredictionService(
             store,
             sets,
             loader,
             max_rows=config.max_rows_per_request,
-            batcher=MicroBatcher(config.batch_max_rows, config.batch_max_wait_ms / 1000),
+            batcher=MicroBatcher(config.batch_max_rows, config.batch_max_wait_ms / 1000, telemetry),
+            telemetry=telemetry,
         ),
         registry=ModelRegistryService(store, sets),
         history=HistoryService(history_repository, max_rows=config.max_rows_per_request),
@@ -154,7 +172,8 @@ def build_services(
         importer=importer,
         recovery=ArtifactRecoveryService(sets, artifacts, importer),
         # Not started here: threads do not survive a fork, so each serving process starts its own.
-        reloader=LiveReloader(sets, registrar, store, config.reload_interval_seconds),
+        reloader=LiveReloader(sets, registrar, store, config.reload_interval_seconds, telemetry),
+        telemetry=telemetry,
     )
 
 
@@ -170,8 +189,13 @@ def build_server(
         # One thread per admitted call: with fewer, calls past the pool would wait in its queue (a hang)
         # instead of being refused with RESOURCE_EXHAUSTED by maximum_concurrent_rpcs.
         futures.ThreadPoolExecutor(max_workers=config.max_concurrent_rpcs, thread_name_prefix="rpc"),
-        # Auth first: a caller without the token is refused before its bytes are even decoded.
-        interceptors=[AuthInterceptor(auth), DecodingInterceptor((SERVICE_NAME, V2_SERVICE_NAME))],
+        # The observer outermost, so it counts every call whatever answers it; then auth, so that a caller
+        # without the token is refused before its bytes are even decoded.
+        interceptors=[
+            CallObserver(services.telemetry, (SERVICE_NAME, V2_SERVICE_NAME), config.access_log),
+            AuthInterceptor(auth),
+            DecodingInterceptor((SERVICE_NAME, V2_SERVICE_NAME)),
+        ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
             # grpcio enables SO_REUSEPORT by default: a leftover server would silently share the port.
@@ -214,25 +238,6 @@ def build_server(
     return server, port, health_servicer
 
 
-def publish_health(health_servicer: health.HealthServicer, store: ModelStore) -> None:
-    """Server-wide SERVING while the store agrees with the database, plus one entry per model type that
-    follows every swap; all NOT_SERVING while the store is not synced, since Predict refuses then."""
-
-    def publish_model(model_type: str, slot: LoadedModel | UnavailableModel) -> None:
-        serves = isinstance(slot, LoadedModel) and store.not_synced_reason is None
-        health_servicer.set(MODEL_HEALTH_PREFIX + model_type, SERVING if serves else NOT_SERVING)
-
-    def publish_server(synced: bool) -> None:
-        for model_type, slot in store.slots().items():
-            publish_model(model_type, slot)
-        for service in ("", SERVICE_NAME, V2_SERVICE_NAME):
-            health_servicer.set(service, SERVING if synced else NOT_SERVING)
-
-    store.add_listener(publish_model)
-    store.add_sync_listener(publish_server)
-    publish_server(store.not_synced_reason is None)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Flags and environment to a running server; returns the exit status. A bad value exits 2 in parse_config."""
     return run(parse_config(argv))
@@ -247,8 +252,11 @@ def run(config: ServerConfig) -> int:
         logger.warning("SECURITY: %s", warning)
     logger.info("security: %s", security_summary(config))
     started = time.perf_counter()
+    metrics = MetricsEndpoint.prepare(config.metrics_dir) if config.metrics_port else None
+    store = ModelStore()
+    telemetry = metrics.telemetry(store.knows) if metrics is not None else Telemetry()
     try:
-        services = build_services(config)
+        services = build_services(config, store=store, telemetry=telemetry)
         if config.workers > 1:
             # Pooled connections must not cross a fork; each worker opens its own on first use.
             services.database.close()
@@ -256,11 +264,24 @@ def run(config: ServerConfig) -> int:
                 config,
                 lambda port, on_ready: serve(config, services, port, on_ready, share_port=True),
                 lambda port: _write_port_file(config, port),
+                before_ready=lambda pids: _start_metrics(config, metrics, pids),
+                after_exit=metrics.worker_exited if metrics is not None else lambda pid: None,
             )
+        _start_metrics(config, metrics)
         return serve(config, services, config.port, lambda port: _write_port_file(config, port), started=started)
     except Exception as exc:  # a storage or bind error at start-up is fatal, with one clear line
         logger.error("predserve cannot start: %s", exc)
         return 1
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _start_metrics(
+    config: ServerConfig, metrics: MetricsEndpoint | None, worker_pids: Callable[[], Collection[int]] = tuple
+) -> None:
+    if metrics is not None:
+        metrics.start(config.metrics_address, config.metrics_port, worker_pids)
 
 
 def recover(config: ServerConfig) -> int:
@@ -292,7 +313,7 @@ def _startup_checks_pass(config: ServerConfig) -> bool:
     except StartupCheckFailed as exc:
         print(f"predserve-server: error: {exc}", file=sys.stderr)
         return False
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_format, config.log_level)
     return True
 
 
@@ -312,6 +333,7 @@ def serve(
     # Before the port is bound, so no call meets the models as they were at the fork. If the database
     # cannot be reached the port is bound all the same, NOT_SERVING, and the reloader keeps trying.
     synced = services.reloader.sync_before_serving()
+    publish_metrics(services.telemetry, services.store)
     server, bound_port, health_servicer = build_server(dataclasses.replace(config, port=port), services, share_port)
     services.reloader.start()
     on_ready(bound_port)
@@ -324,17 +346,27 @@ def serve(
         len(services.store.slots()),
         elapsed,
         os.getpid(),
+        extra={
+            "event": "ready" if synced else "listening_not_serving",
+            "port": bound_port,
+            "model_types": len(services.store.slots()),
+            "duration_ms": None if started is None else round((time.perf_counter() - started) * 1000, 1),
+        },
     )
 
     # Python runs signal handlers in the main thread only, and a SIGTERM that the kernel hands to one of
     # grpc's threads does not interrupt a blocking wait here: without a timeout it could be lost for good.
     while not stop_requested.wait(timeout=0.5):
         pass
-    logger.info("stopping: refusing new calls, letting in-flight calls finish (grace %.0fs)", config.grace_seconds)
+    logger.info(
+        "stopping: refusing new calls, letting in-flight calls finish (grace %.0fs)",
+        config.grace_seconds,
+        extra={"event": "shutdown"},
+    )
     health_servicer.enter_graceful_shutdown()
     services.reloader.stop()
     server.stop(config.grace_seconds).wait()
-    logger.info("stopped")
+    logger.info("stopped", extra={"event": "stopped"})
     return 0
 
 

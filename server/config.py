@@ -1,4 +1,4 @@
-"""Server configuration: one frozen dataclass built from flags, environment and defaults.
+"""Server configuration: the settings (server/settings.py) built from flags, environment and defaults.
 
 Each option is declared once, in OPTIONS: its field, flag, environment variable, how its text is read,
 its allowed range and its help. The argparse parser, the environment fallbacks and the README's table
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import enum
-import ipaddress
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
 from server.domain import RuntimeChoice, VersionPolicy
+from server.observability.logs import LogFormat, LogLevel
 from server.option_kinds import (
     BOOLEAN,
     INTEGER,
@@ -25,6 +25,7 @@ from server.option_kinds import (
     NOT_NEGATIVE,
     NUMBER,
     OPTIONAL_PATH,
+    OPTIONAL_TEXT,
     PATH,
     POSITIVE,
     POSITIVE_SECONDS,
@@ -37,11 +38,12 @@ from server.option_kinds import (
     secret_from_env,
     token_from_env,
 )
-from server.storage.postgres import DEFAULT_POOL_SIZE
+
+# ServerConfig and the paths are defined in server/settings.py and re-exported for the callers of this module.
+from server.settings import MIGRATIONS_DIR as MIGRATIONS_DIR
+from server.settings import PROJECT_ROOT, ServerConfig
 from server.storage.urls import DatabaseLocationError, postgres_url
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MIGRATIONS_DIR = PROJECT_ROOT / "db" / "migrations"
 PROG = "predserve-server"
 
 MIN_HMAC_KEY_BYTES = 16
@@ -50,77 +52,6 @@ MAX_GRPC_INT = 2**31 - 1
 # Below this a live reload interval is a busy loop over the database, not a polling interval.
 MIN_RELOAD_INTERVAL_SECONDS = 0.05
 
-
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    db_path: Path = PROJECT_ROOT / "db" / "predictions.db"
-    # A postgresql:// URL (the registry several replicas share) replaces db_path. It may hold a password,
-    # so it stays out of repr() and the logs show it redacted.
-    database_url: str | None = field(default=None, repr=False)
-    models_dir: Path = PROJECT_ROOT / "models"
-    migrations_dir: Path = MIGRATIONS_DIR
-    # Where to write the bound port once serving; lets tests and scripts ask for port 0.
-    port_file: Path | None = None
-    version_policy: VersionPolicy = VersionPolicy.WARN
-    strict: bool = False
-    # PRAGMA quick_check of the SQLite file at start-up; reads every page, so a huge file may skip it.
-    integrity_check: bool = True
-    # Start even though the registry records no prediction set while the models directory holds artifacts.
-    allow_empty_registry: bool = False
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_rows_per_request: int = 100_000
-    max_concurrent_rpcs: int = 64
-    # Trains and imports running at once: each holds a core for seconds to minutes.
-    max_concurrent_trains: int = 2
-    # A client stream (IngestHistory, ImportModel) that sends nothing for this long is cancelled.
-    stream_idle_seconds: float = 30.0
-    # Cores one fit may use: n_jobs is capped to it, and so are the BLAS and OpenMP pools during the fit.
-    fit_jobs: int = 1
-    train_deadline_seconds: float = 600.0
-    busy_timeout_seconds: float = 5.0
-    grace_seconds: float = 30.0
-    # How often to look for a current set changed by another process; 0 turns live reload off.
-    reload_interval_seconds: float = 2.0
-    workers: int = 1
-    import_timeout_seconds: float = 60.0
-    # Secrets come from the environment or files only, never from flags (the process list shows flags),
-    # and stay out of repr() so that logging the config cannot leak them.
-    admin_token: str | None = field(default=None, repr=False)
-    predict_token: str | None = field(default=None, repr=False)
-    artifact_hmac_key: bytes | None = field(default=None, repr=False)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    # Most rows one batched predict call may answer (server/services/batching.py); 0 turns batching off.
-    batch_max_rows: int = 256
-    # How long a batch may wait for the callers the previous batch answered to come back (adaptive: never alone).
-    batch_max_wait_ms: float = 2.0
-    # Modules (with their submodules) besides scikit-learn, NumPy and SciPy whose classes an artifact may
-    # name when unpickled (server/storage/safe_pickle.py): their code runs at every load.
-    trusted_modules: tuple[str, ...] = ()
-    # Most pooled PostgreSQL connections one serving process holds; it holds one more to LISTEN. The default
-    # lets 3 replicas of 2 workers use 30 of PostgreSQL's default 100 slots (README: Running several replicas).
-    db_pool_size: int = DEFAULT_POOL_SIZE
-    # Which form answers Predict: a compiled one proven faithful to the pipeline, or the pipeline itself.
-    runtime: RuntimeChoice = RuntimeChoice.AUTO
-    # Largest difference of a probability or regression value a compiled form may show in its proof.
-    runtime_tolerance: float = 1e-9
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    @property
-    def binds_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:  # any other host name may resolve to a routable address
-            return False
 
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(ServerConfig)}
@@ -354,6 +285,32 @@ OPTIONS: tuple[Option, ...] = (
         "largest absolute difference of a probability or regression value a compiled form may show in its proof",
         Within(0, 1),
     ),
+    Option(
+        "metrics_port",
+        "--metrics-port",
+        "PREDSERVE_METRICS_PORT",
+        INTEGER,
+        "port of the Prometheus endpoint (/metrics, summed over --workers), 0 for none",
+        Within(0, 65535),
+    ),
+    Option(
+        "metrics_host",
+        "--metrics-host",
+        "PREDSERVE_METRICS_HOST",
+        OPTIONAL_TEXT,
+        "address the Prometheus endpoint binds; none: the --host address",
+        metavar="HOST",
+    ),
+    Option(
+        "metrics_dir",
+        "--metrics-dir",
+        "PREDSERVE_METRICS_DIR",
+        OPTIONAL_PATH,
+        "directory of the workers' metric files, wiped at start; none: a private temporary one",
+    ),
+    Option("log_format", "--log-format", "PREDSERVE_LOG_FORMAT", choice(LogFormat), "text, or one JSON object a line"),
+    Option("log_level", "--log-level", "PREDSERVE_LOG_LEVEL", choice(LogLevel), "least severe level logged"),
+    Option("access_log", "--access-log", "PREDSERVE_ACCESS_LOG", BOOLEAN, "log every call: method, model, code, time"),
 )
 # Environment (or *_FILE) only: never a flag, which the process list would show.
 SECRET_VARIABLES = ("PREDSERVE_ADMIN_TOKEN", "PREDSERVE_PREDICT_TOKEN", "PREDSERVE_ARTIFACT_HMAC_KEY")

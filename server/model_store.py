@@ -116,6 +116,10 @@ class ModelStore:
             raise FailedPrecondition(f"model type {model_type!r} has no usable model: {slot.reason}")
         return slot
 
+    def knows(self, model_type: str) -> bool:
+        """Whether the model type has a slot, served or not: the names metrics may label."""
+        return model_type in self._slots
+
     def slots(self) -> dict[str, Slot]:
         with self._lock:
             return dict(self._slots)

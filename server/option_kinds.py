@@ -81,6 +81,10 @@ def _path(text: str) -> Path:
     return Path(_text(text))
 
 
+def _optional_text(text: str) -> str | None:
+    return text.strip() or None
+
+
 def _optional_path(text: str) -> Path | None:
     # As before the table: an empty variable (a common way to "unset" one in compose files) means none.
     return Path(text) if text else None
@@ -112,6 +116,7 @@ INTEGER = Kind("an integer", _integer, "N")
 NUMBER = Kind("a finite number", _finite, "S")
 TEXT = Kind("non-empty", _text, "TEXT")
 PATH = Kind("a non-empty path", _path, "PATH")
+OPTIONAL_TEXT = Kind("any text", _optional_text, "TEXT")
 OPTIONAL_PATH = Kind("a path", _optional_path, "PATH")
 MODULE_NAMES = Kind("comma-separated module names such as mypackage.transformers", _module_names, "MODULE[,MODULE]")
 BOOLEAN = Kind(f"one of {', '.join(_TRUE + _FALSE)}", _boolean, "")

@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from server.config import ServerConfig
 
@@ -38,31 +38,48 @@ def reserve_port(host: str, port: int) -> int:
         return int(probe.getsockname()[1])
 
 
-def serve(config: ServerConfig, run_worker: Worker, write_port_file: Callable[[int], None]) -> int:
+def serve(
+    config: ServerConfig,
+    run_worker: Worker,
+    write_port_file: Callable[[int], None],
+    before_ready: Callable[[Callable[[], Collection[int]]], None] = lambda workers: None,
+    after_exit: Callable[[int], None] = lambda pid: None,
+) -> int:
+    """before_ready gets a function listing the live workers' pids, once every first worker serves (the
+    metrics endpoint starts there); after_exit is told of every worker that exited."""
     port = reserve_port(config.host, config.port)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     ready_read, ready_write = os.pipe()
     children = {_spawn(run_worker, port, ready_write): index for index in range(config.workers)}
-    for _ in range(config.workers):
-        os.read(ready_read, 1)
-    write_port_file(port)
-    logger.info("predserve ready on %s:%d with %d worker processes", config.host, port, config.workers)
-
-    while not stopping.is_set():
-        pid, status = os.waitpid(-1, os.WNOHANG)
-        if pid and pid in children and not stopping.is_set():
-            logger.error("worker %d exited (status %d); starting a replacement", pid, status)
-            children[_spawn(run_worker, port, ready_write)] = children.pop(pid)
-        time.sleep(0.2)
-
-    logger.info("stopping %d worker processes", len(children))
-    for pid in children:
-        _signal(pid, signal.SIGTERM)
-    for pid in children:
-        _wait(pid)
-    logger.info("stopped")
+    try:
+        for _ in range(config.workers):
+            os.read(ready_read, 1)
+        before_ready(lambda: tuple(children))
+        write_port_file(port)
+        logger.info(
+            "predserve ready on %s:%d with %d worker processes",
+            config.host,
+            port,
+            config.workers,
+            extra={"event": "ready", "port": port, "workers": config.workers},
+        )
+        while not stopping.is_set():
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid and pid in children and not stopping.is_set():
+                logger.error("worker %d exited (status %d); starting a replacement", pid, status, extra={"worker": pid})
+                after_exit(pid)
+                children[_spawn(run_worker, port, ready_write)] = children.pop(pid)
+            time.sleep(0.2)
+    finally:
+        logger.info("stopping %d worker processes", len(children), extra={"event": "shutdown"})
+        for pid in children:
+            _signal(pid, signal.SIGTERM)
+        for pid in children:
+            _wait(pid)
+            after_exit(pid)
+    logger.info("stopped", extra={"event": "stopped"})
     return 0
 
 

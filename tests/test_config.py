@@ -23,6 +23,7 @@ from server.config import (
     MODULE_NAMES,
     NUMBER,
     OPTIONAL_PATH,
+    OPTIONAL_TEXT,
     OPTIONS,
     PATH,
     SECRET_VARIABLES,
@@ -32,6 +33,7 @@ from server.config import (
     parse_config,
 )
 from server.domain import RuntimeChoice, VersionPolicy
+from server.observability.logs import LogFormat, LogLevel
 from server.preflight import StartupCheckFailed, check_startup
 from tests.certificates import Pki, make_pki
 from tests.support import PROJECT_ROOT
@@ -49,8 +51,12 @@ COMPANIONS = {
 def samples(option: Option) -> tuple[str, str]:
     """Two valid texts for an option: one for the environment (not the default), one for the flag
     (not the environment's)."""
-    if option.kind in (TEXT, PATH, OPTIONAL_PATH):
+    if option.kind in (TEXT, PATH, OPTIONAL_PATH, OPTIONAL_TEXT):
         return f"env-{option.field}", f"flag-{option.field}"
+    if option.field == "log_format":
+        return "json", "text"
+    if option.field == "log_level":
+        return "debug", "warning"
     if option.field == "version_policy":
         return "refuse", "warn"
     if option.field == "runtime":
@@ -72,9 +78,13 @@ def expected(option: Option, text: str) -> Any:
         return VersionPolicy(text)
     if option.field == "runtime":
         return RuntimeChoice(text)
+    if option.field == "log_format":
+        return LogFormat(text)
+    if option.field == "log_level":
+        return LogLevel(text)
     if option.kind is MODULE_NAMES:
         return tuple(text.split(","))
-    return text if option.field == "host" else Path(text)
+    return text if option.field in ("host", "metrics_host") else Path(text)
 
 
 VALUED = [option for option in OPTIONS if option.kind is not BOOLEAN]

@@ -39,6 +39,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, ExtraTreeClassifier, ExtraTreeRegressor
 
+from server.observability.telemetry import Telemetry
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = 256
@@ -106,13 +108,19 @@ class _Lane:
 
 
 class MicroBatcher:
-    def __init__(self, max_rows: int = DEFAULT_MAX_ROWS, max_wait: float = DEFAULT_MAX_WAIT_SECONDS) -> None:
+    def __init__(
+        self,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_wait: float = DEFAULT_MAX_WAIT_SECONDS,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.max_rows = max_rows
         self.max_wait = max_wait
         # Keyed by the pipeline object itself: a pipeline swapped out by a Train takes its lanes with it.
         self._lanes: weakref.WeakKeyDictionary[Any, dict[tuple[bool, str], _Lane]] = weakref.WeakKeyDictionary()
         self._invariant: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self.telemetry = telemetry or Telemetry()
 
     @property
     def enabled(self) -> bool:
@@ -153,6 +161,7 @@ class MicroBatcher:
             while lane.waiting and rows + len(lane.waiting[0].features) <= self.max_rows:
                 rows += len(lane.waiting[0].features)
                 batch.append(lane.waiting.popleft())
+        self.telemetry.batch_answered(len(batch))
         try:
             _answer(batch, pipeline, probabilities, compute)
         finally:

@@ -13,6 +13,7 @@ import numpy as np
 from server.domain import PredictionSetRecord, SelfCheck, VersionPolicy
 from server.errors import ArtifactRejected, FailedPrecondition
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
+from server.observability.telemetry import Telemetry
 from server.services.compilation import RuntimeBuilder
 from server.storage.artifacts import ArtifactStore, load_pipeline
 from server.storage.repositories import PredictionSetRepository
@@ -63,6 +64,7 @@ class ModelLoader:
         version_policy: VersionPolicy = VersionPolicy.WARN,
         trusted_modules: tuple[str, ...] = (),
         runtimes: RuntimeBuilder | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.artifacts = artifacts
         # Gives each loaded set its compiled form, verified and proven again; without it the pipeline answers.
@@ -72,6 +74,7 @@ class ModelLoader:
         # Modules besides scikit-learn, NumPy and SciPy whose classes an artifact may name (--trusted-module).
         self.trusted_modules = trusted_modules
         self.environment = environment_fingerprint()
+        self.telemetry = telemetry or Telemetry()
 
     def load(self, record: PredictionSetRecord, note: str = "", fallback_for: int | None = None) -> LoadedModel:
         """Loads a set's verified artifact and proves it answers as it did at training."""
@@ -91,6 +94,7 @@ class ModelLoader:
         if runtime_problem:
             logger.warning("model type %s, set %d: %s", record.model_type, record.id, runtime_problem)
         elapsed = time.perf_counter() - started
+        self.telemetry.model_loaded(record.model_type, elapsed)
         if mismatch:
             note = "; ".join(filter(None, [note, f"version mismatch: {mismatch}"]))
         note = "; ".join(filter(None, [note, runtime_problem]))
@@ -162,7 +166,17 @@ class ModelLoader:
             except (ArtifactRejected, FailedPrecondition) as exc:
                 logger.error("older set %d of model type %s refused too: %s", older.id, model_type, exc)
                 continue
-            logger.error("model type %s %s", model_type, note)
+            logger.error(
+                "model type %s %s",
+                model_type,
+                note,
+                extra={
+                    "event": "fallback",
+                    "model_type": model_type,
+                    "prediction_set_id": older.id,
+                    "refused_prediction_set_id": current.id,
+                },
+            )
             _log_loaded(model)
             return model
         logger.error("model type %s is unavailable: no prediction set verifies", model_type)
@@ -179,4 +193,12 @@ def _log_loaded(model: LoadedModel) -> None:
         record.artifact.relative_path,
         model.load_seconds,
         f" ({model.note})" if model.note else "",
+        extra={
+            "event": "fallback_loaded" if model.is_fallback else "loaded",
+            "model_type": record.model_type,
+            "prediction_set_id": record.id,
+            "path": record.artifact.relative_path,
+            "duration_ms": round(model.load_seconds * 1000, 3),
+            "runtime": model.runtime.name if model.runtime is not None else "sklearn",
+        },
     )

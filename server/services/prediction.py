@@ -18,12 +18,16 @@ import sklearn
 from server.domain import TargetValue
 from server.errors import ErrorKind, FailedPrecondition, InvalidArgument, NotFound, PredserveError, Unavailable
 from server.model_store import LoadedModel, ModelStore
+from server.observability.telemetry import Telemetry
 from server.services.batching import Answer, MicroBatcher
 from server.services.loading import ModelLoader
 from server.services.validation import check_finite, check_name, check_row_limit, feature_matrix
 from server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
+
+# How the metrics name an answer the pipeline itself computed.
+SKLEARN = "sklearn"
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class PredictionService:
         loader: ModelLoader,
         max_rows: int | None = None,
         batcher: MicroBatcher | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
         self.sets = sets
@@ -72,6 +77,7 @@ class PredictionService:
         # Off unless given: the server turns it on (--batch-max-rows), in-process callers may too.
         self.batcher = batcher or MicroBatcher(max_rows=0)
         self._pin_lock = threading.Lock()
+        self.telemetry = telemetry or Telemetry()
 
     def predict(
         self,
@@ -82,14 +88,14 @@ class PredictionService:
     ) -> PredictionResult:
         check_row_limit("the request", len(rows), self.max_rows)  # before anything else, whatever the model
         model = self.resolve_model(model_type, prediction_set_id)
-        return self._run(model, self._features(model, rows), include_probabilities, self.batcher)
+        return self._run(model, self._features(model, rows), include_probabilities)
 
     def answer(
         self, model: LoadedModel, rows: Sequence[Sequence[float]] | np.ndarray, include_probabilities: bool = False
     ) -> PredictionResult:
         """Predicts with a model already resolved by describe (V2's ModelInfer), so it is resolved once."""
         check_row_limit("the request", len(rows), self.max_rows)
-        return self._run(model, self._features(model, rows), include_probabilities, self.batcher)
+        return self._run(model, self._features(model, rows), include_probabilities)
 
     def describe(self, model_type: str, prediction_set_id: int = 0) -> ModelDescription:
         model = self.resolve_model(model_type, prediction_set_id)
@@ -161,19 +167,20 @@ class PredictionService:
             return rows
         return feature_matrix(rows, expected)
 
-    @staticmethod
-    def _run(
-        model: LoadedModel, features: np.ndarray, include_probabilities: bool, batcher: MicroBatcher
-    ) -> PredictionResult:
+    def _run(self, model: LoadedModel, features: np.ndarray, include_probabilities: bool) -> PredictionResult:
         record = model.record
         classes = list(record.classes or [])
         if include_probabilities and not hasattr(model.pipeline, "predict_proba"):
             raise FailedPrecondition(
                 f"model type {record.model_type!r} ({record.algorithm}) does not give probabilities"
             )
-        answer = _compiled_answer(model, features, include_probabilities)
+        answer = _compiled_answer(model, features, include_probabilities, self.telemetry)
         if answer is None:
-            answer = batcher.run(model.pipeline, features, include_probabilities, _predict)
+            answer = self.batcher.run(model.pipeline, features, include_probabilities, _predict)
+            answered_by = SKLEARN
+        else:
+            answered_by = model.runtime.name if model.runtime is not None else SKLEARN
+        self.telemetry.rows_predicted(record.model_type, len(features), answered_by)
         labels, probabilities = answer
         values: list[Any] = labels.tolist()
         return PredictionResult(
@@ -212,7 +219,9 @@ class _Count:
 runtime_fallbacks = _Count()
 
 
-def _compiled_answer(model: LoadedModel, features: np.ndarray, include_probabilities: bool) -> Answer | None:
+def _compiled_answer(
+    model: LoadedModel, features: np.ndarray, include_probabilities: bool, telemetry: Telemetry
+) -> Answer | None:
     """The compiled form's answer, computed once for labels and probabilities; None when the pipeline must
     answer: there is no compiled form, or it raised, which is logged and counted and never fails the call.
 
@@ -228,6 +237,7 @@ def _compiled_answer(model: LoadedModel, features: np.ndarray, include_probabili
         return runtime.predict(features), None
     except Exception:  # whatever a runtime raises, the pipeline still answers the call
         runtime_fallbacks.add()
+        telemetry.runtime_failed(model.record.model_type)
         logger.exception(
             "the %s form of set %d raised; the pipeline answers this call", runtime.name, model.record.id
         )

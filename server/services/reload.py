@@ -19,6 +19,7 @@ import threading
 
 from server.errors import ArtifactMissing, PredserveError
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
+from server.observability.telemetry import Telemetry
 from server.services.registration import SetRegistrar
 from server.storage.repositories import PredictionSetRepository
 
@@ -30,13 +31,19 @@ UNSYNCED_RETRY_SECONDS = 1.0
 
 class LiveReloader:
     def __init__(
-        self, sets: PredictionSetRepository, registrar: SetRegistrar, store: ModelStore, interval_seconds: float
+        self,
+        sets: PredictionSetRepository,
+        registrar: SetRegistrar,
+        store: ModelStore,
+        interval_seconds: float,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.sets = sets
         self.registrar = registrar
         # What is served now; every swap goes through the registrar, the reloader only marks it synced.
         self.store = store
         self.interval = interval_seconds
+        self.telemetry = telemetry or Telemetry()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Sets we failed to load once are not retried every tick; the log already said why.
@@ -137,7 +144,13 @@ class LiveReloader:
                 continue
             if adopted is None:
                 continue
-            logger.info("live reload: model type=%s now serves set=%d (changed by another process)", model_type, set_id)
+            logger.info(
+                "live reload: model type=%s now serves set=%d (changed by another process)",
+                model_type,
+                set_id,
+                extra={"model_type": model_type, "prediction_set_id": set_id, "event": "reload"},
+            )
+            self.telemetry.reloaded(model_type)
             changed.append(model_type)
         self.store.mark_synced()
         return changed

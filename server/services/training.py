@@ -17,6 +17,7 @@ from server import failpoints
 from server.domain import HistoryRow, SelfCheck, SetDescription, TargetValue
 from server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from server.model_store import LoadedModel
+from server.observability.telemetry import Telemetry, TrainEnd
 from server.services.admission import FitCores, WorkSlots
 from server.services.catalog import (
     ACCURACY,
@@ -109,6 +110,7 @@ class ModelTrainingService:
         time_limit_seconds: float | None = None,
         slots: WorkSlots | None = None,
         cores: FitCores | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.history = history
         self.registrar = registrar
@@ -116,9 +118,20 @@ class ModelTrainingService:
         self.time_limit_seconds = time_limit_seconds
         self.slots = slots or WorkSlots(2, "Trains and imports", "--max-concurrent-trains")
         self.cores = cores or FitCores(1)
+        self.telemetry = telemetry or Telemetry()
 
     def train(self, command: TrainCommand, caller_seconds: float | None = None) -> TrainOutcome:
         """Fits, persists and serves; `caller_seconds` is how long the caller will wait, if it said."""
+        started = time.perf_counter()
+        end = TrainEnd.FAILED
+        try:
+            outcome = self._train(command, caller_seconds)
+            end = TrainEnd.PROMOTED if outcome.registration.promoted else TrainEnd.REGISTERED
+            return outcome
+        finally:
+            self.telemetry.train_finished(command.model_type, end, time.perf_counter() - started)
+
+    def _train(self, command: TrainCommand, caller_seconds: float | None) -> TrainOutcome:
         deadline = TrainDeadline.start(self.time_limit_seconds, caller_seconds)
         check_row_limit("the request", len(command.rows), self.max_rows)
         model_type = check_name("model_type", command.model_type)

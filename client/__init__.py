@@ -1,5 +1,9 @@
-"""predserve client: a small library for service-to-service calls, and the `predserve` CLI."""
+"""predserve client: PredserveClient (blocking) and AsyncPredserveClient (asyncio) for service-to-service
+calls, their typed errors, and the `predserve` CLI. Needs grpcio, grpcio-health-checking and protobuf only."""
 
-from client.library import PredserveClient, PredserveClientError
+from client.aio import AsyncPredserveClient
+from client.errors import *  # noqa: F403  (every error type, see client/errors.py)
+from client.errors import __all__ as _errors
+from client.library import PredserveClient
 
-__all__ = ["PredserveClient", "PredserveClientError"]
+__all__ = ["AsyncPredserveClient", "PredserveClient", *_errors]

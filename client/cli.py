@@ -2,6 +2,8 @@
 
 Every command prints a human-readable table, or with --json one JSON document whose keys are the
 proto's field names. Errors print one line and exit with status 1 (2 for usage errors).
+It needs only the client's dependencies: `--csv` shows a progress bar when tqdm is installed
+(`pip install 'predserve[cli]'`), and `--builtin` reads the datasets scikit-learn ships.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from tqdm import tqdm
-
+from client.calls import ADMIN_DEADLINE_SECONDS, PREDICTION_DEADLINE_SECONDS
 from client.library import (
     PredserveClient,
     PredserveClientError,
@@ -76,7 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         help="server address HOST:PORT, several replicas as IP:PORT,IP:PORT, or one DNS name of them all "
         "(env PREDSERVE_TARGET; default 127.0.0.1:50051)",
     )
-    parser.add_argument("--deadline", type=float, default=30.0, help="seconds per call (Train gets 600)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=PREDICTION_DEADLINE_SECONDS,
+        help=f"seconds per predict, models, sets or health call (default {PREDICTION_DEADLINE_SECONDS:g}; "
+        f"ingest, train, import, promote and gc get {ADMIN_DEADLINE_SECONDS:g})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument(
         "--token-file",
@@ -421,7 +428,13 @@ def _key_values(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _builtin_rows(name: str) -> tuple[list[str], list[Row]]:
-    from sklearn import datasets
+    try:
+        from sklearn import datasets
+    except ImportError:
+        raise UsageError(
+            "--builtin reads the datasets scikit-learn ships, and scikit-learn is not installed: "
+            "pip install scikit-learn (the server extra, predserve[server], has it)"
+        ) from None
 
     bunch = getattr(datasets, f"load_{name}")()
     rows = [(list(map(float, x)), _native(y)) for x, y in zip(bunch.data, bunch.target, strict=True)]
@@ -445,12 +458,31 @@ def _csv_rows(path: Path, target_column: str) -> tuple[list[str], Iterator[Row]]
     return names, _read_csv(path, target_index)
 
 
+class _NoProgress:
+    """Stands in for tqdm's bar when tqdm is not installed: the ingest runs the same, silently."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
+
+
+def _progress_bar(total: int, description: str, stream: IO[str]) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoProgress()
+    return tqdm(total=total, unit="B", unit_scale=True, desc=description, file=stream)
+
+
 def _read_csv(path: Path, target_index: int) -> Iterator[Row]:
     with (
         open(path, newline="") as handle,
-        tqdm(
-            total=path.stat().st_size, unit="B", unit_scale=True, desc=f"ingest {path.name}", file=sys.stderr
-        ) as progress,
+        _progress_bar(path.stat().st_size, f"ingest {path.name}", sys.stderr) as progress,
     ):
         reader = csv.reader(handle)
         next(reader)

@@ -1,15 +1,19 @@
 """`python -m server` and the `predserve-server` console script; `... recover` records orphan artifacts."""
 
+import importlib.util
 import logging
 import os
 import sys
-
-from server.config import parse_config
 
 RECOVER = "recover"
 
 
 def main() -> None:
+    # The base install is the client only; say so in one line rather than with an ImportError's traceback.
+    if importlib.util.find_spec("sklearn") is None:
+        sys.exit("predserve-server: the server needs its dependencies: pip install 'predserve[server]'")
+    from server.config import parse_config
+
     arguments = sys.argv[1:]
     recovering = arguments[:1] == [RECOVER]
     # The flags are read before server.app imports scikit-learn, so a bad one is reported at once.

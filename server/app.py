@@ -202,6 +202,11 @@ def build_server(
             ("grpc.so_reuseport", 1 if share_port else 0),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
+            # Clients ping idle connections every 20 s (client/connection.py) so that load balancers keep
+            # them; gRPC's defaults (no pings without calls, at least 5 min apart) would answer the third
+            # ping with GOAWAY "too_many_pings" and drop the connection.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
     servicer = PredserveServicer(

@@ -61,7 +61,7 @@ def test_the_manifests_fit_together() -> None:
     assert artifacts["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert "--models-dir=/var/lib/predserve/models" in container["args"]
 
-    references = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    references = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
     assert {"PREDSERVE_DB", "PREDSERVE_ADMIN_TOKEN", "PREDSERVE_ARTIFACT_HMAC_KEY"} <= set(references)
     values = {name: secrets[ref["name"]][ref["key"]] for name, ref in references.items()}  # every one resolves
     assert values["PREDSERVE_DB"].startswith("postgresql://")

@@ -1,0 +1,446 @@
+"""The one definition of predserve's calls, which PredserveClient and AsyncPredserveClient share.
+
+Each RPC is declared once in RPCS (path, message types, deadline class, whether gRPC may retry it, its own
+error classes). Each client method is declared once, in PredserveCalls, as a function that turns its
+arguments into a Prepared call: the request message, how to read the answer, which errors to raise. The two
+clients differ only in how they send a Prepared call, with grpc or with grpc.aio (see `_invoke`); the
+descriptor `Method` gives the sync client methods that return the answer and the async client methods that
+return an awaitable of it, with the same signature, defaults and docstring.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from client.connection import KEEPALIVE_SECONDS, ChannelModule, ChannelSettings
+from client.errors import (
+    DatasetNotFound,
+    ErrorTable,
+    ModelNotFound,
+    ModelNotReady,
+    PredictionSetNotFound,
+    PredserveClientError,
+    error_for,
+)
+from protos import predserve_pb2 as pb
+
+TargetValue = str | int | float
+R = TypeVar("R")
+P = ParamSpec("P")
+
+SERVICE = "predserve.v1.Predserve"
+HEALTH = "grpc.health.v1.Health"
+
+# Default deadlines. A prediction-class call answers in milliseconds; 10 s leaves room for gRPC's retries
+# across a replica's restart (5 attempts, backoff up to 2 s) without letting a caller hang on a server that
+# stopped answering. Admin calls fit, load or stream whole files: 600 s matches the server's own default
+# --train-deadline-seconds, past which a Train records nothing anyway.
+PREDICTION_DEADLINE_SECONDS = 10.0
+ADMIN_DEADLINE_SECONDS = 600.0
+
+
+class DeadlineClass(enum.Enum):
+    PREDICTION = "prediction"  # Predict, the listings, health
+    ADMIN = "admin"  # Train, IngestHistory, ImportModel, Promote, GarbageCollect
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: each Rpc is one constant
+class Rpc:
+    """One method of the server as the clients call it."""
+
+    service: str
+    name: str
+    request_type: Any
+    response_type: Any
+    deadline: DeadlineClass
+    # gRPC may send it again on UNAVAILABLE or CANCELLED: it changes nothing on the server. Train and
+    # IngestHistory are not: a retry could train or append twice.
+    retried: bool = False
+    streams_requests: bool = False
+    # Error classes of this method by status code, before the general table (client/errors.py).
+    errors: ErrorTable = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return f"/{self.service}/{self.name}"
+
+    def multicallable(self, channel: Any) -> Any:
+        """The callable of this method on a grpc or grpc.aio channel (both have the same factory methods)."""
+        factory = channel.stream_unary if self.streams_requests else channel.unary_unary
+        return factory(
+            self.path,
+            request_serializer=self.request_type.SerializeToString,
+            response_deserializer=self.response_type.FromString,
+        )
+
+
+_NOT_FOUND = grpc.StatusCode.NOT_FOUND
+TRAIN = Rpc(
+    SERVICE, "Train", pb.TrainRequest, pb.TrainResponse, DeadlineClass.ADMIN, errors={_NOT_FOUND: DatasetNotFound}
+)
+PREDICT = Rpc(
+    SERVICE,
+    "Predict",
+    pb.PredictRequest,
+    pb.PredictResponse,
+    DeadlineClass.PREDICTION,
+    retried=True,
+    errors={_NOT_FOUND: ModelNotFound, grpc.StatusCode.FAILED_PRECONDITION: ModelNotReady},
+)
+LIST_MODELS = Rpc(
+    SERVICE, "ListModels", pb.ListModelsRequest, pb.ListModelsResponse, DeadlineClass.PREDICTION, retried=True
+)
+LIST_PREDICTION_SETS = Rpc(
+    SERVICE,
+    "ListPredictionSets",
+    pb.ListPredictionSetsRequest,
+    pb.ListPredictionSetsResponse,
+    DeadlineClass.PREDICTION,
+    retried=True,
+)
+INGEST_HISTORY = Rpc(
+    SERVICE,
+    "IngestHistory",
+    pb.IngestHistoryRequest,
+    pb.IngestHistoryResponse,
+    DeadlineClass.ADMIN,
+    streams_requests=True,
+)
+PROMOTE = Rpc(
+    SERVICE,
+    "Promote",
+    pb.PromoteRequest,
+    pb.PromoteResponse,
+    DeadlineClass.ADMIN,
+    errors={_NOT_FOUND: PredictionSetNotFound},
+)
+IMPORT_MODEL = Rpc(
+    SERVICE,
+    "ImportModel",
+    pb.ImportModelRequest,
+    pb.TrainResponse,
+    DeadlineClass.ADMIN,
+    streams_requests=True,
+    errors={_NOT_FOUND: DatasetNotFound},
+)
+GARBAGE_COLLECT = Rpc(
+    SERVICE, "GarbageCollect", pb.GarbageCollectRequest, pb.GarbageCollectResponse, DeadlineClass.ADMIN
+)
+HEALTH_CHECK = Rpc(
+    HEALTH, "Check", health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse, DeadlineClass.PREDICTION
+)
+RPCS = (
+    TRAIN,
+    PREDICT,
+    LIST_MODELS,
+    LIST_PREDICTION_SETS,
+    INGEST_HISTORY,
+    PROMOTE,
+    IMPORT_MODEL,
+    GARBAGE_COLLECT,
+    HEALTH_CHECK,
+)
+# The health service is retried as a whole by the service config.
+RETRIED_METHODS = tuple((rpc.service, rpc.name) for rpc in RPCS if rpc.retried)
+
+# Promotion policies by the names the CLI uses.
+PROMOTION_POLICIES = {
+    "always": pb.PROMOTE_ALWAYS,
+    "register-only": pb.REGISTER_ONLY,
+    "if-better": pb.PROMOTE_IF_BETTER,
+}
+
+
+def _unchanged(response: Any) -> Any:
+    return response
+
+
+@dataclass(frozen=True)
+class Prepared(Generic[R]):
+    """One call ready to send: the method, its request (a message, or an iterator of them for a client
+    stream), the deadline asked for this call (None: the client's default for the method's class), how the
+    answer becomes the method's return value, and the method's error classes for this request."""
+
+    rpc: Rpc
+    request: Any
+    timeout: float | None
+    convert: Callable[[Any], R] = _unchanged
+    errors: ErrorTable | None = None
+
+    def error(self, exc: grpc.RpcError) -> PredserveClientError:
+        code = exc.code()  # type: ignore[attr-defined]
+        details = exc.details() or ""  # type: ignore[attr-defined]
+        return error_for(code, details, self.rpc.errors if self.errors is None else self.errors)
+
+
+def target_value(target: pb.Target) -> TargetValue | None:
+    which = target.WhichOneof("value")
+    return None if which is None else getattr(target, which)
+
+
+def target_message(value: TargetValue) -> pb.Target:
+    if isinstance(value, str):
+        return pb.Target(label=value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return pb.Target(integer=value)
+    return pb.Target(number=float(value))
+
+
+def ingest(
+    dataset: str,
+    rows: Iterable[tuple[Sequence[float], TargetValue]],
+    feature_names: Sequence[str] = (),
+    batch_size: int = 500,
+    *,
+    timeout: float | None = None,
+) -> Prepared[pb.IngestHistoryResponse]:
+    """Appends rows (features, target) to a dataset, streamed in batches; all or nothing. Admin deadline."""
+
+    def messages() -> Iterator[pb.IngestHistoryRequest]:
+        batch: list[pb.Row] = []
+        first = True
+        for features, target in rows:
+            batch.append(pb.Row(features=features, target=target_message(target)))
+            if len(batch) >= batch_size:
+                yield pb.IngestHistoryRequest(dataset=dataset, feature_names=feature_names if first else (), rows=batch)
+                batch, first = [], False
+        if batch or first:
+            yield pb.IngestHistoryRequest(dataset=dataset, feature_names=feature_names if first else (), rows=batch)
+
+    return Prepared(INGEST_HISTORY, messages(), timeout)
+
+
+def train(
+    model_type: str,
+    dataset: str = "",
+    algorithm: str = "",
+    params: Mapping[str, Any] | None = None,
+    test_fraction: float = 0.0,
+    random_seed: int = 0,
+    promotion: str = "always",
+    *,
+    timeout: float | None = None,
+) -> Prepared[pb.TrainResponse]:
+    """Fits a recipe on a dataset and records the new set; `promotion` is always, register-only or
+    if-better. Admin deadline."""
+    request = pb.TrainRequest(
+        model_type=model_type,
+        algorithm=algorithm,
+        dataset=dataset,
+        params={k: str(v) for k, v in (params or {}).items()},
+        test_fraction=test_fraction,
+        random_seed=random_seed,
+        promotion=PROMOTION_POLICIES[promotion],
+    )
+    return Prepared(TRAIN, request, timeout)
+
+
+# A pinned Predict names a set: NOT_FOUND is about that set, not the model type.
+_PINNED_PREDICT_ERRORS = {**PREDICT.errors, _NOT_FOUND: PredictionSetNotFound}
+
+
+def predict(
+    model_type: str,
+    rows: Sequence[Sequence[float]],
+    prediction_set_id: int = 0,
+    include_probabilities: bool = False,
+    *,
+    timeout: float | None = None,
+) -> Prepared[pb.PredictResponse]:
+    """Predicts rows with the current set of the model type, or with a pinned set. Prediction deadline."""
+    request = pb.PredictRequest(
+        model_type=model_type,
+        rows=[pb.Row(features=row) for row in rows],
+        prediction_set_id=prediction_set_id,
+        include_probabilities=include_probabilities,
+    )
+    return Prepared(PREDICT, request, timeout, errors=_PINNED_PREDICT_ERRORS if prediction_set_id else None)
+
+
+def list_models(*, timeout: float | None = None) -> Prepared[pb.ListModelsResponse]:
+    """Every model type: its current set, whether it is loaded, and why not. Prediction deadline."""
+    return Prepared(LIST_MODELS, pb.ListModelsRequest(), timeout)
+
+
+def list_prediction_sets(model_type: str, *, timeout: float | None = None) -> Prepared[pb.ListPredictionSetsResponse]:
+    """Every prediction set (version) of a model type, newest first. Prediction deadline."""
+    return Prepared(LIST_PREDICTION_SETS, pb.ListPredictionSetsRequest(model_type=model_type), timeout)
+
+
+def promote(prediction_set_id: int, *, timeout: float | None = None) -> Prepared[pb.PromoteResponse]:
+    """Makes a verified set current. Admin deadline."""
+    return Prepared(PROMOTE, pb.PromoteRequest(prediction_set_id=prediction_set_id), timeout)
+
+
+_ROLLBACK_ERRORS = {**PROMOTE.errors, _NOT_FOUND: ModelNotFound}
+
+
+def rollback(model_type: str, *, timeout: float | None = None) -> Prepared[pb.PromoteResponse]:
+    """Makes the previously current set of the model type current again. Admin deadline."""
+    return Prepared(PROMOTE, pb.PromoteRequest(rollback_model_type=model_type), timeout, errors=_ROLLBACK_ERRORS)
+
+
+def import_model(
+    model_type: str,
+    artifact: bytes,
+    dataset: str = "",
+    promotion: str = "always",
+    chunk_size: int = 1 << 20,
+    *,
+    timeout: float | None = None,
+) -> Prepared[pb.TrainResponse]:
+    """Registers a joblib file trained elsewhere; streamed in chunks, so size is not bound by message limits.
+    Admin deadline."""
+    policy = PROMOTION_POLICIES[promotion]
+
+    def messages() -> Iterator[pb.ImportModelRequest]:
+        yield pb.ImportModelRequest(model_type=model_type, dataset=dataset, promotion=policy)
+        for offset in range(0, len(artifact), chunk_size):
+            yield pb.ImportModelRequest(chunk=artifact[offset : offset + chunk_size])
+
+    return Prepared(IMPORT_MODEL, messages(), timeout)
+
+
+def garbage_collect(
+    keep: int, dry_run: bool = False, model_type: str = "", *, timeout: float | None = None
+) -> Prepared[pb.GarbageCollectResponse]:
+    """Deletes the artifacts of old non-current sets beyond the newest `keep` per type. Admin deadline."""
+    request = pb.GarbageCollectRequest(keep=keep, dry_run=dry_run, model_type=model_type)
+    return Prepared(GARBAGE_COLLECT, request, timeout)
+
+
+def _status_name(response: health_pb2.HealthCheckResponse) -> str:
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def health(service: str = "", *, timeout: float | None = None) -> Prepared[str]:
+    """The server's health status name (SERVING, NOT_SERVING), overall or for one service, such as
+    `predserve.model.<type>`. Prediction deadline."""
+    return Prepared(HEALTH_CHECK, health_pb2.HealthCheckRequest(service=service), timeout, _status_name)
+
+
+class Invoker(abc.ABC):
+    """What both clients share: the one channel, its settings, the default deadlines."""
+
+    _channel_module: ChannelModule
+
+    def __init__(
+        self,
+        target: str | Sequence[str],
+        deadline_seconds: float = PREDICTION_DEADLINE_SECONDS,
+        max_attempts: int = 5,
+        admin_deadline_seconds: float = ADMIN_DEADLINE_SECONDS,
+        *,
+        train_deadline_seconds: float | None = None,
+        token: str | None = None,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+        tls: bool = False,
+        keepalive_seconds: float | None = KEEPALIVE_SECONDS,
+    ) -> None:
+        """`target`: one HOST:PORT, several IP:PORT (a list or comma-separated), or one `dns:///` name of
+        every replica; several are balanced round robin over the replicas whose health is SERVING.
+
+        `deadline_seconds` is the default deadline of prediction-class calls (Predict, the listings, health),
+        `admin_deadline_seconds` that of admin calls (Train, IngestHistory, ImportModel, Promote,
+        GarbageCollect; `train_deadline_seconds` is its former name); every method also takes `timeout=`.
+        `max_attempts` bounds gRPC's own retries of the idempotent calls (1: none). TLS is used when `tls`
+        is true or any of `ca`, `cert`, `key` is given; the token and the PEM files default to the
+        environment (PREDSERVE_TOKEN, PREDSERVE_TOKEN_FILE, PREDSERVE_CA, PREDSERVE_CERT, PREDSERVE_KEY).
+        `keepalive_seconds=None` turns keepalive pings off (see client/connection.py for the default).
+        """
+        self.settings = ChannelSettings.build(
+            target, RETRIED_METHODS, max_attempts, keepalive_seconds, token, ca, cert, key, tls
+        )
+        self.target = self.settings.target
+        self.deadlines = {
+            DeadlineClass.PREDICTION: deadline_seconds,
+            DeadlineClass.ADMIN: admin_deadline_seconds if train_deadline_seconds is None else train_deadline_seconds,
+        }
+        self._channel = self.settings.open(self._channel_module)
+        self._callables = {rpc: rpc.multicallable(self._channel) for rpc in RPCS}
+
+    @abc.abstractmethod
+    def _invoke(self, prepared: Prepared[Any]) -> Any:
+        """Sends a prepared call; returns its converted answer (or, async, a coroutine of it)."""
+
+    def _call_arguments(self, prepared: Prepared[Any]) -> tuple[Any, dict[str, Any]]:
+        """The multicallable of a prepared call and the keyword arguments it is called with."""
+        timeout = prepared.timeout if prepared.timeout is not None else self.deadlines[prepared.rpc.deadline]
+        return self._callables[prepared.rpc], {
+            "timeout": timeout,
+            "metadata": self.settings.metadata or None,
+            "wait_for_ready": False,
+        }
+
+
+class SyncInvoker(Invoker):
+    @abc.abstractmethod
+    def _invoke(self, prepared: Prepared[R]) -> R: ...
+
+
+class AsyncInvoker(Invoker):
+    @abc.abstractmethod
+    async def _invoke(self, prepared: Prepared[R]) -> R: ...
+
+
+class Method(Generic[P, R]):
+    """A client method defined once by the function that prepares its call; read from a sync client it
+    sends the call and returns the answer, from an async client it returns a coroutine of the answer."""
+
+    def __init__(self, prepare: Callable[P, Prepared[R]]) -> None:
+        self._prepare = prepare
+        self.__doc__ = prepare.__doc__
+        # What help() and inspect.signature show: the method's arguments; the answer depends on the client.
+        self.__signature__ = inspect.signature(prepare).replace(return_annotation=inspect.Signature.empty)
+
+    def __repr__(self) -> str:
+        return f"<predserve client method {self._prepare.__name__}{self.__signature__}>"
+
+    @overload
+    def __get__(self, client: None, owner: type) -> Method[P, R]: ...
+
+    @overload
+    def __get__(self, client: SyncInvoker, owner: type) -> Callable[P, R]: ...
+
+    @overload
+    def __get__(self, client: AsyncInvoker, owner: type) -> Callable[P, Awaitable[R]]: ...
+
+    def __get__(self, client: Invoker | None, owner: type) -> Any:
+        if client is None:
+            return self
+        prepare = self._prepare
+        invoke = client._invoke
+
+        @functools.wraps(prepare)
+        def method(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return invoke(prepare(*args, **kwargs))
+
+        method.__signature__ = self.__signature__  # type: ignore[attr-defined]
+        return method
+
+
+class PredserveCalls:
+    """The methods of both clients. Every one takes `timeout=` (seconds) to override the default deadline."""
+
+    ingest = Method(ingest)
+    train = Method(train)
+    predict = Method(predict)
+    list_models = Method(list_models)
+    list_prediction_sets = Method(list_prediction_sets)
+    promote = Method(promote)
+    rollback = Method(rollback)
+    import_model = Method(import_model)
+    garbage_collect = Method(garbage_collect)
+    health = Method(health)

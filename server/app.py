@@ -61,7 +61,6 @@ from server.storage.repositories import HistoryRepository, PredictionSetReposito
 logger = logging.getLogger(__name__)
 
 
-
 class StartupError(Exception):
     """The server must not start (for instance --strict with a model that cannot be served)."""
 
@@ -100,9 +99,7 @@ def build_services(
     """
     telemetry = telemetry or Telemetry()
     # The one place that picks the backend: a postgresql:// URL, or the SQLite file.
-    database = open_database(
-        config.database_url or config.db_path, config.busy_timeout_seconds, config.db_pool_size
-    )
+    database = open_database(config.database_url or config.db_path, config.busy_timeout_seconds, config.db_pool_size)
     database.prepare(check_integrity=config.integrity_check)
     applied = MigrationRunner(database).apply(migrations_for(database, config.migrations_dir))
     logger.info(
@@ -192,7 +189,7 @@ def build_server(
         # The observer outermost, so it counts every call whatever answers it; then auth, so that a caller
         # without the token is refused before its bytes are even decoded.
         interceptors=[
-            CallObserver(services.telemetry, (SERVICE_NAME, V2_SERVICE_NAME), config.access_log),
+            *_observer(config, services),
             AuthInterceptor(auth),
             DecodingInterceptor((SERVICE_NAME, V2_SERVICE_NAME)),
         ],
@@ -241,6 +238,13 @@ def build_server(
     publish_health(health_servicer, services.store)  # before start: grpc's servicer says SERVING until told
     server.start()
     return server, port, health_servicer
+
+
+def _observer(config: ServerConfig, services: Services) -> list[grpc.ServerInterceptor]:
+    """The call observer, where anything is recorded: without metrics or an access log it would only cost."""
+    if not (services.telemetry.records or config.access_log):
+        return []
+    return [CallObserver(services.telemetry, (SERVICE_NAME, V2_SERVICE_NAME), config.access_log)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,6 +84,8 @@ class PrometheusTelemetry(Telemetry):
     """`known` says whether a name is a model type of this server; any other name a caller sends is
     labelled "", so that no caller can make the server keep series for names of its choosing."""
 
+    records = True
+
     def __init__(self, known: Callable[[str], bool]) -> None:
         self.known = known
 

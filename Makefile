@@ -17,7 +17,7 @@ endif
 RUN_ARGS ?=
 RUN_TARGET = $(or $(PREDSERVE_HOST),127.0.0.1):$(or $(PREDSERVE_PORT),50051)
 
-.PHONY: run recover test test-quick lint soak restart-test demo proto report bench bench-compare bench-replicas clean
+.PHONY: run recover test test-quick lint soak restart-test demo proto report bench bench-compare bench-replicas bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,11 @@ $(BENCH_STAMP): $(STAMP)
 BENCH_ARGS ?=
 bench: $(PROTO_OUT) $(BENCH_STAMP)
 	$(PY) -m bench run $(BENCH_ARGS)
+
+# How each cost grows with history (1,000 model types, 10,000 sets, ...), as ratios against a small registry.
+BENCH_SCALE_ARGS ?=
+bench-scale: $(PROTO_OUT) $(BENCH_STAMP)
+	$(PY) -m bench.scale $(BENCH_SCALE_ARGS)
 
 # Installs MLServer into bench/.venv-mlserver on first use, then drives both servers in alternation.
 bench-compare: $(PROTO_OUT) $(BENCH_STAMP)

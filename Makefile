@@ -17,7 +17,7 @@ endif
 RUN_ARGS ?=
 RUN_TARGET = $(or $(PREDSERVE_HOST),127.0.0.1):$(or $(PREDSERVE_PORT),50051)
 
-.PHONY: run recover test test-quick lint soak restart-test demo proto report bench bench-compare bench-replicas bench-scale clean
+.PHONY: run recover test test-quick lint soak restart-test demo proto report bench bench-compare bench-replicas bench-scale dashboard clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +87,11 @@ bench-scale: $(PROTO_OUT) $(BENCH_STAMP)
 # Installs MLServer into bench/.venv-mlserver on first use, then drives both servers in alternation.
 bench-compare: $(PROTO_OUT) $(BENCH_STAMP)
 	$(PY) -m bench compare $(BENCH_ARGS)
+
+# A real server with --workers 2 under a minute of load, scraped every second: redraws
+# docs/observability-dashboard.png and refreshes docs/observability-scrape.txt and the README's scrape block.
+dashboard: $(PROTO_OUT) $(BENCH_STAMP)
+	$(PY) scripts/render_dashboard.py
 
 clean:
 	rm -rf $(VENV) bench/.venv-mlserver protos/*_pb2*.py protos/*_pb2*.pyi .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -11,10 +11,12 @@ return an awaitable of it, with the same signature, defaults and docstring.
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -22,7 +24,10 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 import grpc
 from grpc_health.v1 import health_pb2
 
+from client.batches import BATCH_ROWS, BatchSource, Prefetch, RowIterable
+from client.batches import target_message as target_message  # the clients' own since the first release
 from client.connection import KEEPALIVE_SECONDS, ChannelModule, ChannelSettings
+from client.csvfile import CsvFile
 from client.errors import (
     DatasetNotFound,
     ErrorTable,
@@ -188,36 +193,130 @@ def target_value(target: pb.Target) -> TargetValue | None:
     return None if which is None else getattr(target, which)
 
 
-def target_message(value: TargetValue) -> pb.Target:
-    if isinstance(value, str):
-        return pb.Target(label=value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return pb.Target(integer=value)
-    return pb.Target(number=float(value))
+@dataclass(frozen=True)
+class Conversation(Generic[R]):
+    """Several calls in turn, each chosen from the answers before it: a generator that yields Prepared calls,
+    is sent each answer, and returns the method's value. Both clients drive it the same way (`advance`);
+    the async client runs the steps of a conversation that reads files in a worker thread, off the loop."""
+
+    steps: Generator[Prepared[Any], Any, R]
+    reads_files: bool = False
+
+    def advance(self, answer: Any = None, first: bool = False) -> tuple[bool, Any]:
+        """(False, the next call) or (True, the method's value)."""
+        try:
+            return False, next(self.steps) if first else self.steps.send(answer)
+        except StopIteration as done:
+            return True, done.value
+
+
+@dataclass(frozen=True)
+class IngestProgress:
+    """What an ingest's `progress` callback gets after its first call and after every stored batch: the rows
+    of this ingest stored so far (by earlier runs too), the source's rows when known beforehand (a CSV file's
+    lines), and the server's answer."""
+
+    rows_stored: int
+    rows_total: int | None
+    answer: pb.IngestHistoryResponse
 
 
 def ingest(
     dataset: str,
-    rows: Iterable[tuple[Sequence[float], TargetValue]],
+    rows: Iterable[tuple[Sequence[float], TargetValue]] | BatchSource,
     feature_names: Sequence[str] = (),
-    batch_size: int = 500,
+    batch_size: int = BATCH_ROWS,
     *,
+    ingest_id: str | None = None,
+    progress: Callable[[IngestProgress], None] | None = None,
     timeout: float | None = None,
-) -> Prepared[pb.IngestHistoryResponse]:
-    """Appends rows (features, target) to a dataset, streamed in batches; all or nothing. Admin deadline."""
+) -> Conversation[pb.IngestHistoryResponse]:
+    """Appends rows (features, target) to a dataset as consecutive batches of `batch_size` rows (at most the
+    server's --max-rows-per-request), one call each, each stored all or nothing and acknowledged. An error
+    leaves the batches before it stored: call again with the same `ingest_id` and the same rows, and the
+    ingest resumes after its last stored batch, storing no row twice (without `ingest_id`, a new one is made
+    and nothing can be resumed). Returns the last answer, with `rows_added` summed. Admin deadline per batch."""
+    source = rows if isinstance(rows, BatchSource) else RowIterable(rows)
+    resume = ingest_id is not None
+    ingest_id = ingest_id or f"py-{uuid.uuid4().hex}"
+    return Conversation(
+        _ingest_steps(dataset, source, feature_names, batch_size, ingest_id, resume, progress, None, timeout)
+    )
 
-    def messages() -> Iterator[pb.IngestHistoryRequest]:
-        batch: list[pb.Row] = []
-        first = True
-        for features, target in rows:
-            batch.append(pb.Row(features=features, target=target_message(target)))
-            if len(batch) >= batch_size:
-                yield pb.IngestHistoryRequest(dataset=dataset, feature_names=feature_names if first else (), rows=batch)
-                batch, first = [], False
-        if batch or first:
-            yield pb.IngestHistoryRequest(dataset=dataset, feature_names=feature_names if first else (), rows=batch)
 
-    return Prepared(INGEST_HISTORY, messages(), timeout)
+def ingest_csv(
+    dataset: str,
+    path: Path | str,
+    target_column: str,
+    batch_size: int = BATCH_ROWS,
+    *,
+    ingest_id: str | None = None,
+    progress: Callable[[IngestProgress], None] | None = None,
+    timeout: float | None = None,
+) -> Conversation[pb.IngestHistoryResponse]:
+    """Appends the rows of a CSV file with a header row, as `ingest` does; the other columns are the features,
+    by their header names. Without `ingest_id`, the id follows from the dataset, the target column and the
+    file's bytes (CsvFile.ingest_id), so that calling again with the same file resumes an interrupted ingest and
+    stores nothing twice; pass another id to append the same rows again. CsvFormatError for a file that cannot
+    be read as rows. Admin deadline per batch."""
+
+    def steps() -> Generator[Prepared[Any], Any, pb.IngestHistoryResponse]:
+        csv_file = CsvFile(path, target_column)
+        own_id = ingest_id or csv_file.ingest_id(dataset)
+        names, total = csv_file.feature_names, csv_file.scan().rows
+        return (yield from _ingest_steps(dataset, csv_file, names, batch_size, own_id, True, progress, total, timeout))
+
+    return Conversation(steps(), reads_files=True)
+
+
+def _ingest_steps(
+    dataset: str,
+    source: BatchSource,
+    feature_names: Sequence[str],
+    batch_size: int,
+    ingest_id: str,
+    resume: bool,
+    progress: Callable[[IngestProgress], None] | None,
+    total: int | None,
+    timeout: float | None,
+) -> Generator[Prepared[Any], Any, pb.IngestHistoryResponse]:
+    """The calls of one ingest: where it stands (when it may have begun before), then each batch in turn."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size is {batch_size}: a batch holds at least one row")
+
+    def header(number: int, first_row: int) -> pb.IngestHistoryRequest:
+        return pb.IngestHistoryRequest(
+            dataset=dataset, feature_names=feature_names, ingest_id=ingest_id, batch_number=number, first_row=first_row
+        )
+
+    answer: pb.IngestHistoryResponse | None = None
+    number = first_row = added = 0
+    if resume:  # a stream without rows: where the ingest stands
+        answer = yield Prepared(INGEST_HISTORY, iter([header(0, 0)]), timeout)
+        number, first_row = answer.next_batch, answer.next_row
+        if progress is not None:
+            progress(IngestProgress(first_row, total, answer))
+    batches = source.batches(batch_size, first_row)
+    if getattr(source, "prefetch", False):
+        batches = Prefetch(batches)
+    try:
+        for batch in batches:
+            answer = yield Prepared(INGEST_HISTORY, iter(batch.messages(header(number, first_row))), timeout)
+            added += answer.rows_added
+            number, first_row = number + 1, first_row + batch.row_count
+            if progress is not None:
+                progress(IngestProgress(first_row, total, answer))
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    if answer is None:  # no rows at all: the server says so, as it always has
+        answer = yield Prepared(INGEST_HISTORY, iter([pb.IngestHistoryRequest(dataset=dataset)]), timeout)
+    summary = pb.IngestHistoryResponse()
+    summary.CopyFrom(answer)
+    summary.rows_added = added
+    summary.already_stored = added == 0 and first_row > 0
+    return summary
 
 
 def train(
@@ -375,6 +474,10 @@ class Invoker(abc.ABC):
     def _invoke(self, prepared: Prepared[Any]) -> Any:
         """Sends a prepared call; returns its converted answer (or, async, a coroutine of it)."""
 
+    @abc.abstractmethod
+    def _converse(self, conversation: Conversation[Any]) -> Any:
+        """Sends a conversation's calls in turn; returns its value (or, async, a coroutine of it)."""
+
     def _call_arguments(self, prepared: Prepared[Any]) -> tuple[Any, dict[str, Any]]:
         """The multicallable of a prepared call and the keyword arguments it is called with."""
         timeout = prepared.timeout if prepared.timeout is not None else self.deadlines[prepared.rpc.deadline]
@@ -389,17 +492,46 @@ class SyncInvoker(Invoker):
     @abc.abstractmethod
     def _invoke(self, prepared: Prepared[R]) -> R: ...
 
+    def _converse(self, conversation: Conversation[R]) -> R:
+        try:
+            done, step = conversation.advance(first=True)
+            while not done:
+                done, step = conversation.advance(self._invoke(step))
+            result: R = step
+            return result
+        finally:
+            conversation.steps.close()
+
 
 class AsyncInvoker(Invoker):
     @abc.abstractmethod
     async def _invoke(self, prepared: Prepared[R]) -> R: ...
+
+    async def _converse(self, conversation: Conversation[R]) -> R:
+        def run(step: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+            if conversation.reads_files:
+                return asyncio.to_thread(step, *args, **kwargs)
+            return _ready(step(*args, **kwargs))
+
+        try:
+            done, step = await run(conversation.advance, first=True)
+            while not done:
+                done, step = await run(conversation.advance, await self._invoke(step))
+            result: R = step
+            return result
+        finally:
+            await run(conversation.steps.close)
+
+
+async def _ready(value: Any) -> Any:
+    return value
 
 
 class Method(Generic[P, R]):
     """A client method defined once by the function that prepares its call; read from a sync client it
     sends the call and returns the answer, from an async client it returns a coroutine of the answer."""
 
-    def __init__(self, prepare: Callable[P, Prepared[R]]) -> None:
+    def __init__(self, prepare: Callable[P, Prepared[R] | Conversation[R]]) -> None:
         self._prepare = prepare
         self.__doc__ = prepare.__doc__
         # What help() and inspect.signature show: the method's arguments; the answer depends on the client.
@@ -421,11 +553,12 @@ class Method(Generic[P, R]):
         if client is None:
             return self
         prepare = self._prepare
-        invoke = client._invoke
+        invoke, converse = client._invoke, client._converse
 
         @functools.wraps(prepare)
         def method(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return invoke(prepare(*args, **kwargs))
+            call = prepare(*args, **kwargs)
+            return converse(call) if isinstance(call, Conversation) else invoke(call)
 
         method.__signature__ = self.__signature__  # type: ignore[attr-defined]
         return method
@@ -435,6 +568,7 @@ class PredserveCalls:
     """The methods of both clients. Every one takes `timeout=` (seconds) to override the default deadline."""
 
     ingest = Method(ingest)
+    ingest_csv = Method(ingest_csv)
     train = Method(train)
     predict = Method(predict)
     list_models = Method(list_models)

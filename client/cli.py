@@ -9,15 +9,16 @@ It needs only the client's dependencies: `--csv` shows a progress bar when tqdm 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from client.calls import ADMIN_DEADLINE_SECONDS, PREDICTION_DEADLINE_SECONDS
+from client.batches import BATCH_ROWS
+from client.calls import ADMIN_DEADLINE_SECONDS, PREDICTION_DEADLINE_SECONDS, IngestProgress
+from client.csvfile import CsvFormatError
 from client.library import (
     PredserveClient,
     PredserveClientError,
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PredserveClientError as exc:
         print(f"predserve: {exc.code.name}: {exc.details}", file=sys.stderr)
         return 1
-    except (UsageError, OSError) as exc:
+    except (UsageError, OSError, CsvFormatError) as exc:
         print(f"predserve: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(document, indent=2) if args.json else table)
@@ -102,6 +103,18 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--csv", type=Path, help="CSV file with a header row")
     source.add_argument("--builtin", choices=BUILTIN_DATASETS, help="a dataset shipped with scikit-learn")
     ingest.add_argument("--target-column", help="the CSV column holding the target")
+    ingest.add_argument(
+        "--ingest-id",
+        help="the ingest's id, under which the server records each stored batch; running the command again "
+        "with the same id resumes after the last stored batch (default, --csv: derived from the dataset, the "
+        "target column and the file's SHA-256, so re-running the same command resumes; --builtin: a new one)",
+    )
+    ingest.add_argument(
+        "--batch-rows",
+        type=int,
+        default=BATCH_ROWS,
+        help=f"rows per batch, one call each, at most the server's --max-rows-per-request (default {BATCH_ROWS})",
+    )
     ingest.set_defaults(handler=_ingest)
 
     train = commands.add_parser("train", help="train a model type and make it current")
@@ -152,38 +165,70 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _ingest(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    if args.batch_rows < 1:
+        raise UsageError(f"--batch-rows {args.batch_rows}: a batch holds at least one row")
     if args.builtin:
         names, rows = _builtin_rows(args.builtin)
-        response = client.ingest(args.dataset, rows, names)
+        response = client.ingest(args.dataset, rows, names, args.batch_rows, ingest_id=args.ingest_id)
     else:
         if not args.target_column:
             raise UsageError("--target-column is required with --csv")
-        names, reader = _csv_rows(args.csv, args.target_column)
-        source = _RememberingIterator(reader)
-        try:
-            response = client.ingest(args.dataset, source, names)
-        except PredserveClientError:
-            # gRPC reports a failing request stream as CANCELLED; the reader's own error says why.
-            if source.error is not None:
-                raise source.error from None
-            raise
-    document = {"dataset": response.dataset, "rows_added": response.rows_added, "total_rows": response.total_rows}
-    return document, f"ingested {response.rows_added} rows into {response.dataset} ({response.total_rows} in all)"
+        with _ProgressBar(f"ingest {args.csv.name}", sys.stderr) as bar:
+            response = client.ingest_csv(
+                args.dataset,
+                args.csv,
+                args.target_column,
+                args.batch_rows,
+                ingest_id=args.ingest_id,
+                progress=bar.show,
+            )
+    earlier = response.next_row - response.rows_added
+    document = {
+        "dataset": response.dataset,
+        "rows_added": response.rows_added,
+        "total_rows": response.total_rows,
+        "ingest_id": response.ingest_id,
+        "next_batch": response.next_batch,
+        "next_row": response.next_row,
+        "already_stored": response.already_stored,
+    }
+    text = f"ingested {response.rows_added} rows into {response.dataset} ({response.total_rows} in all)"
+    if earlier:
+        text += f"; {earlier} rows of ingest {response.ingest_id} were stored before, by an earlier run"
+    return document, text
 
 
-class _RememberingIterator:
-    """Passes items through and keeps the exception that ended the iteration, if any."""
+class _ProgressBar:
+    """tqdm's bar of the rows stored and their rate, when tqdm is installed; else the ingest runs silently."""
 
-    def __init__(self, items: Iterator[Row]) -> None:
-        self._items = items
-        self.error: Exception | None = None
+    def __init__(self, description: str, stream: IO[str]) -> None:
+        self.description = description
+        self.stream = stream
+        self.bar: Any = None
 
-    def __iter__(self) -> Iterator[Row]:
-        try:
-            yield from self._items
-        except Exception as exc:
-            self.error = exc
-            raise
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def show(self, progress: IngestProgress) -> None:
+        if self.bar is None:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            # Rows stored by an earlier run count as done from the start; the rate counts this run's only.
+            self.bar = tqdm(
+                total=progress.rows_total,
+                initial=progress.rows_stored,
+                unit=" rows",
+                unit_scale=True,
+                desc=self.description,
+                file=self.stream,
+            )
+        self.bar.update(progress.rows_stored - self.bar.n)
 
 
 def _train(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -444,65 +489,6 @@ def _builtin_rows(name: str) -> tuple[list[str], list[Row]]:
 def _native(value: Any) -> TargetValue:
     number = float(value)
     return int(number) if number.is_integer() else number
-
-
-def _csv_rows(path: Path, target_column: str) -> tuple[list[str], Iterator[Row]]:
-    with open(path, newline="") as handle:
-        header = next(csv.reader(handle), None)
-    if header is None:
-        raise UsageError(f"{path} is empty")
-    if target_column not in header:
-        raise UsageError(f"{path} has no column {target_column!r}; columns: {', '.join(header)}")
-    target_index = header.index(target_column)
-    names = [name for i, name in enumerate(header) if i != target_index]
-    return names, _read_csv(path, target_index)
-
-
-class _NoProgress:
-    """Stands in for tqdm's bar when tqdm is not installed: the ingest runs the same, silently."""
-
-    def __enter__(self) -> _NoProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def update(self, n: int) -> None:
-        pass
-
-
-def _progress_bar(total: int, description: str, stream: IO[str]) -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoProgress()
-    return tqdm(total=total, unit="B", unit_scale=True, desc=description, file=stream)
-
-
-def _read_csv(path: Path, target_index: int) -> Iterator[Row]:
-    with (
-        open(path, newline="") as handle,
-        _progress_bar(path.stat().st_size, f"ingest {path.name}", sys.stderr) as progress,
-    ):
-        reader = csv.reader(handle)
-        next(reader)
-        for line_number, record in enumerate(reader, start=2):
-            progress.update(sum(len(cell) + 1 for cell in record))
-            if not record:
-                continue
-            try:
-                features = [float(cell) for i, cell in enumerate(record) if i != target_index]
-            except ValueError:
-                raise UsageError(f"{path}:{line_number}: a feature is not a number") from None
-            yield features, _csv_target(record[target_index])
-
-
-def _csv_target(text: str) -> TargetValue:
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return int(number) if number.is_integer() and "." not in text else number
 
 
 if __name__ == "__main__":

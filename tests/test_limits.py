@@ -58,7 +58,11 @@ def test_too_many_rows_in_one_request_are_refused(limited: ServerProcess) -> Non
                 )
         assert client.ingest("small", rows(1)).total_rows == MAX_ROWS + 1  # the refused stream stored nothing
     assert ingest.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert ingest.value.details == f"the IngestHistory stream so far has {MAX_ROWS + 5} rows, {limit_text}"
+    assert ingest.value.details == (  # one IngestHistory stream is one batch; the message says how to proceed
+        f"this IngestHistory batch has {MAX_ROWS + 5} rows so far, more than the limit of {MAX_ROWS} rows per batch "
+        f"(--max-rows-per-request): send at most {MAX_ROWS} rows per IngestHistory stream, as consecutive batches; "
+        "the predserve CLI and client library batch for you"
+    )
     assert predict.value.details == f"the request has {MAX_ROWS + 1} rows, {limit_text}"
     assert train.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert train.value.details() == f"the request has {MAX_ROWS + 1} rows, {limit_text}"

@@ -90,16 +90,22 @@ def test_migration_files_are_numbered_contiguously_from_one() -> None:
 
 def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
     db = tmp_path / "blank.db"
-    assert migrate(db) == [1, 2, 3, 4, 5]
+    assert migrate(db) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert [name for name, _ in schema(db)] == [
         "data_history",
+        "data_segments",
         "datasets",
         "idx_data_history_dataset",
-        "idx_prediction_sets_type",
+        "idx_prediction_sets_artifact",
+        "idx_prediction_sets_newest",
+        "idx_prediction_sets_unarchived",
+        "idx_promotions_set",
         "idx_promotions_type",
+        "ingest_batches",
         "prediction_sets",
         "promotions",
         "schema_migrations",
+        "ux_data_segments_rows",
         "ux_prediction_sets_one_current",
     ]
     assert columns(db, "prediction_sets") == PREDICTION_SETS_COLUMNS
@@ -111,6 +117,9 @@ def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
         (3, "add_lifecycle"),
         (4, "add_artifact_signature"),
         (5, "add_runtime"),
+        (6, "index_prediction_sets"),
+        (7, "add_data_segments"),
+        (8, "add_ingest_batches"),
     ]
 
 
@@ -131,7 +140,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(tmp_path: Path) -> 
             "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets"
         ).fetchall()
 
-    assert migrate(db) == [1, 2, 3, 4, 5]
+    assert migrate(db) == [1, 2, 3, 4, 5, 6, 7, 8]
 
     with sqlite3.connect(db) as conn:
         promotions = conn.execute("SELECT model_type, prediction_set_id, reason FROM promotions").fetchall()

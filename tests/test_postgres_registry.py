@@ -97,21 +97,29 @@ def test_the_backend_is_chosen_by_the_database_url() -> None:
 
 
 def test_blank_database_gets_the_exact_schema(database: PostgresDatabase, postgres_url: str) -> None:
-    assert migrate(database) == [1, 2, 3, 4, 5]
+    assert migrate(database) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert schema(postgres_url) == [
         ("data_history", "r"),
         ("data_history_pkey", "i"),
+        ("data_segments", "r"),
+        ("data_segments_pkey", "i"),
         ("datasets", "r"),
         ("datasets_pkey", "i"),
         ("idx_data_history_dataset", "i"),
-        ("idx_prediction_sets_type", "i"),
+        ("idx_prediction_sets_artifact", "i"),
+        ("idx_prediction_sets_newest", "i"),
+        ("idx_prediction_sets_unarchived", "i"),
+        ("idx_promotions_set", "i"),
         ("idx_promotions_type", "i"),
+        ("ingest_batches", "r"),
+        ("ingest_batches_pkey", "i"),
         ("prediction_sets", "r"),
         ("prediction_sets_pkey", "i"),
         ("promotions", "r"),
         ("promotions_pkey", "i"),
         ("schema_migrations", "r"),
         ("schema_migrations_pkey", "i"),
+        ("ux_data_segments_rows", "i"),
         ("ux_prediction_sets_one_current", "i"),
     ]
     # The same columns in the same order as SQLite's (tests/test_migrations.py).
@@ -122,6 +130,9 @@ def test_blank_database_gets_the_exact_schema(database: PostgresDatabase, postgr
         (3, "add_lifecycle"),
         (4, "add_artifact_signature"),
         (5, "add_runtime"),
+        (6, "index_prediction_sets"),
+        (7, "add_data_segments"),
+        (8, "add_ingest_batches"),
     ]
     before = schema(postgres_url)
     assert migrate(database) == []
@@ -153,7 +164,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(database: PostgresD
     sets_sql = "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets ORDER BY id"
     sets_before = query(postgres_url, sets_sql)
 
-    assert migrate(database) == [1, 2, 3, 4, 5]
+    assert migrate(database) == [1, 2, 3, 4, 5, 6, 7, 8]
 
     assert query(postgres_url, "SELECT * FROM data_history ORDER BY id") == history_before
     assert query(postgres_url, sets_sql) == sets_before
@@ -194,7 +205,7 @@ def test_kill_mid_migration_of_a_phase4_registry(
     server.env = {}
     server.start()
     versions = query(postgres_url, "SELECT version FROM schema_migrations ORDER BY version")
-    assert versions == [(1,), (2,), (3,), (4,), (5,)]
+    assert versions == [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,)]
     assert "model_artifact_path" in columns(postgres_url, "prediction_sets")
     assert len(query(postgres_url, sets_sql)) == len(sets_before)
     server.stop()
@@ -237,9 +248,9 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
         thread.join(timeout=60)
     assert errors == []
     # Each migration applied exactly once, in order, whichever replica got to it first.
-    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4, 5]
+    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert all(versions == sorted(versions) for versions in applied)
-    assert [MigrationRunner(d).applied_versions() for d in databases] == [{1, 2, 3, 4, 5}] * 4
+    assert [MigrationRunner(d).applied_versions() for d in databases] == [{1, 2, 3, 4, 5, 6, 7, 8}] * 4
     for database in databases:
         database.close()
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
 
 from protos import predserve_pb2 as pb
 from server.domain import HistoryRow, PredictionSetRecord, RuntimeRecord, TargetValue
 from server.errors import InvalidArgument, ResourceExhausted
+from server.services.history import ColumnRows, IngestOutcome, Upload, check_batch_rows
 from server.services.importing import ImportCommand
 from server.services.lifecycle import Collection, Promotion
 from server.services.prediction import PredictionResult
 from server.services.registration import PromotionPolicy, Registration
-from server.services.registry import SKLEARN, ModelStatusView
+from server.services.registry import SKLEARN, ModelStatusView, SetFilter, SetPage
 from server.services.training import TrainCommand
 
 
@@ -35,6 +39,106 @@ def history_rows(rows: Iterable[pb.Row], first_index: int = 0) -> list[HistoryRo
     return [
         HistoryRow(tuple(row.features), target_from_proto(row.target, first_index + i)) for i, row in enumerate(rows)
     ]
+
+
+def ingest_upload(messages: Iterable[pb.IngestHistoryRequest], max_rows: int | None) -> Upload:
+    """Gathers the whole stream (one batch) first, so that a bad row anywhere stores nothing; stops at the
+    row limit. Columns are decoded as whole arrays: the float64 bytes of every message, joined once."""
+    dataset, first = "", None
+    feature_names: list[str] = []
+    rows: list[HistoryRow] = []
+    columns = _Columns()
+    for message in messages:
+        if message.dataset and dataset and message.dataset != dataset:
+            raise InvalidArgument(f"one stream holds one dataset: got {message.dataset!r} after {dataset!r}")
+        first = first or message
+        dataset = dataset or message.dataset
+        feature_names = feature_names or list(message.feature_names)
+        rows.extend(history_rows(message.rows, len(rows)))
+        if message.HasField("columns"):
+            columns.add(message.columns)
+        if rows and columns.count:
+            raise InvalidArgument("a stream sends its rows as Row messages or as columns, not both")
+        check_batch_rows(len(rows) + columns.count, max_rows)
+    return Upload(
+        dataset=dataset,
+        feature_names=feature_names,
+        rows=rows,
+        columns=columns.rows() if columns.count else None,
+        ingest_id=first.ingest_id if first else "",
+        batch_number=first.batch_number if first else 0,
+        first_row=first.first_row if first else 0,
+    )
+
+
+class _Columns:
+    """The columns of a stream's messages, in order: feature bytes kept as sent, targets as Python values."""
+
+    def __init__(self) -> None:
+        self.width = 0
+        self.count = 0
+        self.features: list[bytes] = []
+        self.targets: list[TargetValue] = []
+
+    def add(self, batch: pb.ColumnBatch) -> None:
+        width = batch.feature_count
+        if width <= 0:
+            raise InvalidArgument(f"row {self.count} has no features")
+        if self.width and width != self.width:
+            raise InvalidArgument(f"row {self.count} has {width} features, expected {self.width}")
+        count, extra = divmod(len(batch.features), 8 * width)
+        if extra:
+            raise InvalidArgument(f"columns of {width} features hold {len(batch.features)} bytes: not whole rows")
+        self.targets.extend(_column_targets(batch, count, self.count))
+        self.features.append(batch.features)
+        self.width, self.count = width, self.count + count
+
+    def rows(self) -> ColumnRows:
+        data = self.features[0] if len(self.features) == 1 else b"".join(self.features)
+        matrix = np.frombuffer(data, dtype="<f8").reshape(self.count, self.width)
+        return ColumnRows(matrix.astype(np.float64, copy=False), self.targets)
+
+
+def _column_targets(batch: pb.ColumnBatch, count: int, first_index: int) -> list[TargetValue]:
+    which = batch.WhichOneof("targets")
+    if which is None:
+        if count:
+            raise InvalidArgument(f"row {first_index} has no target")
+        return []
+    if which == "label_targets":
+        values: list[TargetValue] = list(batch.label_targets.values)
+    else:
+        data = getattr(batch, which)
+        kind = "<i8" if which == "integer_targets" else "<f8"
+        if len(data) != 8 * count:
+            raise InvalidArgument(f"{which} holds {len(data) // 8} values for {count} rows")
+        values = np.frombuffer(data, dtype=kind).tolist()
+    if len(values) != count:
+        raise InvalidArgument(f"{which} holds {len(values)} values for {count} rows")
+    if batch.integer_rows:
+        if which != "number_targets" or len(batch.integer_rows) != count:
+            raise InvalidArgument("integer_rows marks number_targets, one byte per row")
+        for index in np.flatnonzero(np.frombuffer(batch.integer_rows, dtype=np.uint8)).tolist():
+            number = float(values[index])
+            if not number.is_integer():
+                raise InvalidArgument(f"row {first_index + index} is marked an integer but holds {number!r}")
+            values[index] = int(number)
+    return values
+
+
+def ingest_response(outcome: IngestOutcome) -> pb.IngestHistoryResponse:
+    response = pb.IngestHistoryResponse(
+        dataset=outcome.dataset,
+        rows_added=outcome.rows_added,
+        total_rows=outcome.total_rows,
+        ingest_id=outcome.ingest_id,
+        batch_number=outcome.batch_number,
+        already_stored=outcome.already_stored,
+    )
+    if outcome.progress is not None:
+        response.next_batch = outcome.progress.next_batch
+        response.next_row = outcome.progress.next_row
+    return response
 
 
 def feature_rows(rows: Sequence[pb.Row]) -> list[Sequence[float]]:
@@ -183,6 +287,22 @@ def recorded_runtime(record: PredictionSetRecord) -> str:
     """What answers a set wherever its compiled form loads: that form's runtime, or the pipeline."""
     runtime = record.runtime
     return runtime.name if runtime is not None and runtime.file is not None else SKLEARN
+
+
+def set_filter(request: pb.ListPredictionSetsRequest) -> SetFilter:
+    created_after = None
+    if request.HasField("created_after"):
+        try:
+            created_after = request.created_after.ToDatetime(tzinfo=dt.UTC)
+        except (ValueError, OverflowError) as exc:
+            raise InvalidArgument(f"created_after is not a valid time: {exc}") from exc
+    return SetFilter(request.current_only, request.exclude_archived, created_after)
+
+
+def list_prediction_sets_response(page: SetPage) -> pb.ListPredictionSetsResponse:
+    return pb.ListPredictionSetsResponse(
+        prediction_sets=[prediction_set(record) for record in page.sets], next_page_token=page.next_page_token
+    )
 
 
 def prediction_set(record: PredictionSetRecord) -> pb.PredictionSet:

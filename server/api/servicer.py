@@ -11,14 +11,12 @@ from protos import predserve_pb2_grpc as pb_grpc
 from server.api import converters
 from server.api.status import maps_errors
 from server.api.streams import IdleStreamReaper
-from server.errors import InvalidArgument
 from server.services.history import HistoryService
 from server.services.importing import ModelImportService
 from server.services.lifecycle import ModelLifecycleService
 from server.services.prediction import PredictionService
 from server.services.registry import ModelRegistryService
 from server.services.training import ModelTrainingService
-from server.services.validation import check_row_limit
 
 
 class PredserveServicer(pb_grpc.PredserveServicer):
@@ -64,17 +62,17 @@ class PredserveServicer(pb_grpc.PredserveServicer):
     def ListPredictionSets(
         self, request: pb.ListPredictionSetsRequest, context: grpc.ServicerContext
     ) -> pb.ListPredictionSetsResponse:
-        records = self.registry.list_prediction_sets(request.model_type)
-        return pb.ListPredictionSetsResponse(prediction_sets=[converters.prediction_set(r) for r in records])
+        page = self.registry.list_prediction_sets(
+            request.model_type, request.page_size, request.page_token, converters.set_filter(request)
+        )
+        return converters.list_prediction_sets_response(page)
 
     @maps_errors
     def IngestHistory(
         self, request_iterator: Iterator[pb.IngestHistoryRequest], context: grpc.ServicerContext
     ) -> pb.IngestHistoryResponse:
-        messages = self.streams.watch(request_iterator, context)
-        dataset, feature_names, rows = _collect_ingest_stream(messages, self.history.max_rows)
-        total = self.history.ingest(dataset, feature_names, rows)
-        return pb.IngestHistoryResponse(dataset=dataset, rows_added=len(rows), total_rows=total)
+        upload = converters.ingest_upload(self.streams.watch(request_iterator, context), self.history.max_rows)
+        return converters.ingest_response(self.history.ingest_upload(upload))
 
     @maps_errors
     def Promote(self, request: pb.PromoteRequest, context: grpc.ServicerContext) -> pb.PromoteResponse:
@@ -98,19 +96,3 @@ class PredserveServicer(pb_grpc.PredserveServicer):
         collection = self.lifecycle.collect_garbage(request.keep, request.dry_run, request.model_type)
         return converters.garbage_collect_response(collection)
 
-
-def _collect_ingest_stream(
-    messages: Iterator[pb.IngestHistoryRequest], max_rows: int | None
-) -> tuple[str, list[str], list]:
-    """Gathers the whole stream first, so that a bad row anywhere stores nothing; stops at the row limit."""
-    dataset = ""
-    feature_names: list[str] = []
-    rows: list = []
-    for message in messages:
-        if message.dataset and dataset and message.dataset != dataset:
-            raise InvalidArgument(f"one stream holds one dataset: got {message.dataset!r} after {dataset!r}")
-        dataset = dataset or message.dataset
-        feature_names = feature_names or list(message.feature_names)
-        rows.extend(converters.history_rows(message.rows, len(rows)))
-        check_row_limit("the IngestHistory stream so far", len(rows), max_rows)
-    return dataset, feature_names, rows

@@ -53,8 +53,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
     ) -> pb.ModelMetadataResponse:
         description = self.prediction.describe(request.name, v2_converters.prediction_set_id(request.version))
-        sets = self.registry.list_prediction_sets(description.model_type)
-        return v2_converters.model_metadata(description, [s.id for s in sets if s.artifact is not None])
+        versions = self.registry.recent_versions(description.model_type)
+        return v2_converters.model_metadata(description, versions)
 
     @maps_errors
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:

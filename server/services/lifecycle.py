@@ -62,7 +62,7 @@ class ModelLifecycleService:
         previous_current = self._current_id(model_type)
         target = self.sets.previous_current(model_type)
         if target is None:
-            if not self.sets.for_model_type(model_type):
+            if not self.sets.has_model_type(model_type):
                 raise NotFound(f"unknown model type {model_type!r}")
             raise FailedPrecondition(f"model type {model_type!r} has no earlier current set to roll back to")
         record = self._servable_record(target)
@@ -98,11 +98,10 @@ class ModelLifecycleService:
 
     def _beyond_retention(self, model_type: str, keep: int) -> list[PredictionSetRecord]:
         """Non-current sets past the newest `keep`, never the fallback candidate. Pinned sets may go:
-        the pin cache holds them in memory only."""
-        every_set = self.sets.for_model_type(model_type)
-        current_id = next((r.id for r in every_set if r.is_current), None)
-        candidates = [r for r in every_set if not r.is_current and r.artifact and not r.archived_at]
-        fallback = self._fallback_candidate(candidates, current_id)
+        the pin cache holds them in memory only. Reads the sets that still have an artifact, not the history."""
+        current = self.sets.current(model_type)
+        candidates = self.sets.retained(model_type)
+        fallback = self._fallback_candidate(candidates, None if current is None else current.id)
         return [r for r in candidates[keep:] if r.id != fallback]
 
     def _fallback_candidate(self, newest_first: list[PredictionSetRecord], current_id: int | None) -> int | None:

@@ -34,7 +34,15 @@ from server.services.catalog import (
 )
 from server.services.compilation import ProofEvidence
 from server.services.registration import FittedPipeline, PromotionPolicy, Registration, SetRegistrar
-from server.services.validation import check_feature_names, check_name, check_row_limit, check_targets, feature_matrix
+from server.services.validation import (
+    check_feature_names,
+    check_finite,
+    check_name,
+    check_row_limit,
+    check_targets,
+    feature_matrix,
+)
+from server.storage.history import DatasetColumns
 from server.storage.repositories import HistoryRepository
 
 logger = logging.getLogger(__name__)
@@ -207,6 +215,10 @@ class ModelTrainingService:
             check_targets(targets)
             return _TrainingData("(inline)", features, np.asarray(targets), _names(command.feature_names, features))
         dataset_name = check_name("dataset", command.dataset)
+        columns = self.history.load_columns(dataset_name)
+        if columns is not None:
+            return _from_columns(columns, command.feature_names)
+        # No binary copy of every row (rows written before there was one): each row's JSON, as in Phase 4.
         dataset = self.history.load(dataset_name)
         if dataset is None:
             raise NotFound(f"dataset {dataset_name!r} has no rows in data_history; ingest it first")
@@ -216,6 +228,17 @@ class ModelTrainingService:
             raise FailedPrecondition(f"dataset {dataset_name!r} is not usable: {exc}") from exc
         names = _names(command.feature_names or dataset.feature_names, features)
         return _TrainingData(dataset_name, features, _target_array(dataset.targets), names)
+
+
+def _from_columns(columns: DatasetColumns, feature_names: Sequence[str]) -> _TrainingData:
+    """The same data, checks and errors as the JSON rows give, from the matrix the binary copy fills."""
+    try:
+        check_finite(columns.features)
+    except InvalidArgument as exc:
+        raise FailedPrecondition(f"dataset {columns.name!r} is not usable: {exc}") from exc
+    targets = columns.targets if isinstance(columns.targets, np.ndarray) else _target_array(columns.targets)
+    names = _names(feature_names or columns.feature_names, columns.features)
+    return _TrainingData(columns.name, columns.features, targets, names)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ statements are written once, with qmark placeholders, in SQL that both accept.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -57,11 +58,21 @@ class RegistryDatabase(Protocol):
 
     def reading(self) -> AbstractContextManager[Connection]: ...
 
+    def snapshot(self) -> AbstractContextManager[Connection]:
+        """Several reads that see one committed state."""
+        ...
+
     def writing(self) -> AbstractContextManager[Connection]: ...
 
     def migrating(self) -> AbstractContextManager[Connection]: ...
 
     def lock_model_type(self, conn: Connection, model_type: str) -> None: ...
+
+    def lock_dataset(self, conn: Connection, dataset: str) -> None: ...
+
+    def timestamp_parameter(self, moment: dt.datetime) -> Any:
+        """A time as a statement compares it with a timestamp column of this database."""
+        ...
 
     def announce_change(self, conn: Connection, model_type: str) -> None: ...
 

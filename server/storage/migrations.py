@@ -3,6 +3,8 @@
 db/migrations/NNNN_what_it_does.sql holds SQLite's, db/migrations/postgresql/ PostgreSQL's, with the
 same numbers and names. The database only lends a transaction (`migrating()`); which statements run,
 in which order, and how an applied migration is recorded are decided here, once for both dialects.
+A migration whose work SQL cannot express also has a data step (DATA_STEPS), run after its statements
+in the same transaction.
 """
 
 from __future__ import annotations
@@ -10,17 +12,23 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from server import failpoints
 from server.errors import PredserveError, StorageError
 from server.storage.databases import Connection, RegistryDatabase
+from server.storage.history import copy_history
 
 logger = logging.getLogger(__name__)
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+# By migration name, for both dialects: what runs after its statements, on the same connection and transaction.
+DATA_STEPS: dict[str, Callable[[Connection], None]] = {
+    "add_data_segments": copy_history,  # float64 bytes from the JSON rows already there
+}
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,7 @@ class Migration:
     version: int
     name: str
     sql: str
+    data_step: Callable[[Connection], None] | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
@@ -41,7 +50,8 @@ def discover_migrations(directory: Path) -> list[Migration]:
         match = MIGRATION_FILE.match(path.name)
         if not match:
             raise StorageError(f"migration file name {path.name!r} is not NNNN_what_it_does.sql")
-        migrations.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+        name = match.group(2)
+        migrations.append(Migration(int(match.group(1)), name, path.read_text(), DATA_STEPS.get(name)))
     return migrations
 
 
@@ -76,6 +86,8 @@ class MigrationRunner:
                         # Between two statements, inside the transaction: a crash here must leave no trace.
                         failpoints.reach(failpoints.MID_MIGRATION)
                     conn.execute(statement)
+                if migration.data_step is not None:
+                    migration.data_step(conn)
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (migration.version, migration.name)
                 )

@@ -10,6 +10,7 @@ is announced with NOTIFY so that the other replicas reload at once.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
@@ -35,6 +36,7 @@ CHANGES_CHANNEL = "predserve_prediction_sets"
 # Advisory lock keys (two int4 keys: a namespace, then a value), chosen not to meet other applications' keys.
 _MODEL_TYPE_LOCK = int.from_bytes(b"pred", "big")
 _MIGRATION_LOCK = int.from_bytes(b"migr", "big")
+_DATASET_LOCK = int.from_bytes(b"data", "big")
 # Pooled connections one serving process may hold (--db-pool-size); it holds one more to LISTEN.
 DEFAULT_POOL_SIZE = 4
 # How long a new connection may take (libpq's least is 2 s): a stopped server refuses at once, so only a
@@ -223,6 +225,16 @@ class PostgresDatabase:
             raise _translate_postgres(exc, self.url, self.name) from exc
 
     @contextmanager
+    def snapshot(self) -> Iterator[PostgresConnection]:
+        """Reads that all see the same committed state: one REPEATABLE READ, READ ONLY transaction."""
+        try:
+            with self._connection() as conn, conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                yield PostgresConnection(conn)
+        except psycopg.OperationalError as exc:
+            raise _translate_postgres(exc, self.url, self.name) from exc
+
+    @contextmanager
     def writing(self) -> Iterator[PostgresConnection]:
         """One transaction; PostgreSQL locks rows as they are written, and lock_model_type serialises promotions."""
         try:
@@ -250,6 +262,16 @@ class PostgresDatabase:
         commit would break the unique index instead of demoting the first one's set.
         """
         conn.execute("SELECT pg_advisory_xact_lock(?::integer, hashtext(?))", (_MODEL_TYPE_LOCK, model_type))
+
+    def lock_dataset(self, conn: Connection, dataset: str) -> None:
+        """Serialises appends to one dataset until the transaction ends, so that its rows take ids in the
+        order its batches commit, the order its binary copy keeps them in (server/storage/history.py)."""
+        conn.execute("SELECT pg_advisory_xact_lock(?::integer, hashtext(?))", (_DATASET_LOCK, dataset))
+
+    @staticmethod
+    def timestamp_parameter(moment: dt.datetime) -> dt.datetime:
+        """timestamptz takes the time itself, to the microsecond."""
+        return moment
 
     def announce_change(self, conn: Connection, model_type: str) -> None:
         """NOTIFY, delivered to every listening replica when (and only if) the transaction commits."""

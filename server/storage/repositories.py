@@ -1,5 +1,6 @@
-"""The repositories: every statement on data_history, datasets, prediction_sets and promotions, and the
-mapping of their rows to domain records. Each statement is written once, for both dialects.
+"""PredictionSetRepository: every statement on prediction_sets and promotions, and the mapping of their rows
+to domain records. Each statement is written once, for both dialects, and each reads through an index
+(tests/test_query_plans.py). HistoryRepository, for data_history, is in server/storage/history.py.
 """
 
 from __future__ import annotations
@@ -7,87 +8,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from server.domain import (
-    ArtifactInfo,
-    Dataset,
-    HistoryRow,
-    NewPredictionSet,
-    PredictionSetRecord,
-    RuntimeRecord,
-    SelfCheck,
-)
-from server.errors import InvalidArgument, StorageError
+from server.domain import ArtifactInfo, NewPredictionSet, PredictionSetRecord, RuntimeRecord, SelfCheck
+from server.errors import StorageError
 from server.storage.databases import ChangeFeed, Connection, RegistryDatabase
+from server.storage.history import HistoryRepository
 
+__all__ = ["HistoryRepository", "PredictionSetRepository", "SetFilter"]
 
-class HistoryRepository:
-    """data_history and datasets: the observations models are trained on."""
-
-    def __init__(self, database: RegistryDatabase) -> None:
-        self.database = database
-
-    def append(self, dataset: str, feature_names: Sequence[str], rows: Sequence[HistoryRow]) -> int:
-        """Appends rows in one transaction and returns the dataset's row count afterwards.
-
-        A dataset's first rows fix its feature names (none given: it has none); rows that give other
-        names store nothing. Recording and comparing happen in this transaction, so two first ingests
-        at once cannot both win: the primary key keeps one, and the other is compared with it.
-        """
-        given = list(feature_names)
-        with self.database.writing() as conn:
-            conn.execute(
-                "INSERT INTO datasets (name, feature_names) SELECT ?, ? "
-                "WHERE NOT EXISTS (SELECT 1 FROM data_history WHERE dataset = ?) ON CONFLICT (name) DO NOTHING",
-                (dataset, json.dumps(given), dataset),
-            )
-            fixed = list(_feature_names(conn, dataset))
-            if given and given != fixed:
-                raise InvalidArgument(_other_names(dataset, fixed, given))
-            conn.executemany(
-                "INSERT INTO data_history (dataset, features, target) VALUES (?, ?, ?)",
-                [(dataset, json.dumps(list(row.features)), json.dumps(row.target)) for row in rows],
-            )
-            return int(conn.execute("SELECT COUNT(*) FROM data_history WHERE dataset = ?", (dataset,)).fetchone()[0])
-
-    def feature_count(self, dataset: str) -> int | None:
-        """The number of features of the dataset's first row, or None for an empty dataset."""
-        with self.database.reading() as conn:
-            row = conn.execute(
-                "SELECT features FROM data_history WHERE dataset = ? ORDER BY id LIMIT 1", (dataset,)
-            ).fetchone()
-        return None if row is None else len(json.loads(row[0]))
-
-    def load(self, dataset: str) -> Dataset | None:
-        with self.database.reading() as conn:
-            rows = conn.execute(
-                "SELECT features, target FROM data_history WHERE dataset = ? ORDER BY id", (dataset,)
-            ).fetchall()
-            feature_names = _feature_names(conn, dataset)
-        if not rows:
-            return None
-        return Dataset(
-            name=dataset,
-            feature_names=feature_names,
-            features=[json.loads(row[0]) for row in rows],
-            targets=[json.loads(row[1]) for row in rows],
-        )
-
-
-def _feature_names(conn: Connection, dataset: str) -> tuple[str, ...]:
-    row = conn.execute("SELECT feature_names FROM datasets WHERE name = ?", (dataset,)).fetchone()
-    return () if row is None else tuple(json.loads(row[0]))
-
-
-def _other_names(dataset: str, fixed: list[str], given: list[str]) -> str:
-    if not fixed:
-        return f"dataset {dataset!r} has no feature names: its first rows gave none; these rows give {given}: send none"
-    return (
-        f"dataset {dataset!r} has the feature names {fixed}, fixed by its first rows; "
-        f"these rows give {given}: send the same names or none"
-    )
+# known_paths asks about this many names per statement (SQLite allows 32,766 parameters, older builds 999).
+_NAMES_PER_STATEMENT = 500
 
 
 _SET_COLUMNS = (
@@ -96,6 +28,15 @@ _SET_COLUMNS = (
     "sklearn_version, environment, self_check, origin, archived_at, artifact_signature, runtime_path, "
     "runtime_sha256, runtime_size_bytes, runtime_signature, runtime_record"
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class SetFilter:
+    """Which of a model type's sets a page holds."""
+
+    current_only: bool = False
+    exclude_archived: bool = False
+    created_after: dt.datetime | None = None  # timezone-aware
 
 
 class PredictionSetRepository:
@@ -207,12 +148,29 @@ class PredictionSetRepository:
 
     def is_empty(self) -> bool:
         with self.database.reading() as conn:
-            return conn.execute("SELECT 1 FROM prediction_sets LIMIT 1").fetchone() is None
+            return conn.execute("SELECT MIN(id) FROM prediction_sets").fetchone()[0] is None
 
     def model_types(self) -> list[str]:
+        """Every model type, one index seek each (a loose scan of idx_prediction_sets_newest), not every set."""
         with self.database.reading() as conn:
-            rows = conn.execute("SELECT DISTINCT model_type FROM prediction_sets ORDER BY model_type").fetchall()
+            rows = conn.execute(
+                """WITH RECURSIVE types (name) AS (
+                       SELECT MIN(model_type) FROM prediction_sets
+                       UNION ALL
+                       SELECT (SELECT MIN(model_type) FROM prediction_sets WHERE model_type > types.name) FROM types
+                        WHERE types.name IS NOT NULL)
+                   SELECT name FROM types WHERE name IS NOT NULL"""
+            ).fetchall()
         return [row[0] for row in rows]
+
+    def has_model_type(self, model_type: str) -> bool:
+        with self.database.reading() as conn:
+            # Ordered as idx_prediction_sets_newest, so that no planner prefers a scan that may meet no match.
+            row = conn.execute(
+                "SELECT id FROM prediction_sets WHERE model_type = ? ORDER BY created_at DESC, id DESC LIMIT 1",
+                (model_type,),
+            ).fetchone()
+        return row is not None
 
     def get(self, set_id: int) -> PredictionSetRecord | None:
         with self.database.reading() as conn:
@@ -220,13 +178,66 @@ class PredictionSetRepository:
         return None if row is None else _record(row)
 
     def for_model_type(self, model_type: str) -> list[PredictionSetRecord]:
-        """Every set of a model type, newest first."""
+        """Every set of a model type, newest first: all its history, so for tests and small tools; the server's
+        calls use `page`, `retained` or `recent_versions`, which read only what they return."""
         with self.database.reading() as conn:
             rows = conn.execute(
                 f"SELECT {_SET_COLUMNS} FROM prediction_sets WHERE model_type = ? ORDER BY id DESC",
                 (model_type,),
             ).fetchall()
         return [_record(row) for row in rows]
+
+    def page(
+        self, model_type: str, limit: int, after_id: int | None = None, only: SetFilter = SetFilter()
+    ) -> list[PredictionSetRecord] | None:
+        """Up to `limit` sets of a model type that `only` keeps, newest first (created_at, then id, descending),
+        from just after the set `after_id` in that order (the last of the previous page) if given; None when
+        `after_id` names no set. Keyset paging: a page costs its own rows, however long the history, and
+        sets recorded meanwhile never shift the next page."""
+        conditions, parameters = ["model_type = ?"], [model_type]
+        if only.current_only:  # through the one-current index, whatever else is asked
+            conditions = ["id = (SELECT id FROM prediction_sets WHERE model_type = ? AND is_current)"]
+        if only.exclude_archived:
+            conditions.append("archived_at IS NULL")
+        if only.created_after is not None:
+            conditions.append("created_at > ?")
+            parameters.append(self.database.timestamp_parameter(only.created_after))
+        with self.database.reading() as conn:
+            if after_id is not None:
+                anchor = conn.execute("SELECT created_at, id FROM prediction_sets WHERE id = ?", (after_id,)).fetchone()
+                if anchor is None:
+                    return None
+                conditions.append("(created_at, id) < (?, ?)")
+                parameters += [anchor[0], anchor[1]]
+            rows = conn.execute(
+                f"SELECT {_SET_COLUMNS} FROM prediction_sets WHERE {' AND '.join(conditions)} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                (*parameters, limit),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def retained(self, model_type: str, older_than: int | None = None) -> list[PredictionSetRecord]:
+        """The sets of a model type that are not current and still have their artifact, newest (highest id)
+        first, only those below the id `older_than` if given: what retention may delete, and what start-up may
+        fall back to. Read through idx_prediction_sets_unarchived: retention keeps this to a few per type."""
+        below = "" if older_than is None else " AND id < ?"
+        with self.database.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {_SET_COLUMNS} FROM prediction_sets WHERE model_type = ? AND archived_at IS NULL "
+                f"AND model_artifact_path IS NOT NULL AND NOT is_current{below} ORDER BY id DESC",
+                (model_type,) if older_than is None else (model_type, older_than),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def recent_versions(self, model_type: str, limit: int) -> list[int]:
+        """The ids of the newest `limit` sets of a model type that still have their artifact, current or not."""
+        with self.database.reading() as conn:
+            rows = conn.execute(
+                "SELECT id FROM prediction_sets WHERE model_type = ? AND archived_at IS NULL "
+                "AND model_artifact_path IS NOT NULL ORDER BY created_at DESC, id DESC LIMIT ?",
+                (model_type, limit),
+            ).fetchall()
+        return [int(row[0]) for row in rows]
 
     def change_feed(self) -> ChangeFeed | None:
         """Announcements of sets recorded or promoted by other processes, where the database makes them."""
@@ -240,7 +251,24 @@ class PredictionSetRepository:
             ).fetchone()
         return row is not None
 
+    def known_paths(self, names: Iterable[str]) -> set[str]:
+        """Those of the artifact file names that some set records: one index seek per name, so that the start-up
+        check for orphans costs what the models directory holds, not the history."""
+        wanted = sorted(set(names))
+        known: set[str] = set()
+        with self.database.reading() as conn:
+            for start in range(0, len(wanted), _NAMES_PER_STATEMENT):
+                chunk = wanted[start : start + _NAMES_PER_STATEMENT]
+                rows = conn.execute(
+                    "SELECT DISTINCT model_artifact_path FROM prediction_sets "
+                    f"WHERE model_artifact_path IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                known.update(row[0] for row in rows)
+        return known
+
     def artifact_paths(self) -> set[str]:
+        """Every recorded artifact path: reads every set, so prefer known_paths."""
         with self.database.reading() as conn:
             rows = conn.execute(
                 "SELECT model_artifact_path FROM prediction_sets WHERE model_artifact_path IS NOT NULL"

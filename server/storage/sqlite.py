@@ -7,6 +7,7 @@ read-then-write never deadlocks against another writer.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import sqlite3
@@ -60,6 +61,16 @@ class SqliteDatabase:
             raise _translate(exc, self.path) from exc
         finally:
             conn.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Reads that all see the same committed state: one read transaction (WAL keeps writers going)."""
+        with self.reading() as conn:
+            conn.execute("BEGIN DEFERRED")
+            try:
+                yield conn
+            finally:
+                _roll_back(conn)
 
     @contextmanager
     def writing(self) -> Iterator[sqlite3.Connection]:
@@ -134,6 +145,16 @@ class SqliteDatabase:
 
     def lock_model_type(self, conn: Any, model_type: str) -> None:
         """Nothing to do: BEGIN IMMEDIATE already holds the one write lock of the whole file."""
+
+    def lock_dataset(self, conn: Any, dataset: str) -> None:
+        """Nothing to do: BEGIN IMMEDIATE already holds the one write lock of the whole file."""
+
+    @staticmethod
+    def timestamp_parameter(moment: dt.datetime) -> str:
+        """A time as the created_at column holds it (ISO-8601 text, UTC, milliseconds), so that text compares
+        as time does; truncated to the millisecond, which keeps `created_at > ?` exact at that resolution."""
+        utc = moment.astimezone(dt.UTC)
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
     def announce_change(self, conn: Any, model_type: str) -> None:
         """Nothing to do: SQLite cannot signal other processes; they poll (see LiveReloader)."""

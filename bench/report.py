@@ -352,7 +352,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def plot(results: dict[str, Any], path: Path) -> bool:
+def pyplot() -> Any | None:
+    """matplotlib's pyplot drawing to files, or None (with a warning) where the bench extra is not installed."""
     try:
         import matplotlib
 
@@ -360,6 +361,13 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         logger.warning("matplotlib is not installed (pip install -e '.[bench]'): no plot")
+        return None
+    return plt
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    plt = pyplot()
+    if plt is None:
         return False
     rows = [(n, f) for n, f in results["scenarios"].items() if "p99_ms" in f]
     fig, ax = plt.subplots(figsize=(11, 0.32 * len(rows) + 1.5))

@@ -3,7 +3,9 @@
 Registries are populated in process through predserve's own services (the same Train and registration a
 server runs; a fit of iris takes milliseconds), then served by a real server process and timed through gRPC.
 Every figure is a median over repeated calls in the same run; a ratio compares the large case with the small
-one measured minutes apart on the same machine. Printed as a table and written to bench/results/scale.md,
+one measured minutes apart on the same machine. The costs that grow with a dataset's rows (Train's data load,
+a whole Train less its fit, an ingest through the CLI) are measured at several sizes, as seconds per row: a
+curve, tabled as each size against the first. Printed as a table and written to bench/results/scale.md,
 scale.json and scale.png.
 """
 
@@ -23,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import ingest as ingest_bench
+from bench import training_data
+from bench.report import pyplot
 from bench.run import machine
 from bench.scenarios import free_port
 from client.library import PredserveClient
@@ -33,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+FEATURES = 10  # issue 17's rates are for rows of 10 features
+LOAD_REPEATS = 3
+LOAD_TARGET_RATE = 1_000_000  # rows/s of Train's data load, issue 17 item 3
+TRAIN_TIMEOUT_SECONDS = 900.0
+MIN_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,9 @@ class Sizes:
     small_sets: int = 100
     large_sets: int = 10_000
     calls: int = 200
+    startups: int = 3  # timed per registry
+    data_rows: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    ingest_rows: tuple[int, ...] = (100_000, 1_000_000)
 
 
 @dataclass
@@ -70,8 +83,60 @@ class Figure:
         }
 
 
+@dataclass(frozen=True)
+class Curve:
+    """One cost in seconds per row at several row counts: a line of the plot's log-log panel, and in the
+    table one Figure for each count against the first."""
+
+    label: str
+    per_row: dict[int, float]  # rows -> seconds per row
+    limit: float | None
+    target_rate: float | None = None  # rows/s the issue asks for, judged at each size after the first
+    note: str = ""
+
+    def figures(self) -> list[Figure]:
+        (first, base), *rest = sorted(self.per_row.items())
+        return [
+            Figure(
+                f"{self.label} per row, {_rows(first)} vs {_rows(rows)} rows",
+                base,
+                value,
+                " / row",
+                self.limit,
+                self._note(base, value, rows),
+            )
+            for rows, value in rest
+        ]
+
+    def _note(self, small: float, large: float, rows: int) -> str:
+        rates = f"{1 / small:,.0f} vs {1 / large:,.0f} rows/s"
+        if self.target_rate is not None:
+            met = "met" if 1 / large >= self.target_rate else "MISSED"
+            rates += f" (target >= {self.target_rate:,.0f} at {_rows(rows)}: {met})"
+        return "; ".join(part for part in (rates, self.note) if part)
+
+    def points(self) -> dict[str, Any]:
+        rows = sorted(self.per_row)
+        return {
+            "cost": self.label,
+            "rows": rows,
+            "seconds_per_row": [self.per_row[count] for count in rows],
+            "target_rate": self.target_rate,
+        }
+
+
 def _shown(value: float, unit: str) -> str:
-    return f"{value * 1e3:.3f} ms{unit}"
+    for scale, prefix in ((1.0, ""), (1e-3, "m"), (1e-6, "µ")):
+        if value >= scale:
+            return f"{value / scale:.3f} {prefix}s{unit}"
+    return f"{value * 1e9:.3f} ns{unit}"
+
+
+def _rows(count: int) -> str:
+    for scale, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if count >= scale and count % scale == 0:
+            return f"{count // scale}{suffix}"
+    return f"{count:,}"
 
 
 @contextmanager
@@ -177,8 +242,8 @@ def _page_call(client: PredserveClient, model_type: str) -> Callable[[], object]
 
 def measure_types(small: Path, large: Path, sizes: Sizes) -> list[Figure]:
     figures = []
-    start_small = statistics.median(startup_seconds(small, "type_0000") for _ in range(3))
-    start_large = statistics.median(startup_seconds(large, "type_0000") for _ in range(3))
+    start_small = statistics.median(startup_seconds(small, "type_0000") for _ in range(sizes.startups))
+    start_large = statistics.median(startup_seconds(large, "type_0000") for _ in range(sizes.startups))
     per_model = (start_large - start_small) / (sizes.large_types - sizes.small_types)
     figures.append(
         Figure(
@@ -253,6 +318,64 @@ def measure_sets(small: Path, large: Path, sizes: Sizes) -> list[Figure]:
     ]
 
 
+def measure_training_data(root: Path, sizes: Sizes) -> list[Curve]:
+    """Train's data load, in process (bench/training_data.py), and a real server's whole Train less its fit,
+    over random datasets of `sizes.data_rows` rows, each in a registry of its own."""
+    load: dict[int, float] = {}
+    non_fit: dict[int, float] = {}
+    fits: dict[int, float] = {}
+    for rows in sizes.data_rows:
+        lab = root / f"data_{rows}"
+        lab.mkdir()
+        logger.info("Train's data load and a whole Train over %d rows", rows)
+        with _services(lab) as services:
+            training_data.ingest(services, rows, FEATURES)
+            load[rows] = statistics.median(training_data.timed(training_data.data_load(services), LOAD_REPEATS)) / rows
+        command = training_data.TRAIN
+        with serving(lab) as (_, client):
+            started = time.perf_counter()
+            answer = client.train(command.model_type, command.dataset, command.algorithm, timeout=TRAIN_TIMEOUT_SECONDS)
+            seconds = time.perf_counter() - started
+        fits[rows] = answer.fit_seconds
+        non_fit[rows] = (seconds - answer.fit_seconds) / rows
+    fitted = ", ".join(f"{fits[rows]:.2f}" for rows in sorted(fits))
+    return [
+        Curve(
+            f"Train's data load (in process, median of {LOAD_REPEATS})",
+            load,
+            1.3,
+            LOAD_TARGET_RATE,
+            f"{FEATURES} features, binary copy",
+        ),
+        Curve(
+            "Train's non-fit time (gRPC Train's wall time less its fit_seconds)",
+            non_fit,
+            1.3,
+            note=f"one LogisticRegression Train; its fits ({fitted} s) not counted",
+        ),
+    ]
+
+
+def measure_ingest(root: Path, sizes: Sizes) -> Curve:
+    """`predserve ingest --csv` end to end against a real server on fresh SQLite (bench/ingest.py)."""
+    per_row: dict[int, float] = {}
+    for rows in sizes.ingest_rows:
+        lab = root / f"ingest_{rows}"
+        lab.mkdir()
+        logger.info("ingest of %d rows through the CLI", rows)
+        csv_path = lab / "history.csv"
+        ingest_bench.write_csv(csv_path, rows, FEATURES)
+        per_row[rows] = ingest_bench.throughput(lab, csv_path, rows)["seconds"] / rows
+        csv_path.unlink()  # 1M rows take about 200 MB
+    return Curve(
+        "ingest --csv (CLI, end to end, single run)",
+        per_row,
+        None,
+        ingest_bench.TARGET_RATE,
+        f"{FEATURES} features, fresh SQLite; the CLI's start-up weighs on small files",
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# make bench-scale",
@@ -273,14 +396,17 @@ def _machine_text(facts: dict[str, Any]) -> str:
     return f"{facts['cpu']}, {facts['cores']} cores, Python {facts['python']}, {versions}; load average at start {load}"
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(results: dict[str, Any], path: Path) -> bool:
+    plt = pyplot()
+    if plt is None:
+        return False
 
     rows = results["figures"]
-    figure, axis = plt.subplots(figsize=(10, 0.6 * len(rows) + 1.5))
+    bars_height = 0.5 * len(rows) + 1.5
+    figure = plt.figure(figsize=(12, bars_height + 5.5), layout="constrained")
+    # Subfigures lay out apart: the long names of the bars do not squeeze the curves' panel.
+    top, bottom = figure.subfigures(2, 1, squeeze=False, height_ratios=(bars_height, 5.5))[:, 0]
+    axis, curves = top.subplots(), bottom.subplots()
     names = [row["cost"] for row in rows]
     axis.barh(
         names, [row["ratio"] for row in rows], color=["#c44" if row["met"] == "**MISS**" else "#48a" for row in rows]
@@ -291,9 +417,28 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axis.invert_yaxis()
     axis.legend(loc="lower right")
     axis.set_title("How predserve's costs grow with history")
-    figure.tight_layout()
+    _plot_curves(curves, results["curves"])
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return True
+
+
+def _plot_curves(axis: Any, curves: list[dict[str, Any]]) -> None:
+    """Seconds per row against rows, log-log: a flat line is a cost linear in the rows."""
+    for curve, color in zip(curves, ("#48a", "#a84", "#4a8", "#84a"), strict=False):
+        axis.plot(curve["rows"], [s * 1e6 for s in curve["seconds_per_row"]], "o-", color=color, label=curve["cost"])
+        if curve["target_rate"]:
+            target = 1e6 / curve["target_rate"]
+            axis.axhline(
+                target, color=color, linestyle=":", linewidth=0.8, label=f"target {curve['target_rate']:,.0f} rows/s"
+            )
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("rows")
+    axis.set_ylabel("µs per row")
+    axis.set_title("Costs that follow a dataset's rows (flat = linear)")
+    axis.grid(True, which="both", linewidth=0.3)
+    axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
 def run(sizes: Sizes, out_dir: Path, keep: bool) -> dict[str, Any]:
@@ -312,6 +457,8 @@ def run(sizes: Sizes, out_dir: Path, keep: bool) -> dict[str, Any]:
         logger.info("measuring")
         figures = measure_types(labs["types_small"], labs["types_large"], sizes)
         figures += measure_sets(labs["sets_small"], labs["sets_large"], sizes)
+        curves = [*measure_training_data(root, sizes), measure_ingest(root, sizes)]
+        figures += [figure for curve in curves for figure in curve.figures()]
     finally:
         if keep:
             logger.info("kept %s", root)
@@ -323,6 +470,7 @@ def run(sizes: Sizes, out_dir: Path, keep: bool) -> dict[str, Any]:
         "machine": machine(),
         "sizes": sizes.__dict__,
         "figures": [figure.row() for figure in figures],
+        "curves": [curve.points() for curve in curves],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scale.json").write_text(json.dumps(results, indent=2))
@@ -330,6 +478,19 @@ def run(sizes: Sizes, out_dir: Path, keep: bool) -> dict[str, Any]:
     plot(results, out_dir / "scale.png")
     print(markdown(results))
     return results
+
+
+def row_counts(text: str) -> tuple[int, ...]:
+    """Ascending row counts from "10000,100000,1000000"; a single count N stands for N/10 and N."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of row counts") from None
+    if len(counts) == 1:
+        counts = (counts[0] // 10, counts[0])
+    if counts[0] < MIN_ROWS or list(counts) != sorted(set(counts)):
+        raise argparse.ArgumentTypeError(f"{text!r}: give ascending row counts of at least {MIN_ROWS}")
+    return counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,10 +501,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--large-types", type=int, default=defaults.large_types)
     parser.add_argument("--large-sets", type=int, default=defaults.large_sets)
     parser.add_argument("--calls", type=int, default=defaults.calls, help="timed calls per figure")
+    parser.add_argument(
+        "--data-rows",
+        type=row_counts,
+        default=defaults.data_rows,
+        help="rows of the datasets Train loads, e.g. 10000,100000,1000000 (one count N means N/10 and N)",
+    )
+    parser.add_argument(
+        "--ingest-rows",
+        type=row_counts,
+        default=defaults.ingest_rows,
+        help="rows of the CSV files ingested through the CLI, e.g. 100000,1000000 (one count N means N/10 and N)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the populated registries")
     args = parser.parse_args(argv)
-    sizes = Sizes(large_types=args.large_types, large_sets=args.large_sets, calls=args.calls)
+    sizes = Sizes(
+        large_types=args.large_types,
+        large_sets=args.large_sets,
+        calls=args.calls,
+        data_rows=args.data_rows,
+        ingest_rows=args.ingest_rows,
+    )
     run(sizes, args.out, args.keep)
     return 0
 

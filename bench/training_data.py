@@ -31,6 +31,7 @@ from tests.postgres_cluster import PostgresCluster, find_bindir
 
 DATASET = "bench"
 INGEST_BATCH = 100_000
+TRAIN = TrainCommand(model_type="bench_model", algorithm="logistic_regression", dataset=DATASET)
 
 
 def ingest(services: Services, rows: int, features: int, seed: int = 7) -> None:
@@ -40,6 +41,11 @@ def ingest(services: Services, rows: int, features: int, seed: int = 7) -> None:
         targets = (matrix[:, 0] + 0.5 * matrix[:, 1] > 0).astype(int).tolist()
         batch = [HistoryRow(tuple(row), target) for row, target in zip(matrix.tolist(), targets, strict=True)]
         services.history.ingest(DATASET, [f"x{i}" for i in range(features)], batch)
+
+
+def data_load(services: Services) -> Callable[[], object]:
+    """What Train does with the ingested dataset before it fits: read it into its matrix and check it."""
+    return lambda: services.training._training_data(TRAIN)
 
 
 def timed(work: Callable[[], object], repeats: int) -> list[float]:
@@ -61,8 +67,7 @@ def peak_bytes(work: Callable[[], object]) -> int:
 
 
 def measure(services: Services, label: str, rows: int, features: int, repeats: int, train: bool) -> None:
-    command = TrainCommand(model_type="bench_model", algorithm="logistic_regression", dataset=DATASET)
-    load = lambda: services.training._training_data(command)  # noqa: E731 - what Train does before it fits
+    load = data_load(services)
     seconds = timed(load, repeats)
     matrix_bytes = rows * features * 8
     peak = peak_bytes(load)
@@ -73,7 +78,7 @@ def measure(services: Services, label: str, rows: int, features: int, repeats: i
         f"{peak / matrix_bytes:.2f}x the matrix ({matrix_bytes / 2**20:,.1f} MiB)"
     )
     if train:
-        (train_seconds,) = timed(lambda: services.training.train(command), 1)
+        (train_seconds,) = timed(lambda: services.training.train(TRAIN), 1)
         print(f"{'':>12}  one LogisticRegression Train: {train_seconds:.3f} s")
 
 

@@ -5,19 +5,21 @@ error classes). Each client method is declared once, in PredserveCalls, as a fun
 arguments into a Prepared call: the request message, how to read the answer, which errors to raise. The two
 clients differ only in how they send a Prepared call, with grpc or with grpc.aio (see `_invoke`); the
 descriptor `Method` gives the sync client methods that return the answer and the async client methods that
-return an awaitable of it, with the same signature, defaults and docstring.
+return an awaitable of it, with the same signature, defaults and docstring. The descriptor `Pages` does the
+same for walking a paged listing: an iterator on the sync client, an async iterator on the async one.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import datetime as dt
 import enum
 import functools
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -41,6 +43,7 @@ from protos import predserve_pb2 as pb
 
 TargetValue = str | int | float
 R = TypeVar("R")
+T = TypeVar("T")
 P = ParamSpec("P")
 
 SERVICE = "predserve.v1.Predserve"
@@ -371,9 +374,56 @@ def list_models(*, timeout: float | None = None) -> Prepared[pb.ListModelsRespon
     return Prepared(LIST_MODELS, pb.ListModelsRequest(), timeout)
 
 
-def list_prediction_sets(model_type: str, *, timeout: float | None = None) -> Prepared[pb.ListPredictionSetsResponse]:
-    """Every prediction set (version) of a model type, newest first. Prediction deadline."""
-    return Prepared(LIST_PREDICTION_SETS, pb.ListPredictionSetsRequest(model_type=model_type), timeout)
+def list_prediction_sets(
+    model_type: str,
+    *,
+    page_size: int = 0,
+    page_token: str = "",
+    current_only: bool = False,
+    exclude_archived: bool = False,
+    created_after: dt.datetime | None = None,
+    timeout: float | None = None,
+) -> Prepared[pb.ListPredictionSetsResponse]:
+    """One page of the prediction sets (versions) of a model type, newest first: at most `page_size` sets
+    (0: the server's default, 50; it sends at most 1000), continuing after the page whose `next_page_token`
+    is `page_token` ("" for the first page). The answer's `next_page_token` is empty on the last page; send
+    it back with the same model type and filters (page_size may change) for the next one, or walk them all
+    with iter_prediction_sets. Filters: `current_only` keeps the current set alone, `exclude_archived`
+    leaves out the sets whose artifact retention deleted, `created_after` (a datetime with a time zone)
+    keeps the sets created strictly after it. Prediction deadline."""
+    request = pb.ListPredictionSetsRequest(
+        model_type=model_type,
+        page_size=page_size,
+        page_token=page_token,
+        current_only=current_only,
+        exclude_archived=exclude_archived,
+    )
+    if created_after is not None:
+        request.created_after.FromDatetime(_utc("created_after", created_after))
+    return Prepared(LIST_PREDICTION_SETS, request, timeout)
+
+
+def _utc(name: str, moment: dt.datetime) -> dt.datetime:
+    # A naive datetime is refused rather than taken as UTC, as protobuf would: datetime.now() is local time,
+    # and a filter hours off would quietly list the wrong sets.
+    if moment.utcoffset() is None:
+        raise ValueError(f"{name} {moment.isoformat()} has no time zone: give one, such as tzinfo=datetime.UTC")
+    return moment.astimezone(dt.UTC)
+
+
+def _prediction_sets(page: pb.ListPredictionSetsResponse) -> Iterable[pb.PredictionSet]:
+    return page.prediction_sets
+
+
+def next_page(prepared: Prepared[R], page: Any) -> Prepared[R] | None:
+    """The call of the page after `page` of a paged listing (AIP-158): the same request with its
+    next_page_token; None after the last page."""
+    if not page.next_page_token:
+        return None
+    request = type(prepared.request)()
+    request.CopyFrom(prepared.request)
+    request.page_token = page.next_page_token
+    return replace(prepared, request=request)
 
 
 def promote(prediction_set_id: int, *, timeout: float | None = None) -> Prepared[pb.PromoteResponse]:
@@ -478,6 +528,11 @@ class Invoker(abc.ABC):
     def _converse(self, conversation: Conversation[Any]) -> Any:
         """Sends a conversation's calls in turn; returns its value (or, async, a coroutine of it)."""
 
+    @abc.abstractmethod
+    def _walk(self, first: Prepared[Any], items: Callable[[Any], Iterable[Any]]) -> Any:
+        """An iterator (async: an async iterator) of the items of every page from `first` on, each page sent
+        when the one before is used up."""
+
     def _call_arguments(self, prepared: Prepared[Any]) -> tuple[Any, dict[str, Any]]:
         """The multicallable of a prepared call and the keyword arguments it is called with."""
         timeout = prepared.timeout if prepared.timeout is not None else self.deadlines[prepared.rpc.deadline]
@@ -502,6 +557,13 @@ class SyncInvoker(Invoker):
         finally:
             conversation.steps.close()
 
+    def _walk(self, first: Prepared[Any], items: Callable[[Any], Iterable[T]]) -> Iterator[T]:
+        call: Prepared[Any] | None = first
+        while call is not None:
+            page = self._invoke(call)
+            yield from items(page)
+            call = next_page(call, page)
+
 
 class AsyncInvoker(Invoker):
     @abc.abstractmethod
@@ -521,6 +583,14 @@ class AsyncInvoker(Invoker):
             return result
         finally:
             await run(conversation.steps.close)
+
+    async def _walk(self, first: Prepared[Any], items: Callable[[Any], Iterable[T]]) -> AsyncIterator[T]:
+        call: Prepared[Any] | None = first
+        while call is not None:
+            page = await self._invoke(call)
+            for item in items(page):
+                yield item
+            call = next_page(call, page)
 
 
 async def _ready(value: Any) -> Any:
@@ -564,6 +634,58 @@ class Method(Generic[P, R]):
         return method
 
 
+class Pages(Generic[P, T]):
+    """A client method that walks a paged listing: the arguments of the method that prepares one page's
+    call (`prepare`), and the items of every page from there on (`items` reads them from a page), a page
+    asked for when the one before is used up. Read from a sync client it returns an iterator, from an async
+    client an async iterator; an error is raised where the page that failed was due."""
+
+    def __init__(self, prepare: Callable[P, Prepared[Any]], items: Callable[[Any], Iterable[T]], doc: str) -> None:
+        self._prepare = prepare
+        self._items = items
+        self.__doc__ = doc
+        self.__signature__ = inspect.signature(prepare).replace(return_annotation=inspect.Signature.empty)
+        self._name = prepare.__name__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"<predserve client method {self._name}{self.__signature__}>"
+
+    @overload
+    def __get__(self, client: None, owner: type) -> Pages[P, T]: ...
+
+    @overload
+    def __get__(self, client: SyncInvoker, owner: type) -> Callable[P, Iterator[T]]: ...
+
+    @overload
+    def __get__(self, client: AsyncInvoker, owner: type) -> Callable[P, AsyncIterator[T]]: ...
+
+    def __get__(self, client: Invoker | None, owner: type) -> Any:
+        if client is None:
+            return self
+        prepare, items, walk = self._prepare, self._items, client._walk
+
+        def method(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return walk(prepare(*args, **kwargs), items)  # the arguments are checked here, not at the first page
+
+        method.__name__ = method.__qualname__ = self._name
+        method.__doc__ = self.__doc__
+        method.__signature__ = self.__signature__  # type: ignore[attr-defined]
+        return method
+
+
+iter_prediction_sets = Pages(
+    list_prediction_sets,
+    _prediction_sets,
+    """Every prediction set of a model type that the filters keep, newest first, each exactly once even while
+    new ones are recorded: list_prediction_sets' arguments, fetched `page_size` sets a call (0: the server's
+    default), from `page_token` on when given. An iterator, on the async client an async iterator
+    (`async for`); `timeout` is per page. Prediction deadline per page.""",
+)
+
+
 class PredserveCalls:
     """The methods of both clients. Every one takes `timeout=` (seconds) to override the default deadline."""
 
@@ -573,6 +695,7 @@ class PredserveCalls:
     predict = Method(predict)
     list_models = Method(list_models)
     list_prediction_sets = Method(list_prediction_sets)
+    iter_prediction_sets = iter_prediction_sets
     promote = Method(promote)
     rollback = Method(rollback)
     import_model = Method(import_model)

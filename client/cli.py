@@ -9,6 +9,7 @@ It needs only the client's dependencies: `--csv` shows a progress bar when tqdm 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -31,6 +32,9 @@ from client.library import (
 from protos import predserve_pb2 as pb
 
 BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "diabetes", "digits")
+# Sets asked for per ListPredictionSets call by `sets --limit` and `--all`: a set with many features or
+# parameters is kilobytes, so a page stays a small message, while ten thousand sets take a hundred calls.
+SETS_PER_CALL = 100
 Row = tuple[list[float], TargetValue]
 
 
@@ -157,8 +161,27 @@ def _parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=_predict)
 
     commands.add_parser("models", help="the served model types").set_defaults(handler=_models)
-    sets = commands.add_parser("sets", help="every prediction set of a model type")
+    sets = commands.add_parser(
+        "sets", help="prediction sets of a model type, newest first: one page of the server's default size (50)"
+    )
     sets.add_argument("--model-type", required=True)
+    amount = sets.add_mutually_exclusive_group()
+    amount.add_argument("--limit", type=int, metavar="N", help="the newest N sets (at least 1)")
+    amount.add_argument("--all", action="store_true", help=f"every set, asked for {SETS_PER_CALL} a call")
+    sets.add_argument("--current-only", action="store_true", help="only the current set")
+    sets.add_argument("--exclude-archived", action="store_true", help="leave out the sets whose artifact gc deleted")
+    sets.add_argument(
+        "--created-after",
+        metavar="TIME",
+        help="only the sets created strictly after this ISO-8601 time, such as 2026-01-05T12:00:00Z (UTC if "
+        "it has no offset)",
+    )
+    sets.add_argument(
+        "--page-token",
+        default="",
+        metavar="TOKEN",
+        help="continue after the last set of an earlier listing: its --json next_page_token, with the same filters",
+    )
     sets.set_defaults(handler=_sets)
     commands.add_parser("health", help="the server's health status").set_defaults(handler=_health)
     return parser
@@ -387,8 +410,8 @@ def _models(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str
 
 
 def _sets(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    sets = client.list_prediction_sets(args.model_type).prediction_sets
-    document = {"prediction_sets": [_set_document(s) for s in sets]}
+    sets, next_page_token = _listed_sets(client, args)
+    document = {"prediction_sets": [_set_document(s) for s in sets], "next_page_token": next_page_token}
     table = format_table(
         ["id", "current", "created_at", "algorithm", "runtime", "dataset", "rows", "metrics", "model_artifact_path"],
         [
@@ -406,7 +429,52 @@ def _sets(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, 
             for s in sets
         ],
     )
+    if next_page_token:  # in the table, after it: on stderr it would print before the table on a terminal
+        table += f"\n{len(sets)} set(s) shown, newest first; more exist: --limit N for the first N, --all for every one"
     return document, table
+
+
+def _listed_sets(client: PredserveClient, args: argparse.Namespace) -> tuple[list[pb.PredictionSet], str]:
+    """The sets the flags ask for, newest first, and the next_page_token after the last of them ("" when
+    none is left). Not client.iter_prediction_sets: each page asks for no more than --limit still lacks, so
+    that the listing ends on a page boundary and its token continues right after the last set shown."""
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: list at least 1 set, or every one with --all")
+    created_after = _parse_time("--created-after", args.created_after) if args.created_after else None
+    sets: list[pb.PredictionSet] = []
+    token = args.page_token
+    while True:
+        page = client.list_prediction_sets(
+            args.model_type,
+            page_size=_sets_page_size(args, len(sets)),
+            page_token=token,
+            current_only=args.current_only,
+            exclude_archived=args.exclude_archived,
+            created_after=created_after,
+        )
+        sets += page.prediction_sets
+        token = page.next_page_token
+        wants_more = args.all or (args.limit is not None and len(sets) < args.limit)
+        if not token or not wants_more:
+            return sets, token
+
+
+def _sets_page_size(args: argparse.Namespace, listed: int) -> int:
+    """0, the server's default, for the one page shown without --limit or --all."""
+    if args.all:
+        return SETS_PER_CALL
+    if args.limit is not None:
+        return min(SETS_PER_CALL, args.limit - listed)
+    return 0
+
+
+def _parse_time(flag: str, text: str) -> dt.datetime:
+    # Without an offset a time is UTC, as the created_at times that `sets` shows are.
+    try:
+        moment = dt.datetime.fromisoformat(text)
+        return moment.astimezone(dt.UTC) if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
+        raise UsageError(f"{flag} {text!r} is not an ISO-8601 time, such as 2026-01-05T12:00:00Z") from None
 
 
 def _runtime_document(runtime: pb.RuntimeInfo) -> dict[str, Any]:

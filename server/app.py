@@ -381,7 +381,8 @@ def serve(
 
 def _report_orphans(artifacts: ArtifactStore, sets: PredictionSetRepository) -> None:
     """Files no row points at come from a Train that died before its commit; they are never loaded."""
-    orphans = artifacts.stored_names() - sets.artifact_paths()
+    stored = artifacts.stored_names()
+    orphans = stored - sets.known_paths(stored)
     if orphans:
         logger.warning("ignoring %d artifact(s) that no prediction set records: %s", len(orphans), sorted(orphans))
 

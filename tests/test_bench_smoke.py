@@ -1,13 +1,17 @@
-"""The load generator and the report, on a tiny run: their structure, never their speed."""
+"""The load generator, the reports and make bench-scale, on tiny runs: their structure, never their speed."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench import loadgen, report, scenarios
+from bench import loadgen, report, scale, scenarios
 from tests.support import ServerProcess, iris_rows
 
 
@@ -122,3 +126,59 @@ def test_the_report_prints_every_target(tmp_path: Path) -> None:
     ):
         assert fragment in table
     assert (tmp_path / "bench.json").exists()
+
+
+def test_a_cost_at_three_sizes_is_tabled_against_the_first() -> None:
+    curve = scale.Curve("data load", {1_000_000: 2e-6, 10_000: 1e-6, 100_000: 1.5e-6}, 1.3, target_rate=600_000)
+    rows = [figure.row() for figure in curve.figures()]
+    assert [row["cost"] for row in rows] == ["data load per row, 10k vs 100k rows", "data load per row, 10k vs 1M rows"]
+    assert [row["ratio"] for row in rows] == [1.5, 2.0]
+    assert [row["met"] for row in rows] == ["**MISS**", "**MISS**"]
+    assert rows[0]["small"] == "1.000 µs / row"
+    assert rows[0]["note"] == "1,000,000 vs 666,667 rows/s (target >= 600,000 at 100k: met)"
+    assert "500,000 rows/s (target >= 600,000 at 1M: MISSED)" in rows[1]["note"]
+    assert curve.points()["rows"] == [10_000, 100_000, 1_000_000]
+
+
+def test_row_counts_are_ascending_and_one_count_means_a_tenth_of_it_too() -> None:
+    assert scale.row_counts("2000,20000,200000") == (2000, 20_000, 200_000)
+    assert scale.row_counts("20000") == (2000, 20_000)
+    for wrong in ("20000,2000", "1000,1000", "50,500", "10k"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            scale.row_counts(wrong)
+
+
+@pytest.mark.slow
+def test_bench_scale_at_tiny_sizes_writes_every_figure(tmp_path: Path) -> None:
+    # 51 small sets: each gc retires 50 of them, whatever the history.
+    sizes = scale.Sizes(
+        small_types=2,
+        large_types=3,
+        small_sets=51,
+        large_sets=52,
+        calls=3,
+        startups=1,
+        data_rows=(200, 400),
+        ingest_rows=(200, 400),
+    )
+    scale.run(sizes, tmp_path, keep=False)
+    written = json.loads((tmp_path / "scale.json").read_text())
+    costs = [row["cost"] for row in written["figures"]]
+    for fragment in (
+        "start-up",
+        "ListModels",
+        "Predict p50",
+        "ListPredictionSets",
+        "Predict pinned",
+        "gc retiring",
+        "Train's data load",
+        "Train's non-fit time",
+        "ingest --csv",
+    ):
+        assert sum(fragment in cost for cost in costs) == 1, fragment
+    for row in written["figures"]:
+        assert isinstance(row["ratio"], float) and math.isfinite(row["ratio"]) and row["ratio"] > 0, row
+    assert [curve["rows"] for curve in written["curves"]] == [[200, 400], [200, 400], [200, 400]]
+    table = (tmp_path / "scale.md").read_text()
+    assert all(cost in table for cost in costs)
+    assert (tmp_path / "scale.png").exists() == (importlib.util.find_spec("matplotlib") is not None)

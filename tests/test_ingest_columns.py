@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from client.batches import Batch, RowIterable
@@ -155,6 +156,7 @@ def at(next_batch: int, next_row: int) -> IngestProgress:
 
 
 ROWS = [HistoryRow((float(i), 1.0), i % 2) for i in range(6)]
+FIRST_THREE = np.asarray([row.features for row in ROWS[:3]])
 
 
 @pytest.fixture
@@ -201,9 +203,9 @@ def test_a_batch_recorded_meanwhile_rolls_its_rows_back(history: HistoryService)
     """Two calls with the same batch at once: both find it unstored; the key lets one in, the other stores nothing."""
     repository = history.history
     recorded = IngestBatch("file-1", 0, 0, 3)
-    assert repository.append("d", [], ROWS[:3], batch=recorded) == 3
+    assert repository.append("d", [], FIRST_THREE, [0, 1, 0], batch=recorded) == 3
     with pytest.raises(BatchAlreadyStored):
-        repository.append("d", [], ROWS[:3], batch=recorded)
+        repository.append("d", [], FIRST_THREE, [0, 1, 0], batch=recorded)
     loaded = repository.load("d")
     assert loaded is not None and len(loaded.targets) == 3
 

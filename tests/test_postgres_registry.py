@@ -8,11 +8,12 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 
 from server.config import MIGRATIONS_DIR, ServerConfig, parse_config
-from server.domain import ArtifactInfo, HistoryRow, NewPredictionSet, SelfCheck
+from server.domain import ArtifactInfo, NewPredictionSet, SelfCheck
 from server.errors import StorageError, Unavailable
 from server.failpoints import ENV_VAR, MID_MIGRATION
 from server.storage.databases import open_database
@@ -312,7 +313,7 @@ def test_promotion_is_announced_to_listeners_on_commit(database: PostgresDatabas
     try:
         assert feed.wait(1.0) is True  # first call connects, and says "look now"
         assert feed.wait(0.2) is False
-        HistoryRepository(database).append("iris", ["a"], [HistoryRow((1.0,), 0)])
+        HistoryRepository(database).append("iris", ["a"], np.ones((1, 1)), [0])
         assert feed.wait(0.2) is False  # ingesting changes no prediction set
         sets.insert(new_set(), make_current=True)
         assert feed.wait(5.0) is True

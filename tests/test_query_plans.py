@@ -1,7 +1,8 @@
 """Every statement of the calls that must not grow with history, and its plan (EXPLAIN QUERY PLAN on SQLite,
 EXPLAIN on PostgreSQL): the listing of sets a page at a time, the current-set lookups, the registrar's lookups,
-garbage collection, the start-up checks, V2 versions, and the data Train reads. Each statement is recorded as
-the real repositories run it on a real registry holding a long history, then explained with its parameters.
+garbage collection, the start-up checks and fallback, the orphan check, V2 versions, and the data Train reads.
+Each statement is recorded as the real repositories run it on a real registry holding a long history, then
+explained with its parameters. tests/test_bounded_lookups.py runs the services themselves and checks what they ran.
 
 SQLite chooses plans by rule (no ANALYZE runs in the field), so its plans are stated exactly. PostgreSQL
 chooses by cost: its registry is ANALYZEd, as autovacuum would, and no statement may read a table through
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from server.config import MIGRATIONS_DIR
-from server.domain import ArtifactInfo, HistoryRow, NewPredictionSet, SelfCheck
+from server.domain import ArtifactInfo, NewPredictionSet, SelfCheck
 from server.model_store import ModelStore
 from server.services.registry import ModelRegistryService, SetFilter
 from server.storage.databases import RegistryDatabase, open_database
@@ -121,8 +122,7 @@ def long_history(database: RegistryDatabase) -> None:
     for dataset in ("d0", "d1"):
         for _ in range(4):
             matrix = rng.normal(size=(HISTORY_ROWS // 4, 10))
-            rows = [HistoryRow(tuple(row), int(row[0] > 0)) for row in matrix.tolist()]
-            history.append(dataset, [f"x{i}" for i in range(10)], rows, matrix)
+            history.append(dataset, [f"x{i}" for i in range(10)], matrix, [int(v > 0) for v in matrix[:, 0]])
 
 
 # What each call does, on the recording registry. Each returns nothing; what it runs is what counts.
@@ -133,7 +133,9 @@ def calls(database: RecordingDatabase) -> dict[str, Callable[[], object]]:
     token = registry.list_prediction_sets("t3", 50).next_page_token
     archived_token = registry.list_prediction_sets("t3", 1, only=SetFilter(exclude_archived=True)).next_page_token
     after = SetFilter(created_after=START + dt.timedelta(hours=SETS_PER_TYPE - 100))
-    row = [HistoryRow(tuple(float(i) for i in range(10)), 1)]
+    current = sets.current("t3")
+    assert current is not None
+    row = np.arange(10, dtype=np.float64).reshape(1, 10)
     return {
         "list: first page": lambda: registry.list_prediction_sets("t3", 50),
         "list: next page": lambda: registry.list_prediction_sets("t3", 50, token),
@@ -149,10 +151,13 @@ def calls(database: RecordingDatabase) -> dict[str, Callable[[], object]]:
         "registrar: after a failed Train": lambda: sets.records_artifact("t3-2.joblib"),
         "gc": lambda: (sets.model_types(), sets.current("t3"), sets.retained("t3"), sets.archive([7])),
         "rollback": lambda: (sets.previous_current("t3"), sets.has_model_type("t3")),
-        "start-up": lambda: (sets.is_empty(), sets.model_types(), sets.current_sets(), sets.retained("t3", 50)),
-        "start-up orphan check": lambda: sets.known_paths(["t3-499.joblib", "t4-7.joblib", "stray.joblib"]),
+        "start-up": lambda: (sets.is_empty(), sets.model_types(), sets.current_sets()),
+        # ModelLoader._fall_back, when the current set is refused: a few older sets per query
+        "start-up fallback": lambda: sets.retained("t3", older_than=current.id, limit=4),
+        # _report_orphans at start-up, and ArtifactRecoveryService.orphans
+        "orphan check": lambda: sets.known_paths(["t3-499.joblib", "t4-7.joblib", "stray.joblib"]),
         "v2 versions": lambda: sets.recent_versions("t3", 100),
-        "ingest": lambda: history.append("d0", [], row),
+        "ingest": lambda: history.append("d0", [], row, [1]),
         "train data": lambda: history.load_columns("d0"),
     }
 
@@ -269,10 +274,13 @@ SQLITE_PLANS = {
         "SEARCH prediction_sets USING COVERING INDEX idx_prediction_sets_newest (model_type>?)",
         "SCAN types",
         "SCAN prediction_sets USING INDEX ux_prediction_sets_one_current",
+    ],
+    # sorted by id among the sets that still have an artifact, as gc's: what retention keeps, a few per type
+    "start-up fallback": [
         "SEARCH prediction_sets USING INDEX idx_prediction_sets_unarchived (model_type=?)",
         "USE TEMP B-TREE FOR ORDER BY",
     ],
-    "start-up orphan check": [
+    "orphan check": [
         "SEARCH prediction_sets USING COVERING INDEX idx_prediction_sets_artifact (model_artifact_path=?)"
     ],
     "v2 versions": ["SEARCH prediction_sets USING INDEX idx_prediction_sets_unarchived (model_type=?)"],
@@ -313,13 +321,9 @@ POSTGRES_INDEXES = {
         "ux_prediction_sets_one_current",
     },
     "rollback": {"idx_prediction_sets_newest", "ux_prediction_sets_one_current", "idx_promotions_type"},
-    "start-up": {
-        "idx_prediction_sets_newest",
-        "idx_prediction_sets_unarchived",
-        "prediction_sets_pkey",
-        "ux_prediction_sets_one_current",
-    },
-    "start-up orphan check": {"idx_prediction_sets_artifact"},
+    "start-up": {"idx_prediction_sets_newest", "prediction_sets_pkey", "ux_prediction_sets_one_current"},
+    "start-up fallback": {"idx_prediction_sets_unarchived"},
+    "orphan check": {"idx_prediction_sets_artifact"},
     "v2 versions": {"idx_prediction_sets_unarchived"},
     "ingest": {"data_history_pkey", "idx_data_history_dataset"},
     "train data": set(),
@@ -370,12 +374,15 @@ def test_the_calls_answer_as_reading_everything_would(tmp_path: Path) -> None:
     every = [r for t in range(TYPES) for r in sets.for_model_type(f"t{t}")]
     assert sets.model_types() == sorted({r.model_type for r in every}) == sorted(f"t{t}" for t in range(TYPES))
     names = ["t3-499.joblib", "t4-7.joblib", "stray.joblib", *(f"x{i}.joblib" for i in range(1200))]
-    assert sets.known_paths(names) == sets.artifact_paths() & set(names) == {"t3-499.joblib", "t4-7.joblib"}
+    recorded_paths = {r.artifact.relative_path for r in every if r.artifact}
+    assert sets.known_paths(names) == recorded_paths & set(names) == {"t3-499.joblib", "t4-7.joblib"}
     assert sets.known_paths([]) == set()
     t3 = sets.for_model_type("t3")
     live = [r.id for r in t3 if not r.is_current and r.artifact and not r.archived_at]
     assert [r.id for r in sets.retained("t3")] == live and len(live) == 2
     assert [r.id for r in sets.retained("t3", older_than=live[0])] == live[1:]
+    assert [r.id for r in sets.retained("t3", limit=1)] == live[:1]
+    assert [r.id for r in sets.retained("t3", older_than=live[0], limit=4)] == live[1:]
     assert sets.recent_versions("t3", 100) == [r.id for r in t3 if not r.archived_at]
     assert sets.recent_versions("t3", 1) == [t3[0].id]
     assert sets.has_model_type("t3") and not sets.has_model_type("t99")

@@ -144,7 +144,7 @@ def test_rows_written_without_a_binary_copy_are_read_from_json(
 def test_loading_holds_about_the_matrix_in_memory(tmp_path: Path) -> None:
     services = services_on(tmp_path)
     matrix = RNG.normal(size=(120_000, 10))
-    services.history.history.append("big", [], rows(matrix, [int(v > 0) for v in matrix[:, 0]]), matrix)
+    services.history.history.append("big", [], matrix, [int(v > 0) for v in matrix[:, 0]])
     tracemalloc.start()
     try:
         data = services.history.history.load_columns("big")

@@ -149,16 +149,16 @@ class HistoryService:
         existing_width = self.history.feature_count(upload.dataset)
         if upload.columns is not None:
             matrix = _checked_columns(upload.columns.features, existing_width)
-            rows = [HistoryRow(f, t) for f, t in zip(map(tuple, matrix.tolist()), upload.columns.targets, strict=True)]
+            targets = upload.columns.targets
         else:
-            rows = list(upload.rows)
-            matrix = feature_matrix([row.features for row in rows], existing_width)
+            matrix = feature_matrix([row.features for row in upload.rows], existing_width)
+            targets = [row.target for row in upload.rows]
         width = matrix.shape[1]
         if upload.feature_names and len(upload.feature_names) != width:
             raise InvalidArgument(f"{len(upload.feature_names)} feature names given for {width} features")
         check_feature_names(upload.feature_names)
-        check_targets([row.target for row in rows])
-        return self.history.append(upload.dataset, upload.feature_names, rows, features=matrix, batch=batch)
+        check_targets(targets)
+        return self.history.append(upload.dataset, upload.feature_names, matrix, targets, batch=batch)
 
 
 def _checked_columns(matrix: np.ndarray, expected_features: int | None) -> np.ndarray:

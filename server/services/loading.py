@@ -6,6 +6,7 @@ import logging
 import pickle
 import platform
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,9 @@ from server.storage.artifacts import ArtifactStore, load_pipeline
 from server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
+
+# How many older sets a fallback reads per query; each one it tries costs an artifact read and a self-check.
+_FALLBACK_BATCH = 4
 
 
 def environment_fingerprint() -> dict[str, str]:
@@ -157,9 +161,7 @@ class ModelLoader:
         return model
 
     def _fall_back(self, model_type: str, current: PredictionSetRecord, reason: str) -> LoadedModel | UnavailableModel:
-        for older in self.sets.for_model_type(model_type):
-            if older.id >= current.id or older.artifact is None or older.archived_at:
-                continue
+        for older in self._older_sets(model_type, current.id):
             note = f"FALLBACK: current set {current.id} refused ({reason}); serving older set {older.id}"
             try:
                 model = self.load(older, note=note, fallback_for=current.id)
@@ -181,6 +183,17 @@ class ModelLoader:
             return model
         logger.error("model type %s is unavailable: no prediction set verifies", model_type)
         return UnavailableModel(model_type, f"current set {current.id} refused: {reason}", current)
+
+    def _older_sets(self, model_type: str, below: int) -> Iterator[PredictionSetRecord]:
+        """The sets with an artifact older than the id `below`, newest first, a few per query through the index
+        of unarchived sets: the first one usually serves, so neither the archived history nor every candidate
+        is fetched to find it."""
+        while True:
+            batch = self.sets.retained(model_type, older_than=below, limit=_FALLBACK_BATCH)
+            yield from batch
+            if len(batch) < _FALLBACK_BATCH:
+                return
+            below = batch[-1].id
 
 
 def _log_loaded(model: LoadedModel) -> None:

@@ -37,7 +37,8 @@ class ArtifactRecoveryService:
         self.importer = importer
 
     def orphans(self) -> list[str]:
-        return sorted(self.artifacts.stored_names() - self.sets.artifact_paths())
+        stored = self.artifacts.stored_names()
+        return sorted(stored - self.sets.known_paths(stored))
 
     def recover(self) -> list[Recovery]:
         return [self._recover(name) for name in self.orphans()]

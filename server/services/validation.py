@@ -49,6 +49,8 @@ def check_finite(matrix: np.ndarray) -> None:
 
 def check_targets(targets: Sequence[object]) -> None:
     """Targets are a label or a finite number, never missing."""
+    if set(map(type, targets)) <= {int}:  # a classifier's labels: nothing to check, and no loop in Python
+        return
     for index, value in enumerate(targets):
         if value is None or value == "":
             raise InvalidArgument(f"row {index} has no target")

@@ -45,8 +45,8 @@ def decode_features(data: bytes, width: int) -> np.ndarray:
 
 
 def encode_targets(values: Sequence[Any]) -> EncodedTargets:
-    types = {type(value) for value in values}
-    if types <= {int} and all(_INT64_RANGE[0] <= v <= _INT64_RANGE[1] for v in values):
+    types = set(map(type, values))
+    if types <= {int} and (not values or (min(values) >= _INT64_RANGE[0] and max(values) <= _INT64_RANGE[1])):
         return EncodedTargets(INT64, np.asarray(values, dtype=_INT64).tobytes())
     if types <= {int, float} and all(type(v) is float or abs(v) <= _EXACT_IN_FLOAT for v in values):
         is_int = np.fromiter((type(v) is int for v in values), dtype=bool, count=len(values))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from server.domain import Dataset, HistoryRow, TargetValue
+from server.domain import Dataset, TargetValue
 from server.errors import InvalidArgument
 from server.storage.columns import (
     INT64,
@@ -29,6 +29,7 @@ from server.storage.columns import (
     target_values,
 )
 from server.storage.databases import Connection, RegistryDatabase
+from server.storage.documents import feature_documents, target_documents
 from server.storage.ingests import IngestBatch, record_batch
 
 logger = logging.getLogger(__name__)
@@ -66,20 +67,20 @@ class HistoryRepository:
         self,
         dataset: str,
         feature_names: Sequence[str],
-        rows: Sequence[HistoryRow],
-        features: np.ndarray | None = None,
+        features: np.ndarray,
+        targets: Sequence[TargetValue],
         batch: IngestBatch | None = None,
     ) -> int:
-        """Appends rows (and their binary copy) in one transaction; returns the dataset's row count afterwards.
+        """Appends rows, a float64 matrix and a target per row, as JSON rows and their binary copy in one
+        transaction; returns the dataset's row count afterwards.
 
         A dataset's first rows fix its feature names (none given: it has none); rows that give other
         names store nothing. Every dataset with rows has its datasets row (migration 0007 gave the Phase-4
         ones theirs, with no names), so only a dataset's first rows insert one; under the dataset's lock, a
         second first ingest finds the first one's names and is compared with them.
-        `features` is the rows' matrix when the caller has it already.
         """
         given = list(feature_names)
-        matrix = np.asarray([row.features for row in rows], dtype=np.float64) if features is None else features
+        documents = list(zip(feature_documents(features), target_documents(targets), strict=True))
         with self.database.writing() as conn:
             self.database.lock_dataset(conn, dataset)
             if batch is not None:  # an ingest's batch: recorded with its rows, or BatchAlreadyStored
@@ -95,14 +96,11 @@ class HistoryRepository:
             before = conn.execute("SELECT MAX(id) FROM data_history").fetchone()[0]
             conn.executemany(
                 "INSERT INTO data_history (dataset, features, target) VALUES (?, ?, ?)",
-                [(dataset, json.dumps(list(row.features)), json.dumps(row.target)) for row in rows],
+                [(dataset, *document) for document in documents],
             )
-            ids = conn.execute(
-                "SELECT id FROM data_history WHERE dataset = ? AND id > ? ORDER BY id",
-                (dataset, _FIRST if before is None else int(before)),
-            ).fetchall()
-            if rows:
-                _add_rows(conn, dataset, [int(row[0]) for row in ids], matrix, [row.target for row in rows])
+            if documents:
+                ids = _new_ids(conn, dataset, _FIRST if before is None else int(before), len(documents))
+                _add_rows(conn, dataset, ids, features, list(targets))
             return int(conn.execute("SELECT COUNT(*) FROM data_history WHERE dataset = ?", (dataset,)).fetchone()[0])
 
     def feature_count(self, dataset: str) -> int | None:
@@ -207,7 +205,22 @@ def _segments(conn: Connection, dataset: str) -> Iterator[Any]:
         del batch  # before the next fetch, so that two batches are never held at once
 
 
-def _add_rows(conn: Connection, dataset: str, ids: list[int], matrix: np.ndarray, targets: list[Any]) -> None:
+def _new_ids(conn: Connection, dataset: str, before: int, count: int) -> Sequence[int]:
+    """The ids of the dataset's `count` rows just appended, all above `before`: a range when they are
+    consecutive (always on SQLite, where one writer at a time inserts them), else read one by one (PostgreSQL's
+    sequence may interleave other datasets' rows)."""
+    first, last, found = conn.execute(
+        "SELECT MIN(id), MAX(id), COUNT(*) FROM data_history WHERE dataset = ? AND id > ?", (dataset, before)
+    ).fetchone()
+    if found == count and int(last) - int(first) + 1 == count:
+        return range(int(first), int(last) + 1)
+    rows = conn.execute(
+        "SELECT id FROM data_history WHERE dataset = ? AND id > ? ORDER BY id", (dataset, before)
+    ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def _add_rows(conn: Connection, dataset: str, ids: Sequence[int], matrix: np.ndarray, targets: list[Any]) -> None:
     """Copies rows just appended (with their ids), into the dataset's last segment while both are small, else
     as new segments."""
     last = conn.execute(
@@ -229,7 +242,9 @@ def _add_rows(conn: Connection, dataset: str, ids: list[int], matrix: np.ndarray
     _insert_segments(conn, dataset, ids, matrix, targets)
 
 
-def _insert_segments(conn: Connection, dataset: str, ids: list[int], matrix: np.ndarray, targets: list[Any]) -> None:
+def _insert_segments(
+    conn: Connection, dataset: str, ids: Sequence[int], matrix: np.ndarray, targets: list[Any]
+) -> None:
     step = _rows_per_segment(matrix.shape[1])
     for start in range(0, len(ids), step):
         end = min(start + step, len(ids))

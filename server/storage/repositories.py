@@ -216,16 +216,26 @@ class PredictionSetRepository:
             ).fetchall()
         return [_record(row) for row in rows]
 
-    def retained(self, model_type: str, older_than: int | None = None) -> list[PredictionSetRecord]:
+    def retained(
+        self, model_type: str, older_than: int | None = None, limit: int | None = None
+    ) -> list[PredictionSetRecord]:
         """The sets of a model type that are not current and still have their artifact, newest (highest id)
-        first, only those below the id `older_than` if given: what retention may delete, and what start-up may
-        fall back to. Read through idx_prediction_sets_unarchived: retention keeps this to a few per type."""
-        below = "" if older_than is None else " AND id < ?"
+        first, only those below the id `older_than` if given, at most `limit` if given: what retention may
+        delete, and what start-up may fall back to. Read through idx_prediction_sets_unarchived: retention
+        keeps this to a few per type."""
+        parameters: list[Any] = [model_type]
+        below = at_most = ""
+        if older_than is not None:
+            below = " AND id < ?"
+            parameters.append(older_than)
+        if limit is not None:
+            at_most = " LIMIT ?"
+            parameters.append(limit)
         with self.database.reading() as conn:
             rows = conn.execute(
                 f"SELECT {_SET_COLUMNS} FROM prediction_sets WHERE model_type = ? AND archived_at IS NULL "
-                f"AND model_artifact_path IS NOT NULL AND NOT is_current{below} ORDER BY id DESC",
-                (model_type,) if older_than is None else (model_type, older_than),
+                f"AND model_artifact_path IS NOT NULL AND NOT is_current{below} ORDER BY id DESC{at_most}",
+                parameters,
             ).fetchall()
         return [_record(row) for row in rows]
 
@@ -266,14 +276,6 @@ class PredictionSetRepository:
                 ).fetchall()
                 known.update(row[0] for row in rows)
         return known
-
-    def artifact_paths(self) -> set[str]:
-        """Every recorded artifact path: reads every set, so prefer known_paths."""
-        with self.database.reading() as conn:
-            rows = conn.execute(
-                "SELECT model_artifact_path FROM prediction_sets WHERE model_artifact_path IS NOT NULL"
-            ).fetchall()
-        return {row[0] for row in rows}
 
 
 def _insert_parameters(new: NewPredictionSet) -> tuple[Any, ...]:

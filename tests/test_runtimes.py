@@ -198,3 +198,31 @@ def test_a_runtime_that_raises_fails_the_proof():
 
     proof = prove(pipeline, Broken(), rows, TOLERANCE)
     assert not proof.passed and "RuntimeError: boom" in proof.reason
+
+
+TREE_CASES = [(r, d) for r, d in CASES if r.name.startswith(("random_forest", "hist_gradient_boosting"))]
+
+
+@pytest.mark.parametrize(("recipe", "dataset"), TREE_CASES, ids=[f"{r.name}-{d}" for r, d in TREE_CASES])
+def test_the_direct_gtil_call_gives_what_treelite_gtil_predict_gives(recipe, dataset, fitted):
+    """GtilCall skips treelite.gtil.predict's per-call set-up; its numbers must be that function's, bit for bit,
+    for one row and for many, and the public function must still be there to fall back to."""
+    import treelite.gtil
+
+    from server.runtimes.gtil import GtilCall
+
+    pipeline, rows = fitted[(recipe.name, dataset)]
+    runtime = compile_pipeline(pipeline, recipe.task)
+    assert isinstance(runtime, CompiledForm)
+    model = runtime.runtime._model
+    for raw_margin in (False, True):
+        call = GtilCall(model, raw_margin)
+        assert call._direct is not None  # the fast path is the one measured; losing it must show here
+        for batch in (rows[:1], rows[:7], rows):
+            x = np.ascontiguousarray(batch, dtype=np.float64)
+            expected = treelite.gtil.predict(model, x, nthread=1, pred_margin=raw_margin)
+            got = call(x)
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            assert np.array_equal(got, expected)
+        call._direct = None
+        assert np.array_equal(call(rows[:3]), treelite.gtil.predict(model, rows[:3], nthread=1, pred_margin=raw_margin))

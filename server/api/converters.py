@@ -142,7 +142,9 @@ def ingest_response(outcome: IngestOutcome) -> pb.IngestHistoryResponse:
 
 
 def feature_rows(rows: Sequence[pb.Row]) -> list[Sequence[float]]:
-    return [row.features for row in rows]
+    # Lists: NumPy reads a list of floats directly, while each repeated field it must first probe for the
+    # array protocols (~20 µs a call in the server, where those paths are cold).
+    return [list(row.features) for row in rows]
 
 
 def train_command(request: pb.TrainRequest, still_wanted: Callable[[], bool]) -> TrainCommand:

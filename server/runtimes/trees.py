@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import treelite
-import treelite.gtil
 import treelite.sklearn
 from scipy.special import expit
 from sklearn.base import BaseEstimator
@@ -21,6 +20,7 @@ from sklearn.ensemble import (
 )
 
 from server.runtimes.base import as_rows
+from server.runtimes.gtil import GtilCall
 from server.runtimes.scaling import Standardization
 from server.runtimes.stored import classes_from_arrays, classes_to_arrays, pack, require, unpack
 
@@ -75,6 +75,7 @@ class TreeliteRuntime:
         self._classes = classes
         self._standardization = standardization
         self.n_features = model.num_feature
+        self._predict = GtilCall(model, raw_margin=family == BOOSTING)
 
     @classmethod
     def of(cls, estimator: BaseEstimator, standardization: Standardization | None) -> TreeliteRuntime:
@@ -91,9 +92,7 @@ class TreeliteRuntime:
             x = self._standardization.apply(x)
         if self._family == FOREST:
             x = x.astype(np.float32).astype(np.float64)
-        # nthread=1: the server's threads are the parallelism; a pool per call would cost more than the trees
-        out = treelite.gtil.predict(self._model, x, nthread=1, pred_margin=self._family == BOOSTING)
-        return out.reshape(x.shape[0], -1)
+        return self._predict(x).reshape(x.shape[0], -1)
 
     def _answer(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         out = self._outputs(rows)

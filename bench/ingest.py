@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from client.batches import BATCH_ROWS
+from bench.procstats import cpu_seconds, process_tree
 from client.csvfile import CsvFile
 from harness.launcher import PROJECT_ROOT, ServerProcess
 from harness.waiting import wait_until
@@ -78,9 +80,12 @@ def client_share(csv_path: Path, batch_rows: int) -> float:
 def throughput(workdir: Path, csv_path: Path, rows: int) -> dict[str, Any]:
     server = ServerProcess(_fresh(workdir / "throughput")).start()
     try:
+        server_pids = process_tree(server.process.pid)
+        server_cpu, cli_cpu = cpu_seconds(server_pids), _children_cpu_seconds()
         started = time.perf_counter()
         result = subprocess.run(cli_ingest(server, csv_path), capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - started
+        server_cpu, cli_cpu = cpu_seconds(server_pids) - server_cpu, _children_cpu_seconds() - cli_cpu
     finally:
         server.kill()
     if result.returncode != 0:
@@ -88,7 +93,18 @@ def throughput(workdir: Path, csv_path: Path, rows: int) -> dict[str, Any]:
     answer = json.loads(result.stdout)
     if answer["total_rows"] != rows:
         raise RuntimeError(f"stored {answer['total_rows']} rows of {rows}")
-    return {"seconds": seconds, "rows_per_second": rows / seconds}
+    # CPU per row of each side: with 2 cores, the sum bounds the rate however well the two overlap.
+    return {
+        "seconds": seconds,
+        "rows_per_second": rows / seconds,
+        "cli_cpu_us_per_row": cli_cpu / rows * 1e6,
+        "server_cpu_us_per_row": server_cpu / rows * 1e6,
+    }
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _acknowledged_rows(progress_text: str) -> int:
@@ -192,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"client alone (read, parse, encode): {client_seconds:.2f}s, {args.rows / client_seconds:,.0f} rows/s")
     cli = figures["cli"]
     print(f"predserve ingest --csv, end to end: {cli['seconds']:.2f}s, {cli['rows_per_second']:,.0f} rows/s "
-          f"(target {TARGET_RATE:,})")  # fmt: skip
+          f"(target {TARGET_RATE:,}); CPU per row: CLI {cli['cli_cpu_us_per_row']:.2f} us, "
+          f"server {cli['server_cpu_us_per_row']:.2f} us")  # fmt: skip
     ok = True
     if not args.no_crash:
         crash = crash_and_resume(workdir, csv_path, args.rows, args.kill_after_batches)

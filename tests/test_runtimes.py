@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
@@ -226,3 +228,40 @@ def test_the_direct_gtil_call_gives_what_treelite_gtil_predict_gives(recipe, dat
             assert np.array_equal(got, expected)
         call._direct = None
         assert np.array_equal(call(rows[:3]), treelite.gtil.predict(model, rows[:3], nthread=1, pred_margin=raw_margin))
+
+
+@pytest.mark.parametrize(("recipe", "dataset"), CASES, ids=[f"{r.name}-{d}" for r, d in CASES])
+def test_recorded_answers_round_trip_and_prove_the_form_as_the_pipeline_does(recipe, dataset, fitted):
+    """The answers stored with a form read back equal (text labels as objects too), prove it as the live
+    pipeline does, and a form proven against answers moved past the tolerance is refused."""
+    from server.runtimes.fidelity import prove_against, prove_recording, split_reference, with_reference
+
+    pipeline, rows = fitted[(recipe.name, dataset)]
+    compiled = compile_pipeline(pipeline, recipe.task)
+    assert isinstance(compiled, CompiledForm)
+    runtime = load_runtime(compiled.runtime.name, compiled.data)
+    proof, reference = prove_recording(pipeline, runtime, rows, TOLERANCE)
+    assert proof.passed and reference is not None
+    data, stored = split_reference(with_reference(compiled.data, reference.stored_for(3, "ab" * 32)))
+    assert data == compiled.data and stored is not None and stored.pipeline_sha256 == "ab" * 32
+    assert np.array_equal(stored.rows, rows[3:]) and np.array_equal(stored.values, reference.values[3:])
+    assert list(stored.labels) == list(reference.labels[3:]) and stored.labels.dtype == reference.labels.dtype
+    again = prove_against(stored, runtime, TOLERANCE)
+    assert again.passed and again.max_deviation == prove(pipeline, runtime, rows[3:], TOLERANCE).max_deviation
+    moved = dataclasses.replace(stored, values=stored.values + 1e-6)
+    assert not prove_against(moved, runtime, TOLERANCE).passed
+
+
+def test_a_form_without_recorded_answers_reads_as_such_and_damage_is_a_value_error():
+    from server.runtimes.fidelity import prove_recording, split_reference, with_reference
+
+    pipeline, rows = _fit("logistic_regression", "iris")
+    compiled = compile_pipeline(pipeline, CLASSIFICATION)
+    assert isinstance(compiled, CompiledForm)
+    assert split_reference(compiled.data) == (compiled.data, None)  # a file written before answers were recorded
+    _, reference = prove_recording(pipeline, load_runtime(compiled.runtime.name, compiled.data), rows, TOLERANCE)
+    assert reference is not None
+    stored = with_reference(compiled.data, reference.stored_for(0, "cd" * 32))
+    for cut in (30, len(compiled.data), len(stored) - 10):  # inside the form, at its end, inside the answers
+        with pytest.raises(ValueError):
+            split_reference(stored[:cut])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 
 from server.runtimes.base import Proof, Runtime, as_rows
+from server.runtimes.stored import UnstorableClasses, pack, require, unpack
 
 # Beyond the training range by this fraction of each feature's span (of its magnitude when the span is zero).
 BEYOND = 0.1
@@ -84,16 +86,62 @@ def _labels_differ(expected: np.ndarray, got: np.ndarray) -> str:
     return ""
 
 
-def prove(pipeline: BaseEstimator, runtime: Runtime, rows: np.ndarray, tolerance: float) -> Proof:
-    """Compares predict, predict_proba and predict_both of `runtime` with `pipeline` on `rows`."""
+@dataclass(frozen=True)
+class Reference:
+    """The pipeline's answers on proof rows: `labels` from predict, `values` (float64) from predict_proba for
+    a classifier and predict for a regressor. Recorded at Train beside the compiled form, so that at load the
+    form is proven again against them without the pipeline computing them once more."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    values: np.ndarray
+    is_classifier: bool
+    # The SHA-256 of the artifact whose pipeline gave these answers: a form stored with another set's
+    # answers is another set's form.
+    pipeline_sha256: str = ""
+
+    def stored_for(self, start: int, pipeline_sha256: str) -> Reference:
+        """The answers from row `start` on, marked as given by the pipeline of that artifact."""
+        return Reference(
+            self.rows[start:], self.labels[start:], self.values[start:], self.is_classifier, pipeline_sha256
+        )
+
+
+class PipelineRaised(ValueError):
+    """The pipeline cannot answer the proof rows, so nothing can be proved on them."""
+
+
+def reference_answers(pipeline: BaseEstimator, rows: np.ndarray) -> Reference:
     rows = as_rows(rows)
-    n = len(rows)
     is_classifier = hasattr(pipeline, "classes_")
     try:
-        expected_labels = np.asarray(pipeline.predict(rows))
-        expected_values = np.asarray(pipeline.predict_proba(rows) if is_classifier else expected_labels, float)
-    except Exception as exc:  # the pipeline cannot answer these rows, so nothing can be proved on them
-        return Proof(n, 0.0, False, f"the pipeline raised on the proof rows: {type(exc).__name__}: {exc}")
+        labels = np.asarray(pipeline.predict(rows))
+        values = np.asarray(pipeline.predict_proba(rows) if is_classifier else labels, float)
+    except Exception as exc:  # whatever it raised: the message names it
+        raise PipelineRaised(f"the pipeline raised on the proof rows: {type(exc).__name__}: {exc}") from exc
+    return Reference(rows, labels, values, is_classifier)
+
+
+def prove(pipeline: BaseEstimator, runtime: Runtime, rows: np.ndarray, tolerance: float) -> Proof:
+    """Compares predict, predict_proba and predict_both of `runtime` with `pipeline` on `rows`."""
+    return prove_recording(pipeline, runtime, rows, tolerance)[0]
+
+
+def prove_recording(
+    pipeline: BaseEstimator, runtime: Runtime, rows: np.ndarray, tolerance: float
+) -> tuple[Proof, Reference | None]:
+    """The proof, and the pipeline's answers it compared with (None when the pipeline could not answer)."""
+    try:
+        reference = reference_answers(pipeline, rows)
+    except PipelineRaised as exc:
+        return Proof(len(rows), 0.0, False, str(exc)), None
+    return prove_against(reference, runtime, tolerance), reference
+
+
+def prove_against(reference: Reference, runtime: Runtime, tolerance: float) -> Proof:
+    """Compares predict, predict_proba and predict_both of `runtime` with the pipeline's recorded answers."""
+    rows, n = reference.rows, len(reference.rows)
+    expected_labels, expected_values = reference.labels, reference.values
     try:
         labels = np.asarray(runtime.predict(rows))
         proba = runtime.predict_proba(rows)
@@ -101,7 +149,7 @@ def prove(pipeline: BaseEstimator, runtime: Runtime, rows: np.ndarray, tolerance
     except Exception as exc:  # a runtime that raises is refused, whatever it raised
         return Proof(n, 0.0, False, f"the runtime raised: {type(exc).__name__}: {exc}")
 
-    if not is_classifier:
+    if not reference.is_classifier:
         if proba is not None or both_proba is not None:
             return Proof(n, 0.0, False, "the runtime gave probabilities for a regressor")
         answers = {"predict": np.asarray(labels), "predict_both": np.asarray(both_labels)}
@@ -123,3 +171,50 @@ def prove(pipeline: BaseEstimator, runtime: Runtime, rows: np.ndarray, tolerance
         if deviation > tolerance:
             return Proof(n, worst, False, f"{method} deviates by {deviation:.3g}, over the tolerance {tolerance:g}")
     return Proof(n, worst, True)
+
+
+# A compiled file holding the form's bytes and the Reference it was proven against: MAGIC, the form's length
+# (8 bytes, little-endian), the form's bytes, then the Reference as an .npz. Not an .npz around the form's .npz:
+# a zip reader looks for its directory from the end, and would find the inner one in a truncated outer file.
+# A file of the form's bytes alone (written before answers were recorded) is proven against the pipeline at
+# load, as it always was.
+MAGIC = b"predserve-proven"
+PROVEN = "proven-reference"
+
+
+def with_reference(runtime_data: bytes, reference: Reference) -> bytes:
+    labels = reference.labels
+    as_objects = labels.dtype.kind == "O"
+    if as_objects and not all(isinstance(value, str) for value in labels):
+        raise UnstorableClasses("labels of mixed or non-text objects have no stored form")
+    answers = pack(
+        PROVEN,
+        {
+            "rows": reference.rows,
+            "labels": labels.astype(str) if as_objects else labels,
+            "labels_as_objects": np.array(as_objects),
+            "values": reference.values,
+            "is_classifier": np.array(reference.is_classifier),
+            "pipeline_sha256": np.array(reference.pipeline_sha256),
+        },
+    )
+    return MAGIC + len(runtime_data).to_bytes(8, "little") + runtime_data + answers
+
+
+def split_reference(data: bytes) -> tuple[bytes, Reference | None]:
+    """The form's bytes and its recorded Reference (None in a file without one); ValueError when damaged."""
+    if not data.startswith(MAGIC):
+        return data, None
+    header = len(MAGIC) + 8
+    length = int.from_bytes(data[len(MAGIC) : header], "little")
+    if len(data) < header + length:
+        raise ValueError(f"corrupt compiled file: its form should hold {length} bytes, the file ends before")
+    arrays = unpack(PROVEN, data[header + length :])
+    rows, labels, as_objects, values, is_classifier, pipeline_sha256 = require(
+        arrays, PROVEN, "rows", "labels", "labels_as_objects", "values", "is_classifier", "pipeline_sha256"
+    )
+    if rows.ndim != 2 or not len(rows) == len(labels) == len(values):
+        raise ValueError(f"corrupt {PROVEN} data: {len(rows)} rows, {len(labels)} labels, {len(values)} values")
+    labels = labels.astype(object) if bool(as_objects) else labels
+    reference = Reference(rows, labels, values.astype(np.float64), bool(is_classifier), str(pipeline_sha256))
+    return data[header : header + length], reference

@@ -5,7 +5,8 @@ loaded back (the very bytes that will be stored), and the result must answer the
 its self-check rows and a sample spread over the training range as the pipeline does: identical labels,
 probabilities and values within the tolerance. Only then is it written beside the artifact and used.
 At load the file is verified like an artifact and the proof is run again on the self-check rows and the
-recorded range. Any failure leaves the pipeline answering, with the reason recorded or logged.
+recorded range, against the pipeline's answers recorded in the file at Train (see `load`). Any failure
+leaves the pipeline answering, with the reason recorded or logged.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 from server.domain import ArtifactInfo, PredictionSetRecord, RuntimeChoice, RuntimeRecord, SelfCheck
 from server.errors import PredserveError
 from server.runtimes import Refusal, Runtime, compile_pipeline, load_runtime, proof_rows, prove
+from server.runtimes.fidelity import prove_against, prove_recording, split_reference, with_reference
+from server.runtimes.stored import UnstorableClasses
 from server.storage.artifacts import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ class RuntimeBuilder:
         except ValueError as exc:
             return None, RuntimeRecord(note=f"the compiled form does not load back: {exc}")
         rows = proof_rows(evidence.held_out, _inputs(self_check), evidence.low, evidence.high)
-        proof = prove(pipeline, runtime, rows, self.tolerance)
+        proof, reference = prove_recording(pipeline, runtime, rows, self.tolerance)
         record = RuntimeRecord(
             name=runtime.name,
             version=runtime.version,
@@ -83,11 +86,25 @@ class RuntimeBuilder:
                 "%s: the %s form failed its proof (%s); the pipeline answers", model_type, runtime.name, proof.reason
             )
             return None, dataclasses.replace(record, note=f"the {runtime.name} form failed its proof: {proof.reason}")
-        file = self.artifacts.write_runtime(artifact, runtime.name, form.data, model_type)
+        assert reference is not None  # a proof that passed compared with the pipeline's answers
+        # The rows a load proves the form on again (all but the held-out ones, which the registry does not keep)
+        # and the pipeline's answers there, stored with the form so that a load need not compute them again.
+        held_out = 0 if evidence.held_out is None else len(evidence.held_out)
+        try:
+            data = with_reference(form.data, reference.stored_for(held_out, artifact.sha256))
+        except UnstorableClasses:
+            data = form.data  # proven against the pipeline at load, as files without a reference are
+        file = self.artifacts.write_runtime(artifact, runtime.name, data, model_type)
         return runtime, dataclasses.replace(record, file=file)
 
-    def load(self, record: PredictionSetRecord, pipeline: Any) -> tuple[Runtime | None, str]:
-        """A recorded set's compiled form, verified and proven again; else None and why the pipeline answers."""
+    def load(
+        self, record: PredictionSetRecord, pipeline: Any, same_environment: bool = False
+    ) -> tuple[Runtime | None, str]:
+        """A recorded set's compiled form, verified and proven again; else None and why the pipeline answers.
+
+        The proof at load compares the form with the pipeline's answers recorded in its file when
+        `same_environment` says the pipeline, which has passed its self-check, runs on the libraries it was
+        fitted with, so that it would give those answers again; otherwise with the pipeline's answers now."""
         runtime_record = record.runtime
         if self.choice is RuntimeChoice.SKLEARN:
             return None, ""
@@ -99,11 +116,17 @@ class RuntimeBuilder:
             return None, ""
         try:
             data = self.artifacts.read_verified(runtime_record.file, record.model_type)
-            runtime = load_runtime(runtime_record.name, data)
+            runtime_data, reference = split_reference(data)
+            runtime = load_runtime(runtime_record.name, runtime_data)
         except (PredserveError, ValueError) as exc:
             return None, f"compiled form refused ({exc}): the pipeline answers"
-        rows = proof_rows(None, _inputs(record.self_check), runtime_record.low, runtime_record.high)
-        proof = prove(pipeline, runtime, rows, self.tolerance)
+        if reference is not None and (record.artifact is None or reference.pipeline_sha256 != record.artifact.sha256):
+            return None, "compiled form refused (it was proven for another artifact): the pipeline answers"
+        if reference is not None and same_environment:
+            proof = prove_against(reference, runtime, self.tolerance)
+        else:
+            rows = proof_rows(None, _inputs(record.self_check), runtime_record.low, runtime_record.high)
+            proof = prove(pipeline, runtime, rows if reference is None else reference.rows, self.tolerance)
         if not proof.passed:
             return None, f"compiled form fails its proof again ({proof.reason}): the pipeline answers"
         return runtime, ""

@@ -94,7 +94,9 @@ class ModelLoader:
         started = time.perf_counter()
         data = self.artifacts.read_verified(record.artifact, record.model_type)
         pipeline = self.load_bytes(data, record.self_check, f"artifact of prediction set {record.id}")
-        runtime, runtime_problem = (None, "") if self.runtimes is None else self.runtimes.load(record, pipeline)
+        runtime, runtime_problem = (None, "") if self.runtimes is None else self.runtimes.load(
+            record, pipeline, same_environment=not mismatch
+        )
         if runtime_problem:
             logger.warning("model type %s, set %d: %s", record.model_type, record.id, runtime_problem)
         elapsed = time.perf_counter() - started

@@ -216,3 +216,70 @@ def test_a_runtime_that_raises_leaves_the_pipeline_to_answer(tmp_path: Path) -> 
     result = services.prediction.predict("m", IRIS_PROBES, include_probabilities=True)
     assert result.values == expected and result.probabilities is not None
     assert prediction.runtime_fallbacks.value == before + 1
+
+
+def forge_reference(server: ServerProcess, model_type: str, shift: float) -> None:
+    """Rewrites a set's compiled file with the pipeline's recorded answers moved by `shift`, and records the new
+    file's SHA-256 and size, as someone with write access to both and no signing key could."""
+    from server.runtimes.fidelity import Reference, split_reference, with_reference
+
+    name = compiled_file(server.db, model_type)
+    assert name is not None
+    path = server.models_dir / name
+    runtime_data, reference = split_reference(path.read_bytes())
+    assert reference is not None
+    moved = Reference(
+        reference.rows, reference.labels, reference.values + shift, reference.is_classifier, reference.pipeline_sha256
+    )
+    forged = with_reference(runtime_data, moved)
+    path.write_bytes(forged)
+    with sqlite3.connect(server.db) as conn:
+        conn.execute(
+            "UPDATE prediction_sets SET runtime_sha256 = ?, runtime_size_bytes = ? WHERE runtime_path = ?",
+            (hashlib.sha256(forged).hexdigest(), len(forged), name),
+        )
+
+
+def test_a_load_proves_the_form_against_the_answers_recorded_with_it(tmp_path: Path) -> None:
+    """The compiled file records the pipeline's answers on the proof rows and the artifact that gave them. At load
+    the form is proven against those answers (a forged answer is found), unless the libraries changed since the
+    fit: then against the pipeline itself, which the forgery cannot fool."""
+    from server.runtimes.fidelity import split_reference
+
+    server = ServerProcess(tmp_path).start()
+    try:
+        train_both(server)
+        before = answers(server, "iris_forest")
+        with server.client() as client:
+            (recorded,) = client.list_prediction_sets("iris_forest").prediction_sets
+        server.stop()
+        name = compiled_file(server.db, "iris_forest")
+        assert name is not None
+        _, reference = split_reference((server.models_dir / name).read_bytes())
+        assert reference is not None and reference.pipeline_sha256 == recorded.artifact_sha256
+        assert reference.is_classifier and len(reference.rows) == len(reference.values) > 100
+
+        forge_reference(server, "iris_forest", shift=1e-6)
+        server.start()
+        status = runtimes(server)["iris_forest"]
+        assert status.runtime.answering == "sklearn" and "fails its proof again" in status.status_message, status
+        assert answers(server, "iris_forest")[0] == before[0]
+        server.stop()
+
+        # Recorded as fitted with another scikit-learn: the recorded answers are not trusted, the pipeline is asked.
+        with sqlite3.connect(server.db) as conn:
+            (environment,) = conn.execute(
+                "SELECT environment FROM prediction_sets WHERE runtime_path = ?", (name,)
+            ).fetchone()
+            conn.execute(
+                "UPDATE prediction_sets SET environment = ? WHERE runtime_path = ?",
+                (environment.replace('"sklearn": "', '"sklearn": "0.0.'), name),
+            )
+        server.start()
+        status = runtimes(server)["iris_forest"]
+        assert status.runtime.answering == "treelite", status
+        assert "version mismatch" in status.status_message
+        labels, probabilities = answers(server, "iris_forest")
+        assert labels == before[0] and np.max(np.abs(probabilities - before[1])) <= 1e-9
+    finally:
+        server.kill()

@@ -27,10 +27,6 @@ try:
 except ImportError:  # another treelite layout: the public function, at its cost
     _LIB = None
 
-# From this many rows a call walks the trees on every core (OpenMP): a proof's ~600 rows in half the time on 2
-# cores. Below it one thread: a one-row Predict must not wake a pool, and the server's threads are parallel.
-PARALLEL_FROM_ROWS = 128
-
 
 class GtilCall:
     """Predictions of one model with one thread, raw margins or treelite's default output."""
@@ -48,17 +44,16 @@ class GtilCall:
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         if self._direct is not None:
             return self._direct(rows)
-        threads = 0 if len(rows) >= PARALLEL_FROM_ROWS else 1  # 0: every core
-        return treelite.gtil.predict(self._model, rows, nthread=threads, pred_margin=self._raw_margin)
+        return treelite.gtil.predict(self._model, rows, nthread=1, pred_margin=self._raw_margin)
 
 
 class _Direct:
     def __init__(self, model: treelite.Model, raw_margin: bool) -> None:
         self._model = model
-        # Kept for the model's life: each owns the parsed configuration handle the C calls use.
-        predict_type = "raw" if raw_margin else "default"
-        self._one_thread = GTILConfig(nthread=1, predict_type=predict_type)
-        self._every_core = GTILConfig(nthread=0, predict_type=predict_type)
+        # Kept for the model's life: it owns the parsed configuration handle the C calls use. One thread, even for
+        # a proof's hundreds of rows: once OpenMP's pool exists its idle threads cost every later one-row call
+        # ~130 µs of CPU (measured), and the server's own threads are its parallelism.
+        self._config = GTILConfig(nthread=1, predict_type="raw" if raw_margin else "default")
         input_type, output_type = model.input_type, model.output_type
         self._input_dtype = typestr_to_numpy_type(input_type)
         self._output_dtype = typestr_to_numpy_type(output_type)
@@ -72,7 +67,7 @@ class _Direct:
         ndim = ctypes.c_uint64()
         _check_call(
             _LIB.TreeliteGTILGetOutputShape(
-                self._model.handle, ctypes.c_uint64(1), self._one_thread.handle, ctypes.byref(shape), ctypes.byref(ndim)
+                self._model.handle, ctypes.c_uint64(1), self._config.handle, ctypes.byref(shape), ctypes.byref(ndim)
             )
         )
         dims: list[Any] = np.ctypeslib.as_array(shape, shape=(ndim.value,)).tolist()
@@ -81,7 +76,6 @@ class _Direct:
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         data = np.ascontiguousarray(rows, dtype=self._input_dtype)
         out = np.zeros((data.shape[0], *self._row_shape), dtype=self._output_dtype)
-        config = self._every_core if data.shape[0] >= PARALLEL_FROM_ROWS else self._one_thread
         _check_call(
             _LIB.TreeliteGTILPredict(
                 self._model.handle,
@@ -89,7 +83,7 @@ class _Direct:
                 self._input_name,
                 ctypes.c_uint64(data.shape[0]),
                 out.ctypes.data_as(self._output_pointer),
-                config.handle,
+                self._config.handle,
             )
         )
         return out

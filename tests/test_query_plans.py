@@ -149,7 +149,13 @@ def calls(database: RecordingDatabase) -> dict[str, Callable[[], object]]:
         "registrar: record and promote": lambda: sets.insert(new_set("t3", "new.joblib"), promote_if=lambda c: True),
         "registrar: promote": lambda: sets.promote(5, "promote"),
         "registrar: after a failed Train": lambda: sets.records_artifact("t3-2.joblib"),
-        "gc": lambda: (sets.model_types(), sets.current("t3"), sets.retained("t3"), sets.archive([7])),
+        "gc": lambda: (
+            sets.model_types(),
+            sets.current("t3"),
+            sets.retained("t3", older_than=current.id, limit=4),
+            sets.retained_beyond("t3", 1),
+            sets.archive([7]),
+        ),
         "rollback": lambda: (sets.previous_current("t3"), sets.has_model_type("t3")),
         "start-up": lambda: (sets.is_empty(), sets.model_types(), sets.current_sets()),
         # ModelLoader._fall_back, when the current set is refused: a few older sets per query
@@ -252,9 +258,13 @@ SQLITE_PLANS = {
         "SEARCH prediction_sets USING COVERING INDEX idx_prediction_sets_newest (model_type>?)",
         "SCAN types",
         "SEARCH prediction_sets USING INDEX ux_prediction_sets_one_current (model_type=?)",
-        # the sets that still have an artifact, sorted by id: what retention keeps, a few per type
-        "SEARCH prediction_sets USING INDEX idx_prediction_sets_unarchived (model_type=?)",
-        "USE TEMP B-TREE FOR ORDER BY",
+        # the sets that still have an artifact, sorted by id: what retention keeps, a few per type; read three
+        # times: the fallback candidate's first page, the id `keep` sets down, the sets past it
+        *[
+            "SEARCH prediction_sets USING INDEX idx_prediction_sets_unarchived (model_type=?)",
+            "USE TEMP B-TREE FOR ORDER BY",
+        ]
+        * 3,
         "SEARCH prediction_sets USING INTEGER PRIMARY KEY (rowid=?)",
     ],
     "rollback": [
@@ -383,6 +393,9 @@ def test_the_calls_answer_as_reading_everything_would(tmp_path: Path) -> None:
     assert [r.id for r in sets.retained("t3", older_than=live[0])] == live[1:]
     assert [r.id for r in sets.retained("t3", limit=1)] == live[:1]
     assert [r.id for r in sets.retained("t3", older_than=live[0], limit=4)] == live[1:]
+    assert [r.id for r in sets.retained_beyond("t3", 1)] == live[1:]
+    assert [r.id for r in sets.retained_beyond("t3", 0)] == live
+    assert sets.retained_beyond("t3", len(live)) == []
     assert sets.recent_versions("t3", 100) == [r.id for r in t3 if not r.archived_at]
     assert sets.recent_versions("t3", 1) == [t3[0].id]
     assert sets.has_model_type("t3") and not sets.has_model_type("t99")

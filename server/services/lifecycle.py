@@ -14,6 +14,8 @@ from server.storage.artifacts import ArtifactStore
 from server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
+# How many older sets gc reads at a time while it looks for the one start-up would fall back to.
+_FALLBACK_PAGE = 4
 
 
 @dataclass(frozen=True)
@@ -98,23 +100,25 @@ class ModelLifecycleService:
 
     def _beyond_retention(self, model_type: str, keep: int) -> list[PredictionSetRecord]:
         """Non-current sets past the newest `keep`, never the fallback candidate. Pinned sets may go:
-        the pin cache holds them in memory only. Reads the sets that still have an artifact, not the history."""
+        the pin cache holds them in memory only. Reads only the sets past `keep` and the few newest older than the
+        current set, whatever the history."""
         current = self.sets.current(model_type)
-        candidates = self.sets.retained(model_type)
-        fallback = self._fallback_candidate(candidates, None if current is None else current.id)
-        return [r for r in candidates[keep:] if r.id != fallback]
+        fallback = self._fallback_candidate(model_type, None if current is None else current.id)
+        return [r for r in self.sets.retained_beyond(model_type, keep) if r.id != fallback]
 
-    def _fallback_candidate(self, newest_first: list[PredictionSetRecord], current_id: int | None) -> int | None:
-        """The set start-up would fall back to: the newest set older than the current one that verifies."""
-        for record in newest_first:
-            assert record.artifact is not None
-            if current_id is not None and record.id >= current_id:
-                continue
-            try:
-                self.artifacts.read_verified(record.artifact, record.model_type)
-            except ArtifactRejected:
-                continue
-            return record.id
+    def _fallback_candidate(self, model_type: str, current_id: int | None) -> int | None:
+        """The set start-up would fall back to: the newest set older than the current one that verifies,
+        read a few at a time."""
+        below = current_id
+        while batch := self.sets.retained(model_type, older_than=below, limit=_FALLBACK_PAGE):
+            for record in batch:
+                assert record.artifact is not None
+                try:
+                    self.artifacts.read_verified(record.artifact, record.model_type)
+                except ArtifactRejected:
+                    continue
+                return record.id
+            below = batch[-1].id
         return None
 
     def _current_id(self, model_type: str) -> int:

@@ -239,6 +239,19 @@ class PredictionSetRepository:
             ).fetchall()
         return [_record(row) for row in rows]
 
+    def retained_beyond(self, model_type: str, keep: int) -> list[PredictionSetRecord]:
+        """The retained sets (as `retained` has them) past the newest `keep`, newest first: what a gc keeping
+        `keep` may delete. One seek past `keep` index entries finds where they start; only they are read."""
+        if keep <= 0:
+            return self.retained(model_type)
+        with self.database.reading() as conn:
+            row = conn.execute(
+                "SELECT id FROM prediction_sets WHERE model_type = ? AND archived_at IS NULL "
+                "AND model_artifact_path IS NOT NULL AND NOT is_current ORDER BY id DESC LIMIT 1 OFFSET ?",
+                (model_type, keep - 1),
+            ).fetchone()
+        return [] if row is None else self.retained(model_type, older_than=int(row[0]))
+
     def recent_versions(self, model_type: str, limit: int) -> list[int]:
         """The ids of the newest `limit` sets of a model type that still have their artifact, current or not."""
         with self.database.reading() as conn:

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from client.batches import BATCH_ROWS
 from bench.procstats import cpu_seconds, process_tree
+from client.batches import BATCH_ROWS
 from client.csvfile import CsvFile
 from harness.launcher import PROJECT_ROOT, ServerProcess
 from harness.waiting import wait_until
@@ -80,6 +80,7 @@ def client_share(csv_path: Path, batch_rows: int) -> float:
 def throughput(workdir: Path, csv_path: Path, rows: int) -> dict[str, Any]:
     server = ServerProcess(_fresh(workdir / "throughput")).start()
     try:
+        assert server.process is not None  # started above
         server_pids = process_tree(server.process.pid)
         server_cpu, cli_cpu = cpu_seconds(server_pids), _children_cpu_seconds()
         started = time.perf_counter()

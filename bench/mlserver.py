@@ -15,7 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from bench.scenarios import free_port
+from harness.ports import free_port
 
 logger = logging.getLogger(__name__)
 

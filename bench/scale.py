@@ -29,9 +29,9 @@ from bench import ingest as ingest_bench
 from bench import training_data
 from bench.report import pyplot
 from bench.run import machine
-from bench.scenarios import free_port
 from client.library import PredserveClient
 from harness.launcher import ServerProcess
+from harness.ports import free_port
 from harness.waiting import wait_until
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,23 +18,9 @@ from bench import loadgen
 from bench.labs import Lab, serving, stop
 from bench.procstats import memory_kib, process_tree
 from harness.launcher import PROJECT_ROOT
+from harness.ports import free_port
 from harness.waiting import wait_until
 from protos import grpc_predict_v2_pb2_grpc as pb_grpc
-
-
-class BusyPort(Exception):
-    """A port the bench was about to give a server is taken: a leftover server would share its traffic."""
-
-
-def free_port(host: str = "127.0.0.1", port: int = 0) -> int:
-    """A port nobody listens on. The probe binds without SO_REUSEPORT, so any listener, even one that set
-    SO_REUSEPORT (grpcio's default), makes it fail; a busy explicit port is refused rather than shared."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise BusyPort(f"port {port} on {host} is busy ({exc.strerror}): stop the server holding it") from exc
-        return int(probe.getsockname()[1])
 
 
 def inprocess_latencies(pipeline: Any, rows: np.ndarray, max_calls: int, max_seconds: float) -> np.ndarray:

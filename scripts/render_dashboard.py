@@ -15,13 +15,11 @@ import logging
 import math
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,10 +31,11 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from client.library import PredserveClient  # noqa: E402
+from harness import metrics  # noqa: E402
 from harness.launcher import ServerProcess  # noqa: E402
+from harness.metrics import SeriesKey  # noqa: E402
 from harness.waiting import wait_until  # noqa: E402
 from protos import grpc_predict_v2_pb2 as v2  # noqa: E402
 from protos import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
@@ -61,52 +60,16 @@ PREDSERVE_SERVICE = "predserve.v1.Predserve"
 V2_SERVICE = "inference.GRPCInferenceService"
 RATE_WINDOW = 5  # scrapes (seconds) per rate, as a Grafana $__rate_interval would be at a 1 s scrape interval
 QUANTILE_WINDOW = 10
-START_ATTEMPTS = 3  # a port found free can be taken before the server binds it
 CALL_TIMEOUT = 10.0
 # The bucket lines of one series kept in the excerpt: enough to show the form, not the whole ladder.
 EXCERPT_BUCKET_SERIES = ('method="Predict"', f'model_type="{IRIS}"')
 EXCERPT_BUCKETS = ('le="0.0001"', 'le="0.00025"', 'le="0.0005"', 'le="0.001"', 'le="+Inf"')
 
-SeriesKey = tuple[str, frozenset[tuple[str, str]]]
 # What a call should add to predserve_requests_total: service, method, model_type label, code.
 CallKey = tuple[str, str, str, str]
 
 
 # -- the run -------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def start_server(workdir: Path) -> tuple[ServerProcess, int]:
-    """predserve with two workers and its metrics endpoint on a free loopback port."""
-    for attempt in range(1, START_ATTEMPTS + 1):
-        metrics_port = free_port()
-        server = ServerProcess(
-            workdir,
-            extra_args=[
-                "--workers",
-                "2",
-                "--metrics-host",
-                "127.0.0.1",
-                "--metrics-port",
-                str(metrics_port),
-                "--reload-interval",
-                "1",
-            ],
-        )
-        try:
-            return server.start(), metrics_port
-        except (RuntimeError, TimeoutError):
-            if server.process is not None and server.process.poll() is None:
-                server.kill()  # a start that timed out leaves no server behind
-            if attempt == START_ATTEMPTS or "cannot serve metrics" not in server.log():
-                raise
-            logger.info("metrics port %d was taken meanwhile; trying another", metrics_port)
-    raise AssertionError("unreachable")
 
 
 def builtin_dataset(name: str) -> tuple[list[str], list[tuple[list[float], int]]]:
@@ -285,14 +248,11 @@ class Scrape:
 
 def scrape(port: int, instance: str) -> tuple[str, dict[SeriesKey, float]]:
     """One scrape; every sample gets the `instance` label a Prometheus would add."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = {**sample.labels, "instance": instance}
-            samples[(sample.name, frozenset(labels.items()))] = float(sample.value)
-    return text, samples
+    text = metrics.scrape(metrics.metrics_url(port))
+    return text, {
+        (name, frozenset({**dict(labels), "instance": instance}.items())): value
+        for (name, labels), value in metrics.samples(text).items()
+    }
 
 
 def wait_for_every_worker(port: int, instance: str) -> None:
@@ -312,7 +272,9 @@ def wait_for_every_worker(port: int, instance: str) -> None:
 
 def run(seconds: float) -> tuple[list[Scrape], list[Event], str]:
     with tempfile.TemporaryDirectory(prefix="predserve-dashboard-") as workdir:
-        server, metrics_port = start_server(Path(workdir))
+        server, metrics_port = metrics.start_server_with_metrics(
+            ServerProcess, Path(workdir), extra_args=["--reload-interval", "1"]
+        )
         instance = f"127.0.0.1:{metrics_port}"
         scrapes: list[Scrape] = []
         events: list[Event] = []

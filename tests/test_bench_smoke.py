@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bench import loadgen, report, scale, scenarios
+from harness import ports
 from tests.support import ServerProcess, iris_rows
 
 
@@ -58,8 +59,8 @@ def test_the_empty_call_and_the_label_check(trained_server: ServerProcess) -> No
 
 
 def test_a_busy_port_is_refused(trained_server: ServerProcess) -> None:
-    with pytest.raises(scenarios.BusyPort):
-        scenarios.free_port(port=trained_server.port)
+    with pytest.raises(ports.BusyPort):
+        ports.free_port(port=trained_server.port)
 
 
 def test_the_report_prints_every_target(tmp_path: Path) -> None:

@@ -12,9 +12,7 @@ import functools
 import importlib.util
 import json
 import re
-import socket
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -26,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import ModelNotFound
+from harness import metrics
 from harness.waiting import wait_until
 from protos import grpc_predict_v2_pb2 as v2
 from protos import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -40,7 +39,6 @@ RENDER_SCRIPT = PROJECT_ROOT / "scripts" / "render_dashboard.py"
 SCRAPE_BLOCK = re.compile(r"<!-- scrape:begin -->\n```\n(.*?)```\n<!-- scrape:end -->", re.DOTALL)
 
 MODEL_TYPE = "iris_classifier"
-START_ATTEMPTS = 3  # a port found free can be taken before the server binds it
 
 # The panels issue 15 asks of the dashboard, each a title of it.
 REQUIRED_PANELS = [
@@ -79,35 +77,15 @@ def type_lines(text: str) -> dict[str, str]:
     return dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return response.read().decode()
+    return metrics.scrape(metrics.metrics_url(port))
 
 
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     """A scrape of predserve with two workers, once every kind of series it exports in normal work exists."""
     workdir = tmp_path_factory.mktemp("dashboard")
-    for attempt in range(1, START_ATTEMPTS + 1):
-        metrics_port = free_port()
-        server = ServerProcess(
-            workdir,
-            extra_args=["--workers", "2", "--metrics-port", str(metrics_port), "--reload-interval", "0.2"],
-        )
-        try:
-            server.start()
-            break
-        except (RuntimeError, TimeoutError):
-            if server.process is not None and server.process.poll() is None:
-                server.kill()
-            if attempt == START_ATTEMPTS or "cannot serve metrics" not in server.log():
-                raise
+    server, metrics_port = metrics.start_server_with_metrics(ServerProcess, workdir, ["--reload-interval", "0.2"])
     try:
         with server.client() as client:
             names, rows = iris_rows()

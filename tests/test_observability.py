@@ -8,16 +8,15 @@ import os
 import secrets
 import signal
 import socket
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procstats import process_tree
+from harness.metrics import metrics_url, samples, scrape, server_with_metrics
 from harness.waiting import wait_until
 from protos import grpc_predict_v2_pb2 as v2
 from protos import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -32,28 +31,9 @@ V2 = "inference.GRPCInferenceService"
 PREDICTS, UNKNOWN, INFERS = 12, 3, 4
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return str(response.read().decode())
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def value(port: int, name: str, **labels: str) -> float:
     """The sample's value, 0 when the series does not exist (yet)."""
-    return samples(scrape(port)).get((name, frozenset(labels.items())), 0.0)
+    return samples(scrape(metrics_url(port))).get((name, frozenset(labels.items())), 0.0)
 
 
 def fresh_channel(target: str) -> grpc.Channel:
@@ -67,25 +47,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerP
     metrics_dir = workdir / "metrics"
     metrics_dir.mkdir()
     (metrics_dir / "counter_999999.db").write_bytes(b"a previous run's leftovers")
-    port = free_port()
-    server = ServerProcess(
-        workdir,
-        extra_args=[
-            "--workers",
-            "2",
-            "--metrics-port",
-            str(port),
-            "--metrics-dir",
-            str(metrics_dir),
-            "--log-format",
-            "json",
-            "--access-log",
-            "--reload-interval",
-            "0.2",
-        ],
-        env={"PREDSERVE_ADMIN_TOKEN": ADMIN, "PREDSERVE_PREDICT_TOKEN": PREDICT},
-    ).start()
-    try:
+    extra_args = ["--metrics-dir", str(metrics_dir), "--log-format", "json", "--access-log", "--reload-interval", "0.2"]
+    env = {"PREDSERVE_ADMIN_TOKEN": ADMIN, "PREDSERVE_PREDICT_TOKEN": PREDICT}
+    with server_with_metrics(ServerProcess, workdir, extra_args, env) as (server, port):
         with server.client(token=ADMIN) as client:
             names, rows = iris_rows()
             client.ingest("iris", rows, names)
@@ -94,8 +58,6 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerP
         wait_until(lambda: value(port, "predserve_reloads_total", model_type="iris") >= 1, 30, "the other worker")
         call_both_services(server.target)
         yield server, port, metrics_dir
-    finally:
-        server.stop()
 
 
 def call_both_services(target: str) -> None:
@@ -121,7 +83,7 @@ def call_both_services(target: str) -> None:
 @pytest.mark.slow
 def test_every_call_is_counted_once_over_both_workers(observed: tuple[ServerProcess, int, Path]) -> None:
     _, port, _ = observed
-    found = samples(scrape(port))
+    found = samples(scrape(metrics_url(port)))
 
     def count(service: str, method: str, model_type: str, code: str) -> float:
         labels = {"service": service, "method": method, "model_type": model_type, "code": code}
@@ -148,14 +110,13 @@ def test_every_call_is_counted_once_over_both_workers(observed: tuple[ServerProc
 @pytest.mark.slow
 def test_no_label_holds_a_token_a_path_or_a_feature_value(observed: tuple[ServerProcess, int, Path]) -> None:
     server, port, metrics_dir = observed
-    text = scrape(port)
+    text = scrape(metrics_url(port))
     for secret in (ADMIN, PREDICT, str(server.models_dir), str(server.workdir), str(metrics_dir)):
         assert secret not in text
     label_values = {
         value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        for name, value in sample.labels.items()
+        for _, labels in samples(text)
+        for name, value in labels
         if name != "le"  # a histogram's bucket bounds are numbers of the server's, not of a caller's
     }
     assert not {str(x) for probe in IRIS_PROBES for x in probe} & label_values

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.parse
@@ -20,8 +19,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from harness.metrics import metrics_url, samples, scrape, server_with_metrics
+from harness.ports import free_port
 from harness.waiting import wait_until
 from protos import predserve_pb2 as pb
 from protos import predserve_pb2_grpc as pb_grpc
@@ -37,12 +37,6 @@ QUERY_WAIT = 60.0  # a few scrape intervals are enough; bounded all the same
 START_ATTEMPTS = 3  # a free port found by binding to 0 can be taken before Prometheus binds it
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def find_prometheus() -> str:
     """$PREDSERVE_PROMETHEUS_BIN or `prometheus` on PATH; without it, skip (fail under CI=true)."""
     binary = os.environ.get("PREDSERVE_PROMETHEUS_BIN") or shutil.which("prometheus")
@@ -55,16 +49,6 @@ def find_prometheus() -> str:
     if os.environ.get("CI", "").lower() in ("true", "1"):
         pytest.fail(f"CI must run every test: {message}")
     pytest.skip(message)
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 class Prometheus:
@@ -165,27 +149,10 @@ def prometheus_binary() -> str:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
     """predserve with two workers and metrics on a free port, iris trained and loaded by every worker."""
-    metrics_port = free_port()
     workdir = tmp_path / "predserve"
     workdir.mkdir()
-    server = ServerProcess(
-        workdir,
-        extra_args=[
-            "--workers",
-            "2",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(metrics_port),
-            "--log-format",
-            "json",
-            "--access-log",
-            "--reload-interval",
-            "0.2",
-        ],
-    )
-    try:
-        server.start()
+    extra_args = ["--log-format", "json", "--access-log", "--reload-interval", "0.2"]
+    with server_with_metrics(ServerProcess, workdir, extra_args) as (server, metrics_port):
         with server.client() as client:
             names, rows = iris_rows()
             client.ingest(MODEL_TYPE, rows, names)
@@ -194,7 +161,7 @@ def served(tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
         # predserve_model_loaded is a livemin: 1 once every worker that has the series serves the type. A worker
         # gets the series only when it loads, so also wait for the reload of the worker that did not train.
         def every_worker_serves() -> bool:
-            found = scrape(metrics_port)
+            found = samples(scrape(metrics_url(metrics_port)))
             labels = frozenset({("model_type", MODEL_TYPE)})
             return found.get(("predserve_reloads_total", labels), 0) >= 1 and (
                 found.get(("predserve_model_loaded", labels)) == 1
@@ -202,9 +169,6 @@ def served(tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
 
         wait_until(every_worker_serves, 30, f"every worker to serve {MODEL_TYPE}")
         yield server, metrics_port
-    finally:
-        if server.process is not None:
-            server.stop()
 
 
 def fresh_channel(target: str) -> grpc.Channel:
@@ -253,7 +217,7 @@ def test_prometheus_scrapes_both_workers_and_promql_counts_every_call(
         assert prometheus.scalar(f'predserve_model_loaded{{job="{JOB}",model_type="{MODEL_TYPE}"}}') == 1
         assert prometheus.scalar(f'predserve_current_prediction_set{{job="{JOB}",model_type="{MODEL_TYPE}"}}') == 1
         # Prometheus holds what the endpoint says, and the endpoint sums over both workers:
-        direct = scrape(metrics_port)
+        direct = samples(scrape(metrics_url(metrics_port)))
         labels = {"service": "predserve.v1.Predserve", "method": "Predict", "model_type": MODEL_TYPE, "code": "OK"}
         assert direct[("predserve_requests_total", frozenset(labels.items()))] == PREDICTS
     finally:

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from server.config import MIGRATIONS_DIR
-from server.domain import ArtifactInfo, NewPredictionSet, SelfCheck
 from server.model_store import ModelStore
 from server.services.registry import ModelRegistryService, SetFilter
 from server.storage.databases import RegistryDatabase, open_database
 from server.storage.history import HistoryRepository
 from server.storage.migrations import MigrationRunner, migrations_for
 from server.storage.repositories import PredictionSetRepository
+from tests.test_postgres_registry import new_set
 
 TYPES = 20
 SETS_PER_TYPE = 500  # 10,000 sets, nearly all archived, as after a long life with retention
@@ -78,24 +78,6 @@ class RecordingDatabase:
 
     def snapshot(self) -> Any:
         return self._recorded(self.database.snapshot)
-
-
-def new_set(model_type: str, path: str) -> NewPredictionSet:
-    return NewPredictionSet(
-        model_type=model_type,
-        dataset="d0",
-        algorithm="logistic_regression",
-        task="classification",
-        params={},
-        metrics={"accuracy": 0.9},
-        feature_names=("a", "b"),
-        classes=(0, 1),
-        training_rows=10,
-        fit_seconds=0.01,
-        artifact=ArtifactInfo(path, "0" * 64, 3),
-        environment={"sklearn": "1"},
-        self_check=SelfCheck([[1.0, 2.0]], [0]),
-    )
 
 
 def long_history(database: RegistryDatabase) -> None:
@@ -208,6 +190,18 @@ def postgres_plan(database: RegistryDatabase, sql: str, parameters: tuple[Any, .
     return nodes
 
 
+# model_types(): a loose scan of idx_prediction_sets_newest, one seek per model type (gc and start-up run it)
+MODEL_TYPES_PLAN = [
+    "CO-ROUTINE types",
+    "SETUP",
+    "SEARCH prediction_sets USING COVERING INDEX idx_prediction_sets_newest",
+    "RECURSIVE STEP",
+    "SCAN types",
+    "CORRELATED SCALAR SUBQUERY 2",
+    "SEARCH prediction_sets USING COVERING INDEX idx_prediction_sets_newest (model_type>?)",
+    "SCAN types",
+]
+
 # SQLite's plan of each call, statement after statement. Two SCANs are bounded: the partial index
 # ux_prediction_sets_one_current holds one entry per model type (the current sets), and "SCAN types" walks
 # the model types the loose index scan found.
@@ -249,14 +243,7 @@ SQLITE_PLANS = {
         "SEARCH prediction_sets USING COVERING INDEX idx_prediction_sets_artifact (model_artifact_path=?)"
     ],
     "gc": [
-        "CO-ROUTINE types",
-        "SETUP",
-        "SEARCH prediction_sets USING COVERING INDEX idx_prediction_sets_newest",
-        "RECURSIVE STEP",
-        "SCAN types",
-        "CORRELATED SCALAR SUBQUERY 2",
-        "SEARCH prediction_sets USING COVERING INDEX idx_prediction_sets_newest (model_type>?)",
-        "SCAN types",
+        *MODEL_TYPES_PLAN,
         "SEARCH prediction_sets USING INDEX ux_prediction_sets_one_current (model_type=?)",
         # the sets that still have an artifact, sorted by id: what retention keeps, a few per type; read three
         # times: the fallback candidate's first page, the id `keep` sets down, the sets past it
@@ -275,14 +262,7 @@ SQLITE_PLANS = {
     ],
     "start-up": [
         "SEARCH prediction_sets",  # MIN(id): the first key of the table
-        "CO-ROUTINE types",
-        "SETUP",
-        "SEARCH prediction_sets USING COVERING INDEX idx_prediction_sets_newest",
-        "RECURSIVE STEP",
-        "SCAN types",
-        "CORRELATED SCALAR SUBQUERY 2",
-        "SEARCH prediction_sets USING COVERING INDEX idx_prediction_sets_newest (model_type>?)",
-        "SCAN types",
+        *MODEL_TYPES_PLAN,
         "SCAN prediction_sets USING INDEX ux_prediction_sets_one_current",
     ],
     # sorted by id among the sets that still have an artifact, as gc's: what retention keeps, a few per type

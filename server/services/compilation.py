@@ -124,9 +124,13 @@ class RuntimeBuilder:
             return None, "compiled form refused (it was proven for another artifact): the pipeline answers"
         if reference is not None and same_environment:
             proof = prove_against(reference, runtime, self.tolerance)
-        else:
-            rows = proof_rows(None, _inputs(record.self_check), runtime_record.low, runtime_record.high)
-            proof = prove(pipeline, runtime, rows if reference is None else reference.rows, self.tolerance)
+        else:  # the recorded rows where there are some, else the rows a file without them was proven on
+            rows = (
+                reference.rows
+                if reference is not None
+                else proof_rows(None, _inputs(record.self_check), runtime_record.low, runtime_record.high)
+            )
+            proof = prove(pipeline, runtime, rows, self.tolerance)
         if not proof.passed:
             return None, f"compiled form fails its proof again ({proof.reason}): the pipeline answers"
         return runtime, ""

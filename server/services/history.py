@@ -95,8 +95,8 @@ class HistoryService:
         stored = self.ingests.stored(batch.ingest_id, batch.number)
         if stored is None:
             try:
-                self._append(upload, batch)
-                return self._answer(upload, rows_added=batch.row_count)
+                total = self._append(upload, batch)
+                return self._answer(upload, rows_added=batch.row_count, total_rows=total)
             except BatchAlreadyStored:  # the same batch, stored by a concurrent call meanwhile
                 stored = self.ingests.stored(batch.ingest_id, batch.number)
                 assert stored is not None
@@ -129,11 +129,14 @@ class HistoryService:
             f"{progress.next_batch}, row {progress.next_row}, or use another ingest id"
         )
 
-    def _answer(self, upload: Upload, rows_added: int, already_stored: bool = False) -> IngestOutcome:
+    def _answer(
+        self, upload: Upload, rows_added: int, already_stored: bool = False, total_rows: int | None = None
+    ) -> IngestOutcome:
+        """The answer to an ingest's call; `total_rows` as the append just counted it, else counted now."""
         return IngestOutcome(
             dataset=upload.dataset,
             rows_added=rows_added,
-            total_rows=self.ingests.dataset_rows(upload.dataset),
+            total_rows=self.ingests.dataset_rows(upload.dataset) if total_rows is None else total_rows,
             ingest_id=upload.ingest_id,
             batch_number=upload.batch_number,
             already_stored=already_stored,

@@ -14,8 +14,6 @@ from server.storage.artifacts import ArtifactStore
 from server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
-# How many older sets gc reads at a time while it looks for the one start-up would fall back to.
-_FALLBACK_PAGE = 4
 
 
 @dataclass(frozen=True)
@@ -107,18 +105,14 @@ class ModelLifecycleService:
         return [r for r in self.sets.retained_beyond(model_type, keep) if r.id != fallback]
 
     def _fallback_candidate(self, model_type: str, current_id: int | None) -> int | None:
-        """The set start-up would fall back to: the newest set older than the current one that verifies,
-        read a few at a time."""
-        below = current_id
-        while batch := self.sets.retained(model_type, older_than=below, limit=_FALLBACK_PAGE):
-            for record in batch:
-                assert record.artifact is not None
-                try:
-                    self.artifacts.read_verified(record.artifact, record.model_type)
-                except ArtifactRejected:
-                    continue
-                return record.id
-            below = batch[-1].id
+        """The set start-up would fall back to: the newest set older than the current one that verifies."""
+        for record in self.sets.older_retained(model_type, current_id):
+            assert record.artifact is not None
+            try:
+                self.artifacts.read_verified(record.artifact, record.model_type)
+            except ArtifactRejected:
+                continue
+            return record.id
         return None
 
     def _current_id(self, model_type: str) -> int:

@@ -6,7 +6,6 @@ import logging
 import pickle
 import platform
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,9 +19,6 @@ from server.storage.artifacts import ArtifactStore, load_pipeline
 from server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
-
-# How many older sets a fallback reads per query; each one it tries costs an artifact read and a self-check.
-_FALLBACK_BATCH = 4
 
 
 def environment_fingerprint() -> dict[str, str]:
@@ -94,8 +90,8 @@ class ModelLoader:
         started = time.perf_counter()
         data = self.artifacts.read_verified(record.artifact, record.model_type)
         pipeline = self.load_bytes(data, record.self_check, f"artifact of prediction set {record.id}")
-        runtime, runtime_problem = (None, "") if self.runtimes is None else self.runtimes.load(
-            record, pipeline, same_environment=not mismatch
+        runtime, runtime_problem = (
+            (None, "") if self.runtimes is None else self.runtimes.load(record, pipeline, same_environment=not mismatch)
         )
         if runtime_problem:
             logger.warning("model type %s, set %d: %s", record.model_type, record.id, runtime_problem)
@@ -163,7 +159,7 @@ class ModelLoader:
         return model
 
     def _fall_back(self, model_type: str, current: PredictionSetRecord, reason: str) -> LoadedModel | UnavailableModel:
-        for older in self._older_sets(model_type, current.id):
+        for older in self.sets.older_retained(model_type, current.id):
             note = f"FALLBACK: current set {current.id} refused ({reason}); serving older set {older.id}"
             try:
                 model = self.load(older, note=note, fallback_for=current.id)
@@ -185,17 +181,6 @@ class ModelLoader:
             return model
         logger.error("model type %s is unavailable: no prediction set verifies", model_type)
         return UnavailableModel(model_type, f"current set {current.id} refused: {reason}", current)
-
-    def _older_sets(self, model_type: str, below: int) -> Iterator[PredictionSetRecord]:
-        """The sets with an artifact older than the id `below`, newest first, a few per query through the index
-        of unarchived sets: the first one usually serves, so neither the archived history nor every candidate
-        is fetched to find it."""
-        while True:
-            batch = self.sets.retained(model_type, older_than=below, limit=_FALLBACK_BATCH)
-            yield from batch
-            if len(batch) < _FALLBACK_BATCH:
-                return
-            below = batch[-1].id
 
 
 def _log_loaded(model: LoadedModel) -> None:

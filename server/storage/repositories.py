@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from server.domain import ArtifactInfo, NewPredictionSet, PredictionSetRecord, RuntimeRecord, SelfCheck
@@ -20,6 +20,8 @@ __all__ = ["HistoryRepository", "PredictionSetRepository", "SetFilter"]
 
 # known_paths asks about this many names per statement (SQLite allows 32,766 parameters, older builds 999).
 _NAMES_PER_STATEMENT = 500
+# older_retained reads this many sets per query; each one its caller tries costs an artifact read.
+OLDER_PAGE = 4
 
 
 _SET_COLUMNS = (
@@ -238,6 +240,17 @@ class PredictionSetRepository:
                 parameters,
             ).fetchall()
         return [_record(row) for row in rows]
+
+    def older_retained(self, model_type: str, below: int | None) -> Iterator[PredictionSetRecord]:
+        """The retained sets (as `retained` has them) older than the id `below` (every one if None), newest
+        first, OLDER_PAGE per query: a caller looking for the first that verifies (start-up's fallback, gc's
+        fallback candidate) usually stops at the first, so neither the history nor every candidate is read."""
+        while True:
+            page = self.retained(model_type, older_than=below, limit=OLDER_PAGE)
+            yield from page
+            if len(page) < OLDER_PAGE:
+                return
+            below = page[-1].id
 
     def retained_beyond(self, model_type: str, keep: int) -> list[PredictionSetRecord]:
         """The retained sets (as `retained` has them) past the newest `keep`, newest first: what a gc keeping

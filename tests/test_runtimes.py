@@ -14,6 +14,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import PolynomialFeatures
 
 from server.runtimes import CompiledForm, Refusal, compile_pipeline, load_runtime, proof_rows, prove
+from server.runtimes.fidelity import EXTREME_ROWS
 from server.runtimes.stored import pack
 from server.services.catalog import CATALOG, CLASSIFICATION, REGRESSION
 
@@ -78,6 +79,7 @@ def test_answers_have_the_pipelines_shapes_and_label_values(recipe, dataset, fit
     compiled = compile_pipeline(pipeline, recipe.task)
     assert isinstance(compiled, CompiledForm)
     runtime = load_runtime(compiled.runtime.name, compiled.data)
+    rows = rows[:-EXTREME_ROWS]  # rows the pipeline refuses are last (test_domain.py)
     labels, proba = runtime.predict_both(rows)
     np.testing.assert_array_equal(labels, runtime.predict(rows))
     assert labels.shape == (len(rows),)
@@ -244,7 +246,8 @@ def test_recorded_answers_round_trip_and_prove_the_form_as_the_pipeline_does(rec
     assert proof.passed and reference is not None
     data, stored = split_reference(with_reference(compiled.data, reference.stored_for(3, "ab" * 32)))
     assert data == compiled.data and stored is not None and stored.pipeline_sha256 == "ab" * 32
-    assert np.array_equal(stored.rows, rows[3:]) and np.array_equal(stored.values, reference.values[3:])
+    assert np.array_equal(stored.rows, rows[3:])
+    assert np.array_equal(stored.values, reference.values[3:], equal_nan=True)  # NaN: rows the pipeline refuses
     assert list(stored.labels) == list(reference.labels[3:]) and stored.labels.dtype == reference.labels.dtype
     again = prove_against(stored, runtime, TOLERANCE)
     assert again.passed and again.max_deviation == prove(pipeline, runtime, rows[3:], TOLERANCE).max_deviation
@@ -265,3 +268,47 @@ def test_a_form_without_recorded_answers_reads_as_such_and_damage_is_a_value_err
     for cut in (30, len(compiled.data), len(stored) - 10):  # inside the form, at its end, inside the answers
         with pytest.raises(ValueError):
             split_reference(stored[:cut])
+
+
+@pytest.mark.parametrize("recipe_name", ["logistic_regression", "random_forest", "ridge"])
+def test_the_proof_requires_the_pipelines_refusals(recipe_name):
+    """Proof rows end with finite extremes the pipeline refuses; a form that answers them (as forms did before
+    they checked the pipeline's input domain) fails its proof, and the stored answers keep which rows were refused."""
+    from server.runtimes.domain import OutsideDomain
+    from server.runtimes.fidelity import prove_recording, split_reference, with_reference
+
+    dataset = "diabetes" if recipe_name == "ridge" else "breast_cancer"
+    pipeline, rows = _fit(recipe_name, dataset)
+    compiled = compile_pipeline(pipeline, CATALOG[recipe_name].task)
+    assert isinstance(compiled, CompiledForm)
+    proof, reference = prove_recording(pipeline, compiled.runtime, rows, TOLERANCE)
+    assert proof.passed and reference is not None and reference.refused is not None
+    assert reference.refused[-EXTREME_ROWS:].any() and not reference.refused[:-EXTREME_ROWS].any()
+    stored = split_reference(with_reference(compiled.data, reference.stored_for(0, "ef" * 32)))[1]
+    assert stored is not None and np.array_equal(stored.refused, reference.refused)
+
+    class AnswersEverything:
+        """The form without its domain check: what it computes where the pipeline refuses."""
+
+        name, version, most_rows = "unchecked", "0", None
+
+        def __init__(self, runtime):
+            self.runtime = runtime
+
+        def _unchecked(self, method, rows):
+            try:
+                return method(rows)
+            except OutsideDomain:
+                return method(np.nan_to_num(rows, posinf=1e300, neginf=-1e300) * 0)
+
+        def predict(self, rows):
+            return self._unchecked(self.runtime.predict, rows)
+
+        def predict_proba(self, rows):
+            return self._unchecked(self.runtime.predict_proba, rows)
+
+        def predict_both(self, rows):
+            return self._unchecked(self.runtime.predict_both, rows)
+
+    failed = prove(pipeline, AnswersEverything(compiled.runtime), rows, TOLERANCE)
+    assert not failed.passed and "which the pipeline refuses: the runtime answers it in predict" in failed.reason

@@ -10,6 +10,7 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 
 from server.runtimes.base import Proof, Runtime, as_rows
+from server.runtimes.domain import OutsideDomain
 from server.runtimes.stored import UnstorableClasses, pack, require, unpack
 
 # Beyond the training range by this fraction of each feature's span (of its magnitude when the span is zero).
@@ -63,7 +64,22 @@ def proof_rows(
     inside = rng.uniform(low, high, size=(UNIFORM_ROWS, n_features))
     widened = rng.uniform(below, above, size=(BEYOND_ROWS, n_features))
     spread = [np.stack([low, high, middle, below, above]), *one_at_a_time, corners, inside, widened]
-    return np.ascontiguousarray(np.concatenate([*given, *spread]))
+    return np.ascontiguousarray(np.concatenate([*given, *spread, extreme_rows(middle)]))
+
+
+# Finite values a caller may send that the pipeline may refuse: infinite once scaled, or past float32's range
+# (3.4028235e38) where trees compare. The proof requires the same answer or the same refusal on each.
+EXTREMES = (1e308, -1e308, 3.5e38, -3.5e38, 3.0e38, 1e300)
+EXTREME_ROWS = len(EXTREMES) + 4
+
+
+def extreme_rows(middle: np.ndarray) -> np.ndarray:
+    """Every feature at each extreme, then the first and the last feature alone at the largest ones."""
+    n_features = middle.shape[0]
+    whole = np.array([np.full(n_features, value) for value in EXTREMES])
+    alone = np.tile(middle, (4, 1))
+    alone[0, 0], alone[1, 0], alone[2, -1], alone[3, -1] = 1e308, -3.5e38, -1e308, 3.5e38
+    return np.concatenate([whole, alone])
 
 
 def _deviation(expected: np.ndarray, got: np.ndarray) -> float:
@@ -99,12 +115,19 @@ class Reference:
     # The SHA-256 of the artifact whose pipeline gave these answers: a form stored with another set's
     # answers is another set's form.
     pipeline_sha256: str = ""
+    # The rows the pipeline refused (their labels and values are placeholders); None: it answered every row.
+    refused: np.ndarray | None = None
 
     def stored_for(self, start: int, pipeline_sha256: str) -> Reference:
         """The answers from row `start` on, marked as given by the pipeline of that artifact."""
+        refused = None if self.refused is None else self.refused[start:]
         return Reference(
-            self.rows[start:], self.labels[start:], self.values[start:], self.is_classifier, pipeline_sha256
+            self.rows[start:], self.labels[start:], self.values[start:], self.is_classifier, pipeline_sha256, refused
         )
+
+    @property
+    def answered(self) -> np.ndarray:
+        return np.ones(len(self.rows), dtype=bool) if self.refused is None else ~self.refused
 
 
 class PipelineRaised(ValueError):
@@ -112,14 +135,58 @@ class PipelineRaised(ValueError):
 
 
 def reference_answers(pipeline: BaseEstimator, rows: np.ndarray) -> Reference:
+    """The pipeline's answers on `rows`, each row it refuses (it raises on that row alone) marked refused."""
     rows = as_rows(rows)
     is_classifier = hasattr(pipeline, "classes_")
+    answers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    refused: list[int] = []
+    ordinary = max(len(rows) - EXTREME_ROWS, 0)  # proof_rows puts them last: the rest is answered in one call
+    for part in (np.arange(ordinary), np.arange(ordinary, len(rows))):
+        _answer_or_split(pipeline, rows, part, is_classifier, answers, refused)
+    if not answers:
+        raise PipelineRaised(f"the pipeline raised on every proof row: {_raised(pipeline, rows[:1])}")
+    some_label, some_values = next(iter(answers.values()))
+    labels = np.array([answers.get(i, (some_label, some_values))[0] for i in range(len(rows))]).reshape(-1)
+    values = np.stack([answers[i][1] if i in answers else np.full_like(some_values, np.nan) for i in range(len(rows))])
+    if not is_classifier:
+        values = values.reshape(-1)
+    mask = np.zeros(len(rows), dtype=bool)
+    mask[refused] = True
+    return Reference(rows, labels.astype(some_label.dtype), values, is_classifier, refused=mask if refused else None)
+
+
+def _answer_or_split(
+    pipeline: BaseEstimator,
+    rows: np.ndarray,
+    part: np.ndarray,
+    is_classifier: bool,
+    answers: dict[int, tuple[np.ndarray, np.ndarray]],
+    refused: list[int],
+) -> None:
+    """Answers `part` in one call; when the pipeline refuses it, each half alone, down to the rows it refuses."""
+    if not len(part):
+        return
     try:
-        labels = np.asarray(pipeline.predict(rows))
-        values = np.asarray(pipeline.predict_proba(rows) if is_classifier else labels, float)
-    except Exception as exc:  # whatever it raised: the message names it
-        raise PipelineRaised(f"the pipeline raised on the proof rows: {type(exc).__name__}: {exc}") from exc
-    return Reference(rows, labels, values, is_classifier)
+        labels = np.asarray(pipeline.predict(rows[part]))
+        values = np.asarray(pipeline.predict_proba(rows[part]) if is_classifier else labels, float)
+    except Exception:  # whatever it raised: a refusal of one of these rows
+        if len(part) == 1:
+            refused.append(int(part[0]))
+            return
+        middle = len(part) // 2
+        _answer_or_split(pipeline, rows, part[:middle], is_classifier, answers, refused)
+        _answer_or_split(pipeline, rows, part[middle:], is_classifier, answers, refused)
+        return
+    for offset, index in enumerate(part):
+        answers[int(index)] = (labels[offset : offset + 1], values[offset])
+
+
+def _raised(pipeline: BaseEstimator, rows: np.ndarray) -> str:
+    try:
+        pipeline.predict(rows)
+    except Exception as exc:  # what it raised names why
+        return f"{type(exc).__name__}: {exc}"
+    return "it answers one row alone"
 
 
 def prove(pipeline: BaseEstimator, runtime: Runtime, rows: np.ndarray, tolerance: float) -> Proof:
@@ -139,9 +206,17 @@ def prove_recording(
 
 
 def prove_against(reference: Reference, runtime: Runtime, tolerance: float) -> Proof:
-    """Compares predict, predict_proba and predict_both of `runtime` with the pipeline's recorded answers."""
-    rows, n = reference.rows, len(reference.rows)
-    expected_labels, expected_values = reference.labels, reference.values
+    """Compares predict, predict_proba and predict_both of `runtime` with the pipeline's recorded answers, and
+    requires the runtime to refuse (OutsideDomain) each row the pipeline refused."""
+    n = len(reference.rows)
+    if reference.refused is not None:
+        for index in np.flatnonzero(reference.refused):
+            answered = _answers_a_refused_row(runtime, reference.rows[index : index + 1], reference.is_classifier)
+            if answered:
+                return Proof(n, 0.0, False, f"row {index}, which the pipeline refuses: the runtime {answered}")
+    keep = reference.answered
+    rows = reference.rows[keep]
+    expected_labels, expected_values = reference.labels[keep], reference.values[keep]
     try:
         labels = np.asarray(runtime.predict(rows))
         proba = runtime.predict_proba(rows)
@@ -173,6 +248,21 @@ def prove_against(reference: Reference, runtime: Runtime, tolerance: float) -> P
     return Proof(n, worst, True)
 
 
+def _answers_a_refused_row(runtime: Runtime, row: np.ndarray, is_classifier: bool) -> str:
+    """What the runtime did with a row the pipeline refuses, or "" when each method refused it too (a regressor's
+    predict_proba computes nothing: it has no probabilities to refuse)."""
+    methods = (runtime.predict, runtime.predict_proba) if is_classifier else (runtime.predict,)
+    for method in (*methods, runtime.predict_both):
+        try:
+            method(row)
+        except OutsideDomain:
+            continue
+        except Exception as exc:  # refusing otherwise is not the pipeline's refusal
+            return f"raised {type(exc).__name__}: {exc} (in {method.__name__})"
+        return f"answers it in {method.__name__}"
+    return ""
+
+
 # A compiled file holding the form's bytes and the Reference it was proven against: MAGIC, the form's length
 # (8 bytes, little-endian), the form's bytes, then the Reference as an .npz. Not an .npz around the form's .npz:
 # a zip reader looks for its directory from the end, and would find the inner one in a truncated outer file.
@@ -196,6 +286,7 @@ def with_reference(runtime_data: bytes, reference: Reference) -> bytes:
             "values": reference.values,
             "is_classifier": np.array(reference.is_classifier),
             "pipeline_sha256": np.array(reference.pipeline_sha256),
+            "refused": reference.refused if reference.refused is not None else np.zeros(len(reference.rows), bool),
         },
     )
     return MAGIC + len(runtime_data).to_bytes(8, "little") + runtime_data + answers
@@ -216,5 +307,15 @@ def split_reference(data: bytes) -> tuple[bytes, Reference | None]:
     if rows.ndim != 2 or not len(rows) == len(labels) == len(values):
         raise ValueError(f"corrupt {PROVEN} data: {len(rows)} rows, {len(labels)} labels, {len(values)} values")
     labels = labels.astype(object) if bool(as_objects) else labels
-    reference = Reference(rows, labels, values.astype(np.float64), bool(is_classifier), str(pipeline_sha256))
+    refused = arrays.get("refused")  # files written before refusals were proven have none
+    if refused is not None and (refused.dtype != np.bool_ or refused.shape != (len(rows),)):
+        raise ValueError(f"corrupt {PROVEN} data: refused rows {refused.dtype}{refused.shape} for {len(rows)} rows")
+    reference = Reference(
+        rows,
+        labels,
+        values.astype(np.float64),
+        bool(is_classifier),
+        str(pipeline_sha256),
+        refused if refused is not None and refused.any() else None,
+    )
     return data[header : header + length], reference

@@ -8,6 +8,7 @@ from scipy.special import expit
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from server.runtimes.base import as_rows
+from server.runtimes.domain import AFTER_SCALING, require_finite
 from server.runtimes.scaling import Standardization
 from server.runtimes.stored import classes_from_arrays, classes_to_arrays, pack, require, unpack
 
@@ -46,7 +47,10 @@ class LinearRuntime:
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected rows of {self.n_features} features, got shape {x.shape}")
         if self._standardization is not None:
-            x = self._standardization.apply(x)
+            # LogisticRegression and Ridge check what the scaler gives them, as this does
+            scaled = self._standardization.apply(x)
+            require_finite(scaled, x, AFTER_SCALING)
+            x = scaled
         # LinearModel._decision_function: X @ coef_.T + intercept_, a (n, 1) result raveled
         scores = x @ self._coef_t + self._intercept
         return scores.reshape(-1) if scores.ndim == 2 and scores.shape[1] == 1 else scores

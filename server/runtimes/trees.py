@@ -20,6 +20,7 @@ from sklearn.ensemble import (
 )
 
 from server.runtimes.base import as_rows
+from server.runtimes.domain import PAST_FLOAT32, require_finite
 from server.runtimes.gtil import GtilCall
 from server.runtimes.scaling import Standardization
 from server.runtimes.stored import classes_from_arrays, classes_to_arrays, pack, require, unpack
@@ -88,10 +89,14 @@ class TreeliteRuntime:
         x = as_rows(rows)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected rows of {self.n_features} features, got shape {x.shape}")
+        given = x
         if self._standardization is not None:
             x = self._standardization.apply(x)
-        if self._family == FOREST:
-            x = x.astype(np.float32).astype(np.float64)
+        if self._family == FOREST:  # refused where scikit-learn's cast gives infinity, as it refuses there
+            with np.errstate(over="ignore"):
+                narrowed = x.astype(np.float32)
+            require_finite(narrowed, given, PAST_FLOAT32)
+            x = narrowed.astype(np.float64)
         return self._predict(x).reshape(x.shape[0], -1)
 
     def _answer(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -19,6 +19,7 @@ from server.domain import TargetValue
 from server.errors import ErrorKind, FailedPrecondition, InvalidArgument, NotFound, PredserveError, Unavailable
 from server.model_store import LoadedModel, ModelStore
 from server.observability.telemetry import Telemetry
+from server.runtimes.domain import OutsideDomain, locate_refusal
 from server.services.batching import Answer, MicroBatcher
 from server.services.loading import ModelLoader
 from server.services.validation import check_finite, check_name, check_row_limit, feature_matrix
@@ -174,12 +175,15 @@ class PredictionService:
             raise FailedPrecondition(
                 f"model type {record.model_type!r} ({record.algorithm}) does not give probabilities"
             )
-        answer = _compiled_answer(model, features, include_probabilities, self.telemetry)
-        if answer is None:
-            answer = self.batcher.run(model.pipeline, features, include_probabilities, _predict)
-            answered_by = SKLEARN
-        else:
-            answered_by = model.runtime.name if model.runtime is not None else SKLEARN
+        try:
+            answer = _compiled_answer(model, features, include_probabilities, self.telemetry)
+            if answer is None:
+                answer = self.batcher.run(model.pipeline, features, include_probabilities, _predict)
+                answered_by = SKLEARN
+            else:
+                answered_by = model.runtime.name if model.runtime is not None else SKLEARN
+        except OutsideDomain as refusal:
+            raise InvalidArgument(_refusal_message(refusal, record.feature_names)) from refusal
         self.telemetry.rows_predicted(record.model_type, len(features), answered_by)
         labels, probabilities = answer
         values: list[Any] = labels.tolist()
@@ -235,7 +239,9 @@ def _compiled_answer(
         if include_probabilities:
             return runtime.predict_both(features)
         return runtime.predict(features), None
-    except Exception:  # whatever a runtime raises, the pipeline still answers the call
+    except OutsideDomain:  # a row the pipeline refuses too: the call's answer, not the form's failure
+        raise
+    except Exception:  # whatever else a runtime raises, the pipeline still answers the call
         runtime_fallbacks.add()
         telemetry.runtime_failed(model.record.model_type)
         logger.exception(
@@ -245,12 +251,24 @@ def _compiled_answer(
 
 
 def _predict(pipeline: Any, features: np.ndarray, include_probabilities: bool) -> Answer:
-    """The pipeline's own predict (and predict_proba), with the checks already made at the edge skipped.
-
-    _features has refused anything but a finite 2-D matrix of the model's width, so scikit-learn need not
-    scan it again for NaN and infinity; hyper-parameters were validated when the pipeline was fitted.
-    Neither setting changes what is computed, only what is checked.
+    """The pipeline's own predict (and predict_proba), hyper-parameter validation skipped (they were validated
+    when it was fitted). Its input checks stay: a finite row can become infinite inside the pipeline, and
+    refusing it there is the pipeline's answer, which OutsideDomain then locates for the caller.
     """
-    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-        probabilities = pipeline.predict_proba(features) if include_probabilities else None
-        return np.asarray(pipeline.predict(features)), probabilities
+    try:
+        with sklearn.config_context(skip_parameter_validation=True):
+            probabilities = pipeline.predict_proba(features) if include_probabilities else None
+            return np.asarray(pipeline.predict(features)), probabilities
+    except ValueError as exc:
+        refusal = locate_refusal(pipeline, features)
+        if refusal is None:
+            raise
+        raise refusal from exc
+
+
+def _refusal_message(refusal: OutsideDomain, feature_names: Sequence[str]) -> str:
+    name = f" ({feature_names[refusal.feature]!r})" if refusal.feature < len(feature_names) else ""
+    return (
+        f"row {refusal.row}, feature {refusal.feature}{name}: {refusal.value!r} is outside what the pipeline "
+        f"accepts: {refusal.why}"
+    )

@@ -30,14 +30,16 @@ are refused.
 from __future__ import annotations
 
 import _compat_pickle
+import inspect
 import io
+import math
 import pickle
 import types
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from joblib.numpy_pickle import NumpyUnpickler
+from joblib.numpy_pickle import NumpyArrayWrapper
 from joblib.numpy_pickle_utils import _validate_fileobject_and_memmap
 
 TRUST_HINT = "add its module with --trusted-module if you trust it"
@@ -128,14 +130,27 @@ def _check_resolved(module: str, name: str, value: Any, trusted_modules: tuple[s
     raise ForbiddenGlobal(module, name, "which is a function, not a class")
 
 
-class RestrictedUnpickler(NumpyUnpickler):
-    """joblib's unpickler, asking check_global before it resolves any global."""
+# The pure-Python unpickler: its opcodes are methods in a table a subclass can replace (the C one's are not).
+# Typed as Any: the stubs describe pickle.Unpickler, without the table, the stack or the methods replaced here.
+_PythonUnpickler: Any = pickle._Unpickler  # type: ignore[attr-defined]
 
-    dispatch = NumpyUnpickler.dispatch.copy()
 
-    def __init__(self, file_handle: Any, trusted_modules: tuple[str, ...] = ()) -> None:
-        super().__init__("", file_handle, ensure_native_byte_order=True)
+class RestrictedUnpickler(_PythonUnpickler):
+    """pickle's own unpickler with the allow-list on every global, guards on every opcode that calls or mutates,
+    and joblib's arrays read here (`_expand_array`) so that no unpickler of joblib's ever touches the bytes.
+
+    joblib reads an object-dtype array through a nested unpickler of its own that borrowed the restricted
+    `find_class` but not the guards below; a nested stream here is another RestrictedUnpickler sharing this
+    one's rules and allocation budget.
+    """
+
+    dispatch = _PythonUnpickler.dispatch.copy()
+
+    def __init__(self, file_handle: Any, trusted_modules: tuple[str, ...], budget: AllocationBudget) -> None:
+        super().__init__(file_handle)
+        self.file_handle = file_handle
         self.trusted_modules = tuple(trusted_modules)
+        self.budget = budget
         self._named: set[int] = set()
 
     def find_class(self, module: str, name: str) -> Any:
@@ -148,14 +163,241 @@ class RestrictedUnpickler(NumpyUnpickler):
         self._named.add(id(value))
         return value
 
-    def load_build(self) -> None:
-        target = self.stack[-2]  # below the state BUILD is about to apply
-        if id(target) in self._named:
-            kind = target.__name__ if hasattr(target, "__name__") else type(target).__name__
-            raise pickle.UnpicklingError(f"it sets the state of {kind}, a global it named, which is never allowed")
-        super().load_build()
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("it uses persistent ids, which artifacts never do")
 
-    dispatch[pickle.BUILD[0]] = load_build
+    def _mutable_target(self, target: Any, opcode: str) -> Any:
+        """`target` if an opcode may change it: never a class, module, function or ufunc, named or reached."""
+        if id(target) in self._named or _is_shared_code(target):
+            raise pickle.UnpicklingError(
+                f"it applies {opcode} to {_describe(target)}, which would change it for the whole process"
+            )
+        return target
+
+    def load_build(self) -> None:
+        self._mutable_target(self.stack[-2], "BUILD")  # below the state BUILD is about to apply
+        super().load_build()
+        if isinstance(self.stack[-1], NumpyArrayWrapper):
+            self.stack[-1] = self._expand_array(self.stack[-1])
+
+    def load_setitem(self) -> None:
+        self._mutable_target(self.stack[-3], "SETITEM")
+        super().load_setitem()
+
+    def load_setitems(self) -> None:
+        self._mutable_target(self._below_mark(), "SETITEMS")
+        super().load_setitems()
+
+    def load_append(self) -> None:
+        self._mutable_target(self.stack[-2], "APPEND")
+        super().load_append()
+
+    def load_appends(self) -> None:
+        self._mutable_target(self._below_mark(), "APPENDS")
+        super().load_appends()
+
+    def load_additems(self) -> None:
+        self._mutable_target(self._below_mark(), "ADDITEMS")
+        super().load_additems()
+
+    def load_reduce(self) -> None:
+        self.budget.charge_call(self.stack[-2], self.stack[-1], {})
+        super().load_reduce()
+
+    def load_newobj(self) -> None:
+        self.budget.charge_call(self.stack[-2], self.stack[-1], {})
+        super().load_newobj()
+
+    def load_newobj_ex(self) -> None:
+        self.budget.charge_call(self.stack[-3], self.stack[-2], self.stack[-1])
+        super().load_newobj_ex()
+
+    def _instantiate(self, klass: Any, args: Any) -> None:  # INST and OBJ
+        self.budget.charge_call(klass, args, {})
+        super()._instantiate(klass, args)  # type: ignore[misc]
+
+    def _below_mark(self) -> Any:
+        """What a SETITEMS, APPENDS or ADDITEMS changes: the object under the MARK its items follow."""
+        if not self.metastack or not self.metastack[-1]:
+            raise pickle.UnpicklingError("it changes an object that is not there (a malformed stream)")
+        return self.metastack[-1][-1]
+
+    def _expand_array(self, wrapper: NumpyArrayWrapper) -> Any:
+        """The array a joblib wrapper stands for, read from the bytes after it, as joblib's read_array does,
+        but with its description checked and its size backed by the bytes that remain."""
+        dtype, shape, order = _array_description(wrapper)
+        if dtype.hasobject:
+            inner = RestrictedUnpickler(self.file_handle, self.trusted_modules, self.budget)
+            inner.dispatch = _NESTED_DISPATCH
+            array = inner.load()
+            if not isinstance(array, np.ndarray):
+                raise pickle.UnpicklingError(f"its object array holds a {type(array).__name__}, not an array")
+            return array
+        _skip_alignment(self.file_handle, wrapper)
+        count = math.prod(shape)
+        data = self.budget.read_exactly(self.file_handle, count * dtype.itemsize)
+        array = np.frombuffer(data, dtype=dtype, count=count).copy()
+        array = array.reshape(shape[::-1]).transpose() if order == "F" else array.reshape(shape)
+        return _native_byte_order(array)
+
+    for _opcode, _method in (
+        (pickle.BUILD, load_build),
+        (pickle.SETITEM, load_setitem),
+        (pickle.SETITEMS, load_setitems),
+        (pickle.APPEND, load_append),
+        (pickle.APPENDS, load_appends),
+        (pickle.ADDITEMS, load_additems),
+        (pickle.REDUCE, load_reduce),
+        (pickle.NEWOBJ, load_newobj),
+        (pickle.NEWOBJ_EX, load_newobj_ex),
+    ):
+        dispatch[_opcode[0]] = _method
+    del _opcode, _method
+
+
+def _refuse_wrapper_in_nested_stream(self: RestrictedUnpickler) -> None:
+    raise pickle.UnpicklingError("its object array holds another joblib array, which joblib never writes")
+
+
+# A nested stream (an object array's elements) is plain pickle: joblib writes it with pickle.dump, so a
+# NumpyArrayWrapper there is never joblib's and is refused rather than read from the outer file.
+_NESTED_DISPATCH = dict(RestrictedUnpickler.dispatch)
+
+
+def _load_build_nested(self: RestrictedUnpickler) -> None:
+    self._mutable_target(self.stack[-2], "BUILD")
+    _PythonUnpickler.load_build(self)
+    if isinstance(self.stack[-1], NumpyArrayWrapper):
+        _refuse_wrapper_in_nested_stream(self)
+
+
+_NESTED_DISPATCH[pickle.BUILD[0]] = _load_build_nested
+
+
+class AllocationBudget:
+    """What a load may allocate beyond the objects its bytes spell out: no more than the bytes that back it.
+
+    A pickle calls constructors with arguments: `bytes(10**10)`, `range(10**10)` handed to `list`, numpy's
+    `_reconstruct(ndarray, (10**10,), ...)` or a sparse matrix's shape would allocate gigabytes from a file of a
+    hundred bytes. The sizes a call to a class (or to `_reconstruct`) is given, integers and the product of a
+    shape, are charged against the file's size; `bytes` and `bytearray` may not be called with a count at all;
+    an array's data must be in the file. Functions (Cython's state helpers, scalars) take checksums and seeds,
+    which are not sizes, and are not charged.
+    """
+
+    def __init__(self, file_bytes: int) -> None:
+        self.file_bytes = file_bytes
+        self.remaining = file_bytes
+
+    def charge_call(self, target: Any, args: Any, kwargs: Any) -> None:
+        positional = tuple(args) if isinstance(args, tuple | list) else ()
+        if target in (bytes, bytearray) and positional and _is_integer(positional[0]):
+            raise pickle.UnpicklingError(
+                f"it calls {target.__name__}({positional[0]}), an allocation no bytes of the file back"
+            )
+        if isinstance(target, type):
+            named = tuple(kwargs.values()) if isinstance(kwargs, dict) else ()
+            self._charge(sum(_size_of(value) for value in (*positional, *named)), _describe(target))
+        elif _is_reconstruct(target) and len(positional) >= 2:
+            self._charge(_size_of(positional[1]), "numpy's _reconstruct")
+
+    def read_exactly(self, handle: Any, size: int) -> bytes:
+        """`size` bytes of array data, refused when the file cannot hold them before anything is allocated."""
+        remaining = _bytes_left(handle)
+        if remaining is not None and size > remaining:
+            raise pickle.UnpicklingError(f"an array claims {size} bytes of data, the file has {remaining} left")
+        chunks, wanted = [], size
+        while wanted:  # a compressed stream's size is unknown: read what it has, never more than it holds
+            chunk = handle.read(min(wanted, _READ_CHUNK))
+            if not chunk:
+                raise pickle.UnpicklingError(f"an array claims {size} bytes of data, the file ends before")
+            chunks.append(chunk)
+            wanted -= len(chunk)
+        return b"".join(chunks)
+
+    def _charge(self, amount: int, what: str) -> None:
+        if amount > self.remaining:
+            raise pickle.UnpicklingError(
+                f"{what} would allocate {amount} items or bytes, more than the {self.file_bytes}-byte file backs"
+            )
+        self.remaining -= amount
+
+
+_READ_CHUNK = 16 * 1024 * 1024
+# A shape is a short tuple of integers; a longer tuple or a list is data the file spelled out, already paid for.
+_SHAPE_LENGTH = 32
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _size_of(value: Any) -> int:
+    """The count of items or bytes an argument may ask a constructor for."""
+    if _is_integer(value):
+        return abs(int(value))
+    if isinstance(value, range):
+        return len(value)
+    if isinstance(value, tuple) and 0 < len(value) <= _SHAPE_LENGTH and all(_is_integer(v) for v in value):
+        return math.prod(abs(int(v)) for v in value)
+    return 0
+
+
+def _is_reconstruct(target: Any) -> bool:
+    return getattr(target, "__name__", None) == "_reconstruct" and (
+        getattr(target, "__module__", None) or ""
+    ).startswith(("numpy._core", "numpy.core"))
+
+
+def _bytes_left(handle: Any) -> int | None:
+    if isinstance(handle, io.BytesIO):
+        return len(handle.getbuffer()) - handle.tell()
+    return None
+
+
+def _is_shared_code(value: Any) -> bool:
+    return isinstance(value, type | types.ModuleType | np.ufunc) or inspect.isroutine(value)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, type | types.ModuleType) or inspect.isroutine(value) or isinstance(value, np.ufunc):
+        if isinstance(value, types.ModuleType):
+            return f"module {value.__name__}"
+        module = getattr(value, "__module__", None)
+        return f"{module}.{value.__name__}" if module else value.__name__
+    return f"a {type(value).__name__}"
+
+
+def _array_description(wrapper: NumpyArrayWrapper) -> tuple[np.dtype[Any], tuple[int, ...], str]:
+    state = vars(wrapper)
+    dtype, shape, order = state.get("dtype"), state.get("shape"), state.get("order", "C")
+    subclass = state.get("subclass", np.ndarray)
+    if not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError("a joblib array has no valid dtype")
+    if not isinstance(shape, tuple) or not all(
+        isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise pickle.UnpicklingError(f"a joblib array has an invalid shape {shape!r}")
+    if order not in ("C", "F"):
+        raise pickle.UnpicklingError(f"a joblib array has an invalid order {order!r}")
+    if subclass not in (np.ndarray, np.memmap):
+        raise pickle.UnpicklingError(f"a joblib array claims the array class {_describe(subclass)}")
+    return dtype, tuple(int(n) for n in shape), order
+
+
+def _skip_alignment(handle: Any, wrapper: NumpyArrayWrapper) -> None:
+    if vars(wrapper).get("numpy_array_alignment_bytes") is None:
+        return
+    padding = handle.read(1)
+    length = int.from_bytes(padding, byteorder="little")
+    if length and len(handle.read(length)) != length:
+        raise pickle.UnpicklingError("the file ends inside an array's alignment padding")
+
+
+def _native_byte_order(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    if array.dtype.byteorder in ("=", "|") or array.dtype.isnative:
+        return array
+    return array.astype(array.dtype.newbyteorder("="))
 
 
 def load_restricted(data: bytes, trusted_modules: tuple[str, ...] = ()) -> Any:
@@ -163,4 +405,4 @@ def load_restricted(data: bytes, trusted_modules: tuple[str, ...] = ()) -> Any:
     with _validate_fileobject_and_memmap(io.BytesIO(data), "") as (handle, _):
         if isinstance(handle, str):
             raise pickle.UnpicklingError("it was written by joblib before 0.10, a format that is not loaded")
-        return RestrictedUnpickler(handle, trusted_modules).load()
+        return RestrictedUnpickler(handle, trusted_modules, AllocationBudget(len(data))).load()

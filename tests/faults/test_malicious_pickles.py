@@ -207,3 +207,31 @@ def test_the_probe_process_still_stops_trusted_code_that_crashes_or_hangs(
         assert refused.value.details == message
         assert client.health() == "SERVING"
     assert trusting.stop() == 0
+
+
+def test_a_poisoned_import_is_refused_and_an_unrelated_model_answers_as_before(
+    launch: Launch, tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """The outside tester's attack: an imported pipeline whose object array's nested stream sets
+    LogitLink.inverse = numpy.negative; a binary HistGradientBoosting's 400-row probabilities then went
+    negative. Refused now, and the other model's answers are unchanged to the bit."""
+    record_property("fault", "ImportModel of a pipeline setting a scikit-learn class attribute from an object array")
+    from sklearn.datasets import load_breast_cancer
+
+    from tests.poison import poisoned_inside_an_object_array
+
+    cancer = load_breast_cancer()
+    rows = [(list(map(float, x)), int(y)) for x, y in zip(cancer.data, cancer.target, strict=True)]
+    probes = [features for features, _ in rows[:400]]
+    server = launch(tmp_path).start()
+    with server.client() as client:
+        client.ingest("cancer", rows, [f"f{i}" for i in range(cancer.data.shape[1])])
+        client.train("cancer_boost", dataset="cancer", algorithm="hist_gradient_boosting", params={"max_iter": 20})
+        before = client.predict("cancer_boost", probes, include_probabilities=True)
+        with pytest.raises(FailedPreconditionError) as refused:
+            client.import_model("evil", poisoned_inside_an_object_array())
+        assert "it applies BUILD to sklearn._loss.link.LogitLink" in refused.value.details
+        after = client.predict("cancer_boost", probes, include_probabilities=True)
+        assert "evil" not in [m.model_type for m in client.list_models().models]
+    assert list(after.predictions) == list(before.predictions)
+    assert all(0.0 <= p <= 1.0 for prediction in after.predictions for p in prediction.probabilities)

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_predict_v2_pb2_grpc, predserve_pb2_grpc
 from server import workers
+from server.api.admitting import AdmissionInterceptor, CallSlots
 from server.api.auth import AuthInterceptor, AuthPolicy
 from server.api.decoding import DecodingInterceptor
 from server.api.observing import CallObserver
@@ -182,18 +184,21 @@ def build_server(
     share_port is for --workers only: sibling processes bind one port with SO_REUSEPORT.
     """
     auth = AuthPolicy(config.admin_token, config.predict_token, open_admin_without_token=config.binds_loopback)
+    slots = CallSlots(config.max_concurrent_rpcs, config.max_concurrent_streams, config.max_concurrent_trains)
     server = grpc.server(
-        # One thread per admitted call: with fewer, calls past the pool would wait in its queue (a hang)
-        # instead of being refused with RESOURCE_EXHAUSTED by maximum_concurrent_rpcs.
-        futures.ThreadPoolExecutor(max_workers=config.max_concurrent_rpcs, thread_name_prefix="rpc"),
+        # A thread for every slot of every class of work (health has its own): an admitted call never waits
+        # in the pool's queue, and a call past its class's slots is refused at once.
+        futures.ThreadPoolExecutor(max_workers=slots.threads, thread_name_prefix="rpc"),
         # The observer outermost, so it counts every call whatever answers it; then auth, so that a caller
-        # without the token is refused before its bytes are even decoded.
+        # without the token is refused before it takes a slot or its bytes are even decoded.
         interceptors=[
             *_observer(config, services),
             AuthInterceptor(auth),
+            AdmissionInterceptor(slots),
             DecodingInterceptor((SERVICE_NAME, V2_SERVICE_NAME)),
         ],
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        # Off: counting every call alike, it refused health and Predict once idle streams had filled it.
+        maximum_concurrent_rpcs=None,
         options=[
             # grpcio enables SO_REUSEPORT by default: a leftover server would silently share the port.
             ("grpc.so_reuseport", 1 if share_port else 0),
@@ -298,7 +303,8 @@ def recover(config: ServerConfig) -> int:
 
     Returns 1 when some orphan could not be recovered (it stays where it is), else 0.
     """
-    if not _startup_checks_pass(config):
+    # It serves no metrics: a running server's files in the metrics directory are no concern of it.
+    if not _startup_checks_pass(dataclasses.replace(config, metrics_port=0)):
         return 2
     try:
         # The registry may well be the lost one this is run for: an empty one is expected here.
@@ -417,6 +423,13 @@ def _refused(slot: LoadedModel | UnavailableModel) -> bool:
 def _write_port_file(config: ServerConfig, port: int) -> None:
     if config.port_file is None:
         return
-    temp = config.port_file.with_suffix(".tmp")
-    temp.write_text(str(port))
-    os.replace(temp, config.port_file)
+    # A new name of its own (O_EXCL): with_suffix(".tmp") would replace a file beside it (run.tmp of run.port).
+    temp = config.port_file.with_name(f".{config.port_file.name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(str(port))
+        os.replace(temp, config.port_file)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

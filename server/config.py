@@ -159,7 +159,16 @@ OPTIONS: tuple[Option, ...] = (
         "--max-concurrent-rpcs",
         "PREDSERVE_MAX_CONCURRENT_RPCS",
         INTEGER,
-        "calls handled at once, one thread each; more get RESOURCE_EXHAUSTED at once",
+        "unary calls (Predict, ModelInfer, listings, metadata, Promote, GarbageCollect) handled at once, one "
+        "thread each; more get RESOURCE_EXHAUSTED at once",
+        POSITIVE,
+    ),
+    Option(
+        "max_concurrent_streams",
+        "--max-concurrent-streams",
+        "PREDSERVE_MAX_CONCURRENT_STREAMS",
+        INTEGER,
+        "IngestHistory and ImportModel streams open at once, one thread each; more get RESOURCE_EXHAUSTED at once",
         POSITIVE,
     ),
     Option(
@@ -306,7 +315,8 @@ OPTIONS: tuple[Option, ...] = (
         "--metrics-dir",
         "PREDSERVE_METRICS_DIR",
         OPTIONAL_PATH,
-        "directory of the workers' metric files, wiped at start; none: a private temporary one",
+        "directory of the workers' metric files and nothing else, wiped of earlier runs' at start; none: a private "
+        "temporary one",
     ),
     Option("log_format", "--log-format", "PREDSERVE_LOG_FORMAT", choice(LogFormat), "text, or one JSON object a line"),
     Option("log_level", "--log-level", "PREDSERVE_LOG_LEVEL", choice(LogLevel), "least severe level logged"),

@@ -38,6 +38,10 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     max_rows_per_request: int = 100_000
     max_concurrent_rpcs: int = 64
+    # IngestHistory and ImportModel streams open at once, each holding a thread while it waits for its messages:
+    # 8 lets several clients upload batches side by side (more would mostly wait on the database's writes) and
+    # is all that idle streams can hold; Predict and health have threads of their own (server/api/admitting.py).
+    max_concurrent_streams: int = 8
     # Trains and imports running at once: each holds a core for seconds to minutes.
     max_concurrent_trains: int = 2
     # A client stream (IngestHistory, ImportModel) that sends nothing for this long is cancelled.
@@ -76,7 +80,8 @@ class ServerConfig:
     # The Prometheus endpoint (server/observability/metrics.py): off at 0; its host is `host` unless given.
     metrics_port: int = 0
     metrics_host: str | None = None
-    # prometheus-client's multiprocess directory, wiped at start; None: a private one, removed at exit.
+    # prometheus-client's multiprocess directory, holding its files only, of which those of earlier runs are
+    # removed at start (server/preflight.py refuses any other); None: a private one, removed at exit.
     metrics_dir: Path | None = None
     log_format: LogFormat = LogFormat.TEXT
     log_level: LogLevel = LogLevel.INFO

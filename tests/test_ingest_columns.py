@@ -4,6 +4,7 @@ recording of an ingest's batches, on a migrated SQLite file and on PostgreSQL. N
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from server.api import converters
 from server.domain import HistoryRow
 from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from server.services.history import HistoryService, Upload
-from server.storage.ingests import BatchAlreadyStored, IngestBatch, IngestProgress
+from server.storage.databases import open_database
+from server.storage.ingests import BatchAlreadyStored, IngestBatch, IngestProgress, content_sha256
 from server.storage.repositories import HistoryRepository
 from tests.test_data_rules import migrated
 
@@ -202,10 +204,10 @@ def test_a_batch_sent_again_adds_nothing_on_postgres(postgres_history: HistorySe
 def test_a_batch_recorded_meanwhile_rolls_its_rows_back(history: HistoryService) -> None:
     """Two calls with the same batch at once: both find it unstored; the key lets one in, the other stores nothing."""
     repository = history.history
-    recorded = IngestBatch("file-1", 0, 0, 3)
-    assert repository.append("d", [], FIRST_THREE, [0, 1, 0], batch=recorded) == 3
+    recorded = IngestBatch("file-1", 0, 0, 3, content_sha256(FIRST_THREE, [0, 1, 0]))
+    assert repository.append_batch("d", [], FIRST_THREE, [0, 1, 0], recorded) == (3, at(1, 3))
     with pytest.raises(BatchAlreadyStored):
-        repository.append("d", [], FIRST_THREE, [0, 1, 0], batch=recorded)
+        repository.append_batch("d", [], FIRST_THREE, [0, 1, 0], recorded)
     loaded = repository.load("d")
     assert loaded is not None and len(loaded.targets) == 3
 
@@ -224,10 +226,133 @@ def test_an_inconsistent_batch_is_refused_and_says_where_to_resume(history: Hist
         history.ingest_upload(batch(0, ROWS[:1], 0, ingest_id="a b"))
 
 
-def test_a_gap_is_where_the_ingest_resumes(history: HistoryService) -> None:
+def test_only_the_next_batch_from_the_next_row_is_stored(history: HistoryService) -> None:
     history.ingest_upload(batch(0, ROWS[:2], 0))
-    history.ingest_upload(batch(2, ROWS[4:], 4))
+    with pytest.raises(FailedPrecondition) as gap:
+        history.ingest_upload(batch(2, ROWS[4:], 4))
+    assert str(gap.value) == (
+        "batch 2 of ingest 'file-1' is out of turn: expected batch 1 with first_row 2 (the rows the ingest has "
+        "stored), got batch 2 with first_row 4: resume at batch 1, row 2, or use another ingest id"
+    )
+    with pytest.raises(FailedPrecondition, match="expected batch 1 with first_row 2 .*, got batch 1 with first_row 3"):
+        history.ingest_upload(batch(1, ROWS[3:], 3))
     assert history.ingest_upload(batch(0, [], 0)).progress == at(1, 2)
+    assert history.ingest_upload(batch(1, ROWS[2:4], 2)).progress == at(2, 4)
+    assert history.ingest_upload(batch(2, ROWS[4:], 4)).total_rows == 6
+
+
+def check_batches_are_taken_in_turn(history: HistoryService) -> None:
+    """Out of turn, out of range or other rows under a stored number: refused, and nothing stored."""
+    history.ingest_upload(batch(0, ROWS[:2], 0))
+    with pytest.raises(FailedPrecondition, match="expected batch 1 with first_row 2 .*, got batch 1 with first_row 5"):
+        history.ingest_upload(batch(1, ROWS[2:4], 5))
+    with pytest.raises(FailedPrecondition, match="expected batch 1 with first_row 2 .*, got batch 3 with first_row 2"):
+        history.ingest_upload(batch(3, ROWS[2:4], 2))
+    with pytest.raises(InvalidArgument, match=r"batch_number 9223372036854775807 is out of range"):
+        history.ingest_upload(batch(2**63 - 1, ROWS[2:4], 2))
+    with pytest.raises(InvalidArgument, match=r"first_row 9223372036854775806 is out of range"):
+        history.ingest_upload(batch(1, ROWS[2:4], 2**63 - 2))
+    with pytest.raises(FailedPrecondition, match="batch 0 of ingest 'file-1' was stored with other rows"):
+        history.ingest_upload(batch(0, ROWS[4:], 0))
+    assert history.ingest_upload(batch(0, [], 0)).progress == at(1, 2)
+    loaded = history.history.load("d")
+    assert loaded is not None and loaded.features == [list(row.features) for row in ROWS[:2]]
+
+
+def test_batches_are_taken_in_turn(history: HistoryService) -> None:
+    check_batches_are_taken_in_turn(history)
+
+
+def test_batches_are_taken_in_turn_on_postgres(postgres_history: HistoryService) -> None:
+    check_batches_are_taken_in_turn(postgres_history)
+
+
+def test_replicas_sending_the_same_batches_at_once_store_each_row_once_on_postgres(postgres_url: str) -> None:
+    """Each replica has its own pool: only the database's lock and key can keep the batches in turn."""
+    migrated(postgres_url).close()
+    replicas = [HistoryService(HistoryRepository(open_database(postgres_url)), max_rows=4) for _ in range(4)]
+    rows = [HistoryRow((float(i), 0.0), i % 2) for i in range(12)]
+    answers: list[tuple[int, bool]] = []
+    errors: list[BaseException] = []
+    go = threading.Barrier(len(replicas))
+
+    def send(replica: HistoryService) -> None:
+        go.wait()
+        try:
+            for number in range(6):
+                outcome = replica.ingest_upload(batch(number, rows[2 * number : 2 * number + 2], 2 * number))
+                answers.append((number, outcome.already_stored))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(replica,)) for replica in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert errors == []
+        assert sorted(number for number, again in answers if not again) == list(range(6))  # each stored once
+        assert replicas[0].ingest_upload(batch(0, [], 0)).progress == at(6, 12)
+        loaded = replicas[0].history.load("d")
+        assert loaded is not None and loaded.features == [list(row.features) for row in rows]
+    finally:
+        for replica in replicas:
+            replica.history.database.close()
+
+
+def test_a_gap_left_by_an_earlier_release_is_where_the_ingest_resumes(history: HistoryService) -> None:
+    history.ingest_upload(batch(0, ROWS[:2], 0))
+    with history.history.database.writing() as conn:  # batch 2, stored out of turn as releases before 0009 did
+        conn.execute(
+            "INSERT INTO ingest_batches (ingest_id, batch_number, dataset, first_row, row_count) "
+            "VALUES ('file-1', 2, 'd', 4, 2)"
+        )
+    assert history.ingest_upload(batch(0, [], 0)).progress == at(1, 2)
+    assert history.ingest_upload(batch(1, ROWS[2:4], 2)).progress == at(3, 6)
+
+
+def test_an_ingest_an_earlier_release_recorded_beyond_int64_is_refused_not_answered(history: HistoryService) -> None:
+    """Its next row does not fit the answer's int64: a clear refusal, where converting the answer failed."""
+    history.ingest_upload(batch(0, ROWS[:2], 0))
+    with history.history.database.writing() as conn:  # as releases before 0009 stored first_row 2**63 - 2
+        conn.execute(
+            "INSERT INTO ingest_batches (ingest_id, batch_number, dataset, first_row, row_count) "
+            "VALUES ('file-1', 1, 'd', 9223372036854775806, 2)"
+        )
+    with pytest.raises(FailedPrecondition, match="ingest 'file-1' was recorded by an earlier release with batches"):
+        history.ingest_upload(batch(0, [], 0))
+    assert history.ingest_upload(batch(0, ROWS[:2], 0, ingest_id="file-2")).progress == at(1, 2)
+
+
+def test_a_batch_recorded_before_checksums_is_compared_by_its_place(history: HistoryService) -> None:
+    history.ingest_upload(batch(0, ROWS[:3], 0))
+    with history.history.database.writing() as conn:  # as migration 0009 leaves the batches recorded before it
+        conn.execute("UPDATE ingest_batches SET content_sha256 = NULL")
+    again = history.ingest_upload(batch(0, ROWS[3:], 0))  # other rows, in the same place: nothing tells them apart
+    assert (again.already_stored, again.total_rows, again.progress) == (True, 3, at(1, 3))
+    with pytest.raises(FailedPrecondition, match="was stored with 3 rows from row 0; this one has 2 rows from row 0"):
+        history.ingest_upload(batch(0, ROWS[:2], 0))
+
+
+def test_a_batch_sent_again_with_other_rows_is_refused(history: HistoryService) -> None:
+    history.ingest_upload(batch(0, ROWS[:3], 0))
+    stored = content_sha256(FIRST_THREE, [0, 1, 0])
+    with pytest.raises(FailedPrecondition) as other:
+        history.ingest_upload(batch(0, ROWS[3:], 0))
+    assert str(other.value).startswith(
+        f"batch 0 of ingest 'file-1' was stored with other rows: its 3 rows from row 0 have SHA-256 {stored[:16]}..., "
+    )
+    assert str(other.value).endswith("...: resume at batch 1, row 3, or use another ingest id")
+    # The same rows as columns are the same batch: the digest is of the values, not of their wire form.
+    as_columns = decoded(
+        Batch.of_rows([(row.features, row.target) for row in ROWS[:3]]),
+        pb.IngestHistoryRequest(dataset="d", feature_names=["a", "b"], ingest_id="file-1"),
+    )
+    assert as_columns.columns is not None
+    assert history.ingest_upload(as_columns).already_stored
+    loaded = history.history.load("d")
+    assert loaded is not None and len(loaded.targets) == 3
 
 
 def test_the_row_limit_applies_per_batch_and_says_how_to_proceed(history: HistoryService) -> None:

@@ -1,4 +1,4 @@
-"""Resource limits over real calls: rows per request, message size, concurrent calls, Train's deadline."""
+"""Resource limits over real calls: rows per request, message size, concurrent streams, Train's deadline."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tests.support import ServerProcess
 MAX_ROWS = 20
 MAX_MESSAGE = 64 * 1024
 MAX_CONCURRENT = 2
+MAX_STREAMS = 2
 TRAIN_SECONDS = 0.05
 
 
@@ -34,6 +35,8 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         str(MAX_MESSAGE),
         "--max-concurrent-rpcs",
         str(MAX_CONCURRENT),
+        "--max-concurrent-streams",
+        str(MAX_STREAMS),
         "--train-deadline-seconds",
         str(TRAIN_SECONDS),
     ]
@@ -91,28 +94,30 @@ def test_a_train_past_its_deadline_records_nothing(limited: ServerProcess) -> No
     assert list(limited.models_dir.iterdir()) == []
 
 
-def test_calls_beyond_the_concurrency_limit_are_refused(limited: ServerProcess) -> None:
+def test_streams_beyond_their_slots_are_refused_and_health_answers(limited: ServerProcess) -> None:
     release = threading.Event()
 
     def held_stream() -> Iterator[pb.IngestHistoryRequest]:
         yield pb.IngestHistoryRequest(dataset="held", rows=[pb.Row(features=[1.0], target=pb.Target(integer=0))])
         release.wait(30)  # the server's handler waits for the rest of the stream meanwhile
 
-    # More held calls than the limit, at once: whatever else the server is handling, the limit must refuse
-    # some of them, and never run more than the limit at a time.
+    # More held streams than their slots, at once: the ones past the slots are refused, naming the option, and
+    # health answers while the slots are held.
     with grpc.insecure_channel(limited.target) as channel:
         ingest = pb_grpc.PredserveStub(channel).IngestHistory
-        held = [ingest.future(held_stream(), timeout=60) for _ in range(MAX_CONCURRENT + 2)]
+        held = [ingest.future(held_stream(), timeout=60) for _ in range(MAX_STREAMS + 2)]
         try:
-            error = _first_refusal(health_pb2_grpc.HealthStub(channel), held)
+            wait_until(lambda: sum(call.done() for call in held) >= 2, 10, "2 streams to be refused")
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
         finally:
             release.set()
         outcomes = [_outcome(call) for call in held]
-    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert error.details() == "Concurrent RPC limit exceeded!"
-    refused = [o for o in outcomes if o == "Concurrent RPC limit exceeded!"]
-    assert len(refused) >= 2 and len(outcomes) - len(refused) <= MAX_CONCURRENT, outcomes
-    assert set(outcomes) - set(refused) <= {"ok"}, outcomes
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    refusal = (
+        f"{MAX_STREAMS} IngestHistory and ImportModel streams already running, the limit (--max-concurrent-streams); "
+        "try again later"
+    )
+    assert sorted(outcomes) == [refusal] * 2 + ["ok"] * MAX_STREAMS
 
 
 def _outcome(call: grpc.Future) -> str:
@@ -120,19 +125,3 @@ def _outcome(call: grpc.Future) -> str:
         return "ok" if call.result().rows_added == 1 else "wrong answer"
     except grpc.RpcError as exc:
         return exc.details() or exc.code().name
-
-
-def _first_refusal(health: health_pb2_grpc.HealthStub, held: list[grpc.Future]) -> grpc.RpcError:
-    """A held call already refused, or a Check refused while the held calls are in progress."""
-
-    def refusal() -> grpc.RpcError | None:
-        for call in held:
-            if call.done() and call.exception() is not None:
-                return call.exception()  # type: ignore[return-value]
-        try:
-            health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        except grpc.RpcError as exc:
-            return exc
-        return None
-
-    return wait_until(refusal, 10, f"a call to be refused while {len(held)} calls are in progress")

@@ -45,6 +45,16 @@ PREDICTION_SETS_COLUMNS = [
     "runtime_signature",
     "runtime_record",
 ]
+# ingest_batches after every migration; PostgreSQL must match it too.
+INGEST_BATCHES_COLUMNS = [
+    "ingest_id",
+    "batch_number",
+    "dataset",
+    "first_row",
+    "row_count",
+    "recorded_at",
+    "content_sha256",
+]
 
 
 def migrate(path: Path) -> list[int]:
@@ -90,7 +100,7 @@ def test_migration_files_are_numbered_contiguously_from_one() -> None:
 
 def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
     db = tmp_path / "blank.db"
-    assert migrate(db) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert migrate(db) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert [name for name, _ in schema(db)] == [
         "data_history",
         "data_segments",
@@ -109,6 +119,7 @@ def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
         "ux_prediction_sets_one_current",
     ]
     assert columns(db, "prediction_sets") == PREDICTION_SETS_COLUMNS
+    assert columns(db, "ingest_batches") == INGEST_BATCHES_COLUMNS
     with sqlite3.connect(db) as conn:
         recorded = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
     assert recorded == [
@@ -120,6 +131,7 @@ def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
         (6, "index_prediction_sets"),
         (7, "add_data_segments"),
         (8, "add_ingest_batches"),
+        (9, "add_ingest_batch_checksum"),
     ]
 
 
@@ -140,7 +152,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(tmp_path: Path) -> 
             "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets"
         ).fetchall()
 
-    assert migrate(db) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert migrate(db) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
 
     with sqlite3.connect(db) as conn:
         promotions = conn.execute("SELECT model_type, prediction_set_id, reason FROM promotions").fetchall()

@@ -22,7 +22,7 @@ from server.storage.postgres import PostgresDatabase, redact_url
 from server.storage.repositories import HistoryRepository, PredictionSetRepository
 from server.storage.sqlite import SqliteDatabase
 from tests.support import ServerProcess
-from tests.test_migrations import PREDICTION_SETS_COLUMNS
+from tests.test_migrations import INGEST_BATCHES_COLUMNS, PREDICTION_SETS_COLUMNS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 POSTGRES_MIGRATIONS = MIGRATIONS_DIR / PostgresDatabase.migrations_subdir
@@ -98,7 +98,7 @@ def test_the_backend_is_chosen_by_the_database_url() -> None:
 
 
 def test_blank_database_gets_the_exact_schema(database: PostgresDatabase, postgres_url: str) -> None:
-    assert migrate(database) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert migrate(database) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert schema(postgres_url) == [
         ("data_history", "r"),
         ("data_history_pkey", "i"),
@@ -125,6 +125,7 @@ def test_blank_database_gets_the_exact_schema(database: PostgresDatabase, postgr
     ]
     # The same columns in the same order as SQLite's (tests/test_migrations.py).
     assert columns(postgres_url, "prediction_sets") == PREDICTION_SETS_COLUMNS
+    assert columns(postgres_url, "ingest_batches") == INGEST_BATCHES_COLUMNS
     assert query(postgres_url, "SELECT version, name FROM schema_migrations ORDER BY version") == [
         (1, "phase4_baseline"),
         (2, "add_model_artifact_path"),
@@ -134,6 +135,7 @@ def test_blank_database_gets_the_exact_schema(database: PostgresDatabase, postgr
         (6, "index_prediction_sets"),
         (7, "add_data_segments"),
         (8, "add_ingest_batches"),
+        (9, "add_ingest_batch_checksum"),
     ]
     before = schema(postgres_url)
     assert migrate(database) == []
@@ -165,7 +167,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(database: PostgresD
     sets_sql = "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets ORDER BY id"
     sets_before = query(postgres_url, sets_sql)
 
-    assert migrate(database) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert migrate(database) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
 
     assert query(postgres_url, "SELECT * FROM data_history ORDER BY id") == history_before
     assert query(postgres_url, sets_sql) == sets_before
@@ -206,7 +208,7 @@ def test_kill_mid_migration_of_a_phase4_registry(
     server.env = {}
     server.start()
     versions = query(postgres_url, "SELECT version FROM schema_migrations ORDER BY version")
-    assert versions == [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,)]
+    assert versions == [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (9,)]
     assert "model_artifact_path" in columns(postgres_url, "prediction_sets")
     assert len(query(postgres_url, sets_sql)) == len(sets_before)
     server.stop()
@@ -249,9 +251,9 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
         thread.join(timeout=60)
     assert errors == []
     # Each migration applied exactly once, in order, whichever replica got to it first.
-    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert all(versions == sorted(versions) for versions in applied)
-    assert [MigrationRunner(d).applied_versions() for d in databases] == [{1, 2, 3, 4, 5, 6, 7, 8}] * 4
+    assert [MigrationRunner(d).applied_versions() for d in databases] == [{1, 2, 3, 4, 5, 6, 7, 8, 9}] * 4
     for database in databases:
         database.close()
 

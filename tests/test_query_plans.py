@@ -1,6 +1,7 @@
 """Every statement of the calls that must not grow with history, and its plan (EXPLAIN QUERY PLAN on SQLite,
 EXPLAIN on PostgreSQL): the listing of sets a page at a time, the current-set lookups, the registrar's lookups,
-garbage collection, the start-up checks and fallback, the orphan check, V2 versions, and the data Train reads.
+garbage collection, the start-up checks and fallback, the orphan check, V2 versions, an ingest's batch and where
+the ingest resumes, and the data Train reads.
 Each statement is recorded as the real repositories run it on a real registry holding a long history, then
 explained with its parameters. tests/test_bounded_lookups.py runs the services themselves and checks what they ran.
 
@@ -24,6 +25,7 @@ from server.model_store import ModelStore
 from server.services.registry import ModelRegistryService, SetFilter
 from server.storage.databases import RegistryDatabase, open_database
 from server.storage.history import HistoryRepository
+from server.storage.ingests import IngestBatch, IngestRepository
 from server.storage.migrations import MigrationRunner, migrations_for
 from server.storage.repositories import PredictionSetRepository
 from tests.test_postgres_registry import new_set
@@ -32,7 +34,8 @@ TYPES = 20
 SETS_PER_TYPE = 500  # 10,000 sets, nearly all archived, as after a long life with retention
 START = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 HISTORY_ROWS = 20_000
-TABLES = ("prediction_sets", "promotions", "data_history", "data_segments", "datasets")
+INGESTS = 200
+TABLES = ("prediction_sets", "promotions", "data_history", "data_segments", "datasets", "ingest_batches")
 
 
 class Recorder:
@@ -105,6 +108,12 @@ def long_history(database: RegistryDatabase) -> None:
         for _ in range(4):
             matrix = rng.normal(size=(HISTORY_ROWS // 4, 10))
             history.append(dataset, [f"x{i}" for i in range(10)], matrix, [int(v > 0) for v in matrix[:, 0]])
+    with database.writing() as conn:  # INGESTS records of 50 batches of 10 rows, but ingest i-1 stopped at 40
+        conn.executemany(
+            "INSERT INTO ingest_batches (ingest_id, batch_number, dataset, first_row, row_count, content_sha256) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(f"i-{i}", n, "d0", 10 * n, 10, "0" * 64) for i in range(INGESTS) for n in range(40 if i == 1 else 50)],
+        )
 
 
 # What each call does, on the recording registry. Each returns nothing; what it runs is what counts.
@@ -146,6 +155,9 @@ def calls(database: RecordingDatabase) -> dict[str, Callable[[], object]]:
         "orphan check": lambda: sets.known_paths(["t3-499.joblib", "t4-7.joblib", "stray.joblib"]),
         "v2 versions": lambda: sets.recent_versions("t3", 100),
         "ingest": lambda: history.append("d0", [], row, [1]),
+        # an ingest's batch (record_batch's checks in the appending transaction), then where the ingest resumes
+        "ingest: a batch": lambda: history.append_batch("d0", [], row, [1], IngestBatch("i-1", 40, 400, 1, "0" * 64)),
+        "ingest: resume": lambda: IngestRepository(database).progress("i-1"),  # type: ignore[arg-type]
         "train data": lambda: history.load_columns("d0"),
     }
 
@@ -281,6 +293,23 @@ SQLITE_PLANS = {
         "SEARCH data_segments USING INDEX ux_data_segments_rows (dataset=?)",
         "SEARCH data_history USING COVERING INDEX idx_data_history_dataset (dataset=?)",  # the dataset's size
     ],
+    # the batch is not stored yet; the ingest's batch count and last batch; (the insert); no batch after it
+    "ingest: a batch": [
+        "SEARCH ingest_batches USING INDEX sqlite_autoindex_ingest_batches_1 (ingest_id=? AND batch_number=?)",
+        "SEARCH ingest_batches USING COVERING INDEX sqlite_autoindex_ingest_batches_1 (ingest_id=?)",
+        "SEARCH ingest_batches USING INDEX sqlite_autoindex_ingest_batches_1 (ingest_id=? AND batch_number=?)",
+        "SEARCH ingest_batches USING INDEX sqlite_autoindex_ingest_batches_1 (ingest_id=? AND batch_number=?)",
+        "SEARCH datasets USING INDEX sqlite_autoindex_datasets_1 (name=?)",
+        "SEARCH data_history",  # MAX(id): the last key of the table
+        "SEARCH data_history USING COVERING INDEX idx_data_history_dataset (dataset=? AND id>?)",
+        "SEARCH data_segments USING INDEX ux_data_segments_rows (dataset=?)",
+        "SEARCH data_segments USING INTEGER PRIMARY KEY (rowid=?)",  # added to the small last segment
+        "SEARCH data_history USING COVERING INDEX idx_data_history_dataset (dataset=?)",  # the dataset's size
+    ],
+    "ingest: resume": [
+        "SEARCH ingest_batches USING COVERING INDEX sqlite_autoindex_ingest_batches_1 (ingest_id=?)",
+        "SEARCH ingest_batches USING INDEX sqlite_autoindex_ingest_batches_1 (ingest_id=? AND batch_number=?)",
+    ],
     "train data": [
         "SEARCH data_history USING COVERING INDEX idx_data_history_dataset (dataset=?)",
         "SEARCH data_segments USING INDEX ux_data_segments_rows (dataset=?)",
@@ -316,6 +345,8 @@ POSTGRES_INDEXES = {
     "orphan check": {"idx_prediction_sets_artifact"},
     "v2 versions": {"idx_prediction_sets_unarchived"},
     "ingest": {"data_history_pkey", "idx_data_history_dataset"},
+    "ingest: a batch": {"data_history_pkey", "idx_data_history_dataset", "ingest_batches_pkey"},
+    "ingest: resume": {"ingest_batches_pkey"},
     "train data": set(),
 }
 # Where PostgreSQL may read a table whole: datasets has a row per dataset and data_segments one per MiB of

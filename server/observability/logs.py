@@ -57,3 +57,6 @@ def configure_logging(log_format: LogFormat, level: LogLevel) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.name)
+    # A library's warning (numpy's overflow on a caller's extreme row, a deprecation) is a log line in the
+    # chosen format, not a bare line on stderr that breaks a JSON log's one-document-per-line contract.
+    logging.captureWarnings(True)

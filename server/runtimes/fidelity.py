@@ -167,8 +167,9 @@ def _answer_or_split(
     if not len(part):
         return
     try:
-        labels = np.asarray(pipeline.predict(rows[part]))
-        values = np.asarray(pipeline.predict_proba(rows[part]) if is_classifier else labels, float)
+        with np.errstate(all="ignore"):  # the extremes overflow by design; the answer or refusal is what counts
+            labels = np.asarray(pipeline.predict(rows[part]))
+            values = np.asarray(pipeline.predict_proba(rows[part]) if is_classifier else labels, float)
     except Exception:  # whatever it raised: a refusal of one of these rows
         if len(part) == 1:
             refused.append(int(part[0]))
@@ -218,9 +219,10 @@ def prove_against(reference: Reference, runtime: Runtime, tolerance: float) -> P
     rows = reference.rows[keep]
     expected_labels, expected_values = reference.labels[keep], reference.values[keep]
     try:
-        labels = np.asarray(runtime.predict(rows))
-        proba = runtime.predict_proba(rows)
-        both_labels, both_proba = runtime.predict_both(rows)
+        with np.errstate(all="ignore"):
+            labels = np.asarray(runtime.predict(rows))
+            proba = runtime.predict_proba(rows)
+            both_labels, both_proba = runtime.predict_both(rows)
     except Exception as exc:  # a runtime that raises is refused, whatever it raised
         return Proof(n, 0.0, False, f"the runtime raised: {type(exc).__name__}: {exc}")
 
@@ -254,7 +256,8 @@ def _answers_a_refused_row(runtime: Runtime, row: np.ndarray, is_classifier: boo
     methods = (runtime.predict, runtime.predict_proba) if is_classifier else (runtime.predict,)
     for method in (*methods, runtime.predict_both):
         try:
-            method(row)
+            with np.errstate(all="ignore"):
+                method(row)
         except OutsideDomain:
             continue
         except Exception as exc:  # refusing otherwise is not the pipeline's refusal

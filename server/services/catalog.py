@@ -85,7 +85,7 @@ def parse_params(recipe: Recipe, raw: Mapping[str, str]) -> dict[str, Any]:
     unknown = sorted(set(raw) - set(defaults))
     if unknown:
         raise InvalidArgument(
-            f"unknown parameter(s) {', '.join(unknown)} for algorithm {recipe.name}; "
+            f"unknown parameter(s) {', '.join(map(repr, unknown))} for algorithm {recipe.name}; "
             f"known: {', '.join(sorted(defaults))}"
         )
     params = {name: _parse_value(name, text) for name, text in raw.items()}

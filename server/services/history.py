@@ -2,6 +2,8 @@
 
 A batch of an ingest (an id the client chooses, and the batch's number) is recorded with its rows, so that
 sending it again stores nothing twice: the answer says it was already stored, and where the ingest resumes.
+Only the batch the ingest expects next is stored (its number the next one, its first row the count of rows
+stored), and a batch sent again must hold the rows stored under its number; anything else is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ import numpy as np
 from server.domain import HistoryRow, TargetValue
 from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from server.services.validation import check_feature_names, check_finite, check_name, check_targets, feature_matrix
-from server.storage.ingests import BatchAlreadyStored, IngestBatch, IngestProgress, IngestRepository, StoredBatch
+from server.storage.ingests import (
+    MAX_POSITION,
+    BatchAlreadyStored,
+    BatchOutOfTurn,
+    IngestBatch,
+    IngestProgress,
+    IngestRepository,
+    StoredBatch,
+    content_sha256,
+)
 from server.storage.repositories import HistoryRepository
 
 # An ingest id goes into log lines and error messages: printable, no spaces, bounded.
@@ -83,68 +94,102 @@ class HistoryService:
         return self.ingest_upload(Upload(dataset, feature_names, rows=rows)).total_rows
 
     def ingest_upload(self, upload: Upload) -> IngestOutcome:
-        """Stores one batch all or nothing. A batch of an ingest that is already stored is answered as such
-        and stores nothing; an ingest's stream without rows asks where that ingest resumes."""
+        """Stores one batch all or nothing. A batch of an ingest that is already stored, with the same rows, is
+        answered as such and stores nothing; an ingest's stream without rows asks where that ingest resumes."""
         check_name("dataset", upload.dataset)
         if not upload.ingest_id:
-            total = self._append(upload, None)
+            features, targets = self._checked_rows(upload)
+            total = self.history.append(upload.dataset, upload.feature_names, features, targets)
             return IngestOutcome(upload.dataset, upload.row_count, total)
-        batch = self._batch(upload)
-        if batch.row_count == 0:
+        self._check_batch(upload)
+        if upload.row_count == 0:
             return self._answer(upload, rows_added=0)
+        features, targets = self._checked_rows(upload)
+        batch = IngestBatch(
+            upload.ingest_id, upload.batch_number, upload.first_row, upload.row_count, content_sha256(features, targets)
+        )
         stored = self.ingests.stored(batch.ingest_id, batch.number)
         if stored is None:
             try:
-                total = self._append(upload, batch)
-                return self._answer(upload, rows_added=batch.row_count, total_rows=total)
+                total, after = self.history.append_batch(upload.dataset, upload.feature_names, features, targets, batch)
             except BatchAlreadyStored:  # the same batch, stored by a concurrent call meanwhile
                 stored = self.ingests.stored(batch.ingest_id, batch.number)
                 assert stored is not None
-        self._check_same_batch(batch, stored)
+            except BatchOutOfTurn as refused:
+                raise _out_of_turn(refused, upload.dataset) from None
+            else:
+                # The answer comes from the storing transaction: nothing read after the commit can fail the call.
+                return IngestOutcome(
+                    upload.dataset, batch.row_count, total, batch.ingest_id, batch.number, progress=after
+                )
+        self._check_same_batch(batch, upload.dataset, stored)
         return self._answer(upload, rows_added=0, already_stored=True)
 
-    def _batch(self, upload: Upload) -> IngestBatch:
+    def _check_batch(self, upload: Upload) -> None:
+        """The ingest id, and numbers the database and the answer can hold, before anything is stored."""
         if not INGEST_ID_PATTERN.match(upload.ingest_id):
             raise InvalidArgument(
                 f"ingest id {upload.ingest_id!r} is not valid: use 1-128 letters, digits, '.', '_', ':' or '-', "
                 "starting with a letter or digit"
             )
-        if upload.batch_number < 0 or upload.first_row < 0:
-            raise InvalidArgument("batch_number and first_row count from 0")
+        if not 0 <= upload.batch_number < MAX_POSITION:
+            raise InvalidArgument(
+                f"batch_number {upload.batch_number} is out of range: an ingest's batches are numbered 0, 1, 2, ... "
+                f"below 2**62"
+            )
+        if not 0 <= upload.first_row <= MAX_POSITION - upload.row_count:
+            raise InvalidArgument(
+                f"first_row {upload.first_row} is out of range: an ingest's rows are counted from 0, and a batch's "
+                f"rows (here {upload.row_count}) end at row 2**62 at most"
+            )
         recorded = self.ingests.dataset_of(upload.ingest_id)
         if recorded is not None and recorded != upload.dataset:
-            raise FailedPrecondition(
-                f"ingest {upload.ingest_id!r} appends to dataset {recorded!r}, not {upload.dataset!r}: "
-                "use another ingest id"
-            )
-        return IngestBatch(upload.ingest_id, upload.batch_number, upload.first_row, upload.row_count)
+            raise _other_dataset(upload.ingest_id, recorded, upload.dataset)
 
-    def _check_same_batch(self, batch: IngestBatch, stored: StoredBatch) -> None:
-        if (stored.first_row, stored.row_count) == (batch.first_row, batch.row_count):
+    def _check_same_batch(self, batch: IngestBatch, dataset: str, stored: StoredBatch) -> None:
+        """A batch sent again must be the one stored: its dataset, place and rows. Batches recorded before
+        migration 0009 have no digest of their rows: their place is all there is to compare them by."""
+        if stored.dataset != dataset:
+            raise _other_dataset(batch.ingest_id, stored.dataset, dataset)
+        same_place = (stored.first_row, stored.row_count) == (batch.first_row, batch.row_count)
+        if same_place and stored.content_sha256 in (None, batch.content_sha256):
             return
         progress = self.ingests.progress(batch.ingest_id)
+        if same_place:
+            difference = (
+                f"was stored with other rows: its {stored.row_count} rows from row {stored.first_row} have SHA-256 "
+                f"{(stored.content_sha256 or '')[:16]}..., this one's {batch.content_sha256[:16]}..."
+            )
+        else:
+            difference = (
+                f"was stored with {stored.row_count} rows from row {stored.first_row}; this one has "
+                f"{batch.row_count} rows from row {batch.first_row}"
+            )
         raise FailedPrecondition(
-            f"batch {batch.number} of ingest {batch.ingest_id!r} was stored with {stored.row_count} rows from row "
-            f"{stored.first_row}; this one has {batch.row_count} rows from row {batch.first_row}: resume at batch "
+            f"batch {batch.number} of ingest {batch.ingest_id!r} {difference}: resume at batch "
             f"{progress.next_batch}, row {progress.next_row}, or use another ingest id"
         )
 
-    def _answer(
-        self, upload: Upload, rows_added: int, already_stored: bool = False, total_rows: int | None = None
-    ) -> IngestOutcome:
-        """The answer to an ingest's call; `total_rows` as the append just counted it, else counted now."""
+    def _answer(self, upload: Upload, rows_added: int, already_stored: bool = False) -> IngestOutcome:
+        """The answer to an ingest's call that stored nothing, with where the ingest resumes."""
+        progress = self.ingests.progress(upload.ingest_id)
+        if max(progress.next_batch, progress.next_row) > MAX_POSITION:
+            raise FailedPrecondition(
+                f"ingest {upload.ingest_id!r} was recorded by an earlier release with batches beyond 2**62, which "
+                "no answer can carry: use another ingest id"
+            )
         return IngestOutcome(
             dataset=upload.dataset,
             rows_added=rows_added,
-            total_rows=self.ingests.dataset_rows(upload.dataset) if total_rows is None else total_rows,
+            total_rows=self.ingests.dataset_rows(upload.dataset),
             ingest_id=upload.ingest_id,
             batch_number=upload.batch_number,
             already_stored=already_stored,
-            progress=self.ingests.progress(upload.ingest_id),
+            progress=progress,
         )
 
-    def _append(self, upload: Upload, batch: IngestBatch | None) -> int:
-        """Validates the whole batch, then appends it (and records it, for an ingest's batch) in one transaction."""
+    def _checked_rows(self, upload: Upload) -> tuple[np.ndarray, Sequence[TargetValue]]:
+        """The whole batch validated: its features as a float64 matrix, and its targets."""
         count = upload.row_count
         if count == 0:
             raise InvalidArgument("no rows given")
@@ -161,7 +206,25 @@ class HistoryService:
             raise InvalidArgument(f"{len(upload.feature_names)} feature names given for {width} features")
         check_feature_names(upload.feature_names)
         check_targets(targets)
-        return self.history.append(upload.dataset, upload.feature_names, matrix, targets, batch=batch)
+        return matrix, targets
+
+
+def _other_dataset(ingest_id: str, recorded: str, given: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"ingest {ingest_id!r} appends to dataset {recorded!r}, not {given!r}: use another ingest id"
+    )
+
+
+def _out_of_turn(refused: BatchOutOfTurn, dataset: str) -> FailedPrecondition:
+    batch, expected = refused.batch, refused.expected
+    if refused.dataset is not None and refused.dataset != dataset:
+        return _other_dataset(batch.ingest_id, refused.dataset, dataset)
+    return FailedPrecondition(
+        f"batch {batch.number} of ingest {batch.ingest_id!r} is out of turn: expected batch {expected.next_batch} "
+        f"with first_row {expected.next_row} (the rows the ingest has stored), got batch {batch.number} with "
+        f"first_row {batch.first_row}: resume at batch {expected.next_batch}, row {expected.next_row}, or use "
+        "another ingest id"
+    )
 
 
 def _checked_columns(matrix: np.ndarray, expected_features: int | None) -> np.ndarray:

@@ -26,7 +26,7 @@ from server.services.admission import WorkSlots
 from server.services.catalog import CLASSIFICATION, EVALUATED_ROWS, PRIMARY_METRIC, REGRESSION
 from server.services.compilation import ProofEvidence
 from server.services.registration import ArtifactBytes, PromotionPolicy, Registration, SetRegistrar
-from server.services.validation import check_name, feature_matrix
+from server.services.validation import check_feature_names, check_name, feature_matrix
 from server.storage.repositories import HistoryRepository
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ def _probe_answer(stdout: str) -> dict[str, Any]:
 def _feature_names(description: dict[str, Any], dataset_names: tuple[str, ...]) -> tuple[str, ...]:
     """The names the pipeline was fitted with, else the dataset's, else f0..fn."""
     if description["feature_names"]:
+        check_feature_names(description["feature_names"], whose="the artifact's ")
         return tuple(description["feature_names"])
     if len(dataset_names) == description["n_features"]:
         return dataset_names

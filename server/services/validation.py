@@ -13,6 +13,8 @@ from server.errors import InvalidArgument, ResourceExhausted
 
 # Names become parts of file names and log lines: letters, digits, '_' and '-' only.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# Feature names (a CSV file's column names) are any printable text, spaces and non-ASCII letters included.
+MAX_FEATURE_NAME_CHARS = 200
 
 
 def check_name(what: str, value: str) -> str:
@@ -20,10 +22,32 @@ def check_name(what: str, value: str) -> str:
         raise InvalidArgument(f"{what} is required")
     if not NAME_PATTERN.match(value):
         raise InvalidArgument(
-            f"{what} {value!r} is not a valid name: "
+            f"{what} {_shown(value)} is not a valid name: "
             "use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
         )
     return value
+
+
+def _shown(name: str, limit: int = 64) -> str:
+    """A name as an error message quotes it: escaped as repr does (a newline shows as \\n, ESC as \\x1b), and a
+    long one cut short."""
+    return repr(name) if len(name) <= limit else f"{name[:40]!r}... ({len(name)} characters)"
+
+
+def check_feature_name(what: str, name: str) -> None:
+    """Printable text, bounded: a name goes into answers, logs and terminals, where a newline forges a line
+    and an escape sequence takes over the screen. The refusal shows the name escaped, as repr does."""
+    if len(name) > MAX_FEATURE_NAME_CHARS:
+        raise InvalidArgument(
+            f"{what} {_shown(name, 0)} is too long: feature names are at most {MAX_FEATURE_NAME_CHARS} characters "
+            "of printable text"
+        )
+    unprintable = next((character for character in name if not character.isprintable()), None)
+    if unprintable is not None:
+        raise InvalidArgument(
+            f"{what} {name!r} holds the control or non-printable character {unprintable!r}: feature names are "
+            f"at most {MAX_FEATURE_NAME_CHARS} characters of printable text"
+        )
 
 
 def feature_matrix(rows: Sequence[Sequence[float]], expected_features: int | None = None) -> np.ndarray:
@@ -66,11 +90,13 @@ def check_row_limit(what: str, count: int, limit: int | None) -> None:
         )
 
 
-def check_feature_names(names: Sequence[str]) -> None:
-    """Names say which column is which (V2 metadata, imports by name): each one present and unique."""
+def check_feature_names(names: Sequence[str], whose: str = "") -> None:
+    """Names say which column is which (V2 metadata, imports by name): each one present, printable text of at most
+    MAX_FEATURE_NAME_CHARS, and unique. `whose` says where they come from when not from the caller."""
     for index, name in enumerate(names):
+        check_feature_name(f"{whose}feature name {index}", name)
         if not name.strip():
-            raise InvalidArgument(f"feature name {index} is empty")
+            raise InvalidArgument(f"{whose}feature name {index} is empty")
     repeated = sorted(name for name, count in Counter(names).items() if count > 1)
     if repeated:
         raise InvalidArgument(f"feature names must be unique: {', '.join(map(repr, repeated))} repeated")

@@ -261,10 +261,14 @@ def _storage_error(exc: OSError, what: str) -> StorageError | ResourceExhausted:
 
 def _abandoned(temp: Path, prefix: str) -> bool:
     """Whether a temporary file's writer is gone: a dead process of this host, or a long-silent other host."""
-    owner, _, _ = temp.name.removeprefix(prefix).partition("~")
+    name = temp.name.removeprefix(prefix)
+    owner, _, _ = name.partition("~")
     pid_text, _, host = owner.partition("@")
     if not host or not pid_text.isdigit():
-        return True  # not named by a writer that could still be running
+        # Not named after its writer: an artifact's name is a temporary file of a version that did not name them
+        # so, and abandoned; any other is not predserve's (a --models-dir given a directory of other files, whose
+        # .tmp/ holds someone else's), and stays.
+        return _STORED_NAME.match(name) is not None
     if host == socket.gethostname():
         return int(pid_text) == os.getpid() or not _process_exists(int(pid_text))
     try:

@@ -30,7 +30,7 @@ from server.storage.columns import (
 )
 from server.storage.databases import Connection, RegistryDatabase
 from server.storage.documents import feature_documents, target_documents
-from server.storage.ingests import IngestBatch, record_batch
+from server.storage.ingests import IngestBatch, IngestProgress, record_batch
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +64,7 @@ class HistoryRepository:
         self.database = database
 
     def append(
-        self,
-        dataset: str,
-        feature_names: Sequence[str],
-        features: np.ndarray,
-        targets: Sequence[TargetValue],
-        batch: IngestBatch | None = None,
+        self, dataset: str, feature_names: Sequence[str], features: np.ndarray, targets: Sequence[TargetValue]
     ) -> int:
         """Appends rows, a float64 matrix and a target per row, as JSON rows and their binary copy in one
         transaction; returns the dataset's row count afterwards.
@@ -79,12 +74,36 @@ class HistoryRepository:
         ones theirs, with no names), so only a dataset's first rows insert one; under the dataset's lock, a
         second first ingest finds the first one's names and is compared with them.
         """
+        return self._append(dataset, feature_names, features, targets, None)[0]
+
+    def append_batch(
+        self,
+        dataset: str,
+        feature_names: Sequence[str],
+        features: np.ndarray,
+        targets: Sequence[TargetValue],
+        batch: IngestBatch,
+    ) -> tuple[int, IngestProgress]:
+        """Appends an ingest's batch as `append` appends rows, recorded in the same transaction, or nothing
+        (BatchAlreadyStored, BatchOutOfTurn: server/storage/ingests.py); returns the dataset's row count and
+        where the ingest resumes, both as the transaction left them."""
+        total, progress = self._append(dataset, feature_names, features, targets, batch)
+        assert progress is not None  # record_batch's answer
+        return total, progress
+
+    def _append(
+        self,
+        dataset: str,
+        feature_names: Sequence[str],
+        features: np.ndarray,
+        targets: Sequence[TargetValue],
+        batch: IngestBatch | None,
+    ) -> tuple[int, IngestProgress | None]:
         given = list(feature_names)
         documents = list(zip(feature_documents(features), target_documents(targets), strict=True))
         with self.database.writing() as conn:
             self.database.lock_dataset(conn, dataset)
-            if batch is not None:  # an ingest's batch: recorded with its rows, or BatchAlreadyStored
-                record_batch(conn, dataset, batch)
+            progress = None if batch is None else record_batch(conn, dataset, batch)
             conn.execute(
                 "INSERT INTO datasets (name, feature_names) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
                 (dataset, json.dumps(given)),
@@ -101,7 +120,8 @@ class HistoryRepository:
             if documents:
                 ids = _new_ids(conn, dataset, _FIRST if before is None else int(before), len(documents))
                 _add_rows(conn, dataset, ids, features, list(targets))
-            return int(conn.execute("SELECT COUNT(*) FROM data_history WHERE dataset = ?", (dataset,)).fetchone()[0])
+            total = int(conn.execute("SELECT COUNT(*) FROM data_history WHERE dataset = ?", (dataset,)).fetchone()[0])
+            return total, progress
 
     def feature_count(self, dataset: str) -> int | None:
         """The number of features of the dataset's first row, or None for an empty dataset: from its first

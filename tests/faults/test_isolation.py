@@ -26,7 +26,10 @@ DATA_PLANE_DEADLINE = 2.0
 
 @pytest.fixture
 def busy_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path, extra_args=["--stream-idle-seconds", "5"]).start()
+    # Room for all 40 silent streams at once, so that each waits to be reaped; at the default bound (8) the
+    # others would be refused at once (tests/faults/test_slots.py).
+    args = ["--stream-idle-seconds", "5", "--max-concurrent-streams", "40"]
+    server = ServerProcess(tmp_path, extra_args=args).start()
     names, rows = iris_rows()
     with server.client() as client:
         client.ingest("iris", rows, names)

@@ -45,12 +45,15 @@ lint: $(PROTO_OUT)
 	$(VENV)/bin/ruff check server client tests scripts bench harness
 	$(VENV)/bin/mypy server client bench harness
 
+# Four pytest processes on two cores: the tests mostly wait on the servers they start. --dist loadscope keeps a
+# module's tests in one process, so a module's shared server starts once.
+PYTEST_PARALLEL ?= -n 4 --dist loadscope
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 # The inner loop: no lint, and no test marked slow (see the markers in pyproject.toml).
 test-quick: $(PROTO_OUT)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 
 SOAK_SECONDS ?= 120
 soak: $(PROTO_OUT)

@@ -24,6 +24,56 @@ class RuntimeChoice(enum.StrEnum):
     SKLEARN = "sklearn"  # the pipeline's own predict, everywhere
 
 
+class ColumnType(enum.StrEnum):
+    """What a column of a typed table holds; either may be missing in any row."""
+
+    NUMBER = "number"  # float64; booleans and integers read as numbers; a missing value is NaN
+    STRING = "string"  # text; a missing value is None
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: ColumnType
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The ordered, named, typed columns of a dataset, or the inputs a set's pipeline takes (its signature).
+
+    A schema of numbers only whose pipeline takes a plain matrix (every Phase-4 dataset and set) is `numeric`:
+    its rows go to the pipeline as a float64 matrix in column order, as they always did. Any other takes a
+    pandas DataFrame with these column names.
+    """
+
+    columns: tuple[Column, ...]
+    # Whether the pipeline takes a DataFrame by column name (a typed pipeline) rather than a float64 matrix.
+    by_name: bool = False
+
+    @classmethod
+    def numbers(cls, names: tuple[str, ...] | list[str]) -> Schema:
+        return cls(tuple(Column(name, ColumnType.NUMBER) for name in names))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+    @property
+    def numeric(self) -> bool:
+        return not self.by_name and all(column.type is ColumnType.NUMBER for column in self.columns)
+
+    def column(self, name: str) -> Column | None:
+        return next((column for column in self.columns if column.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"columns": [[c.name, c.type.value] for c in self.columns], "by_name": self.by_name}
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> Schema:
+        columns = tuple(Column(str(name), ColumnType(kind)) for name, kind in document.get("columns", []))
+        return cls(columns, bool(document.get("by_name", False)))
+
+
 @dataclass(frozen=True)
 class HistoryRow:
     features: tuple[float, ...]

@@ -147,6 +147,12 @@ class SetDescription:
     fit_seconds: float
     self_check: SelfCheck
     origin: str = TRAINED  # or IMPORTED
+    # The inputs the pipeline takes; None: numbers only, named by feature_names (a matrix pipeline).
+    input_schema: Schema | None = None
+
+    @property
+    def schema(self) -> Schema:
+        return self.input_schema or Schema.numbers(self.feature_names)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,3 +200,9 @@ class PredictionSetRecord:
     # None for sets recorded before compiled forms existed.
     runtime: RuntimeRecord | None = None
     archived_at: str | None = None
+    # The inputs the pipeline takes; None (every set recorded before typed tables): numbers named by feature_names.
+    input_schema: Schema | None = None
+
+    @property
+    def schema(self) -> Schema:
+        return self.input_schema or Schema.numbers(self.feature_names)

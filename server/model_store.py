@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from server.domain import PredictionSetRecord
+from server.domain import PredictionSetRecord, Schema
 from server.errors import FailedPrecondition, NotFound
 from server.runtimes.base import Runtime
 
@@ -36,6 +36,11 @@ class LoadedModel:
     @property
     def n_features(self) -> int:
         return len(self.record.feature_names)
+
+    @property
+    def schema(self) -> Schema:
+        """The inputs Predict takes: numbers named by feature_names, or a typed pipeline's columns."""
+        return self.record.schema
 
     @property
     def sha256_prefix(self) -> str:

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from server.domain import ArtifactInfo, NewPredictionSet, PredictionSetRecord, RuntimeRecord, SelfCheck
+from server.domain import ArtifactInfo, NewPredictionSet, PredictionSetRecord, RuntimeRecord, Schema, SelfCheck
 from server.errors import StorageError
 from server.storage.databases import ChangeFeed, Connection, RegistryDatabase
 from server.storage.history import HistoryRepository
@@ -28,7 +28,7 @@ _SET_COLUMNS = (
     "id, model_type, dataset, created_at, is_current, metrics, model_artifact_path, artifact_sha256, "
     "artifact_size_bytes, algorithm, task, params, feature_names, classes, training_rows, fit_seconds, "
     "sklearn_version, environment, self_check, origin, archived_at, artifact_signature, runtime_path, "
-    "runtime_sha256, runtime_size_bytes, runtime_signature, runtime_record"
+    "runtime_sha256, runtime_size_bytes, runtime_signature, runtime_record, input_schema"
 )
 
 
@@ -71,8 +71,8 @@ class PredictionSetRepository:
                        artifact_size_bytes, algorithm, task, params, feature_names, classes,
                        training_rows, fit_seconds, sklearn_version, environment, self_check, origin,
                        artifact_signature, runtime_path, runtime_sha256, runtime_size_bytes, runtime_signature,
-                       runtime_record)
-                   VALUES (?, ?, FALSE, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       runtime_record, input_schema)
+                   VALUES (?, ?, FALSE, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    RETURNING {_SET_COLUMNS}""",
                 _insert_parameters(new),
             ).fetchall()[0]
@@ -325,6 +325,7 @@ def _insert_parameters(new: NewPredictionSet) -> tuple[Any, ...]:
         new.origin,
         new.artifact.signature,
         *_runtime_parameters(new.runtime),
+        None if new.input_schema is None else json.dumps(new.input_schema.to_json()),
     )
 
 
@@ -344,6 +345,11 @@ def _runtime_parameters(runtime: RuntimeRecord | None) -> tuple[Any, ...]:
     if file is None:
         return (None, None, None, None, json.dumps(record))
     return (file.relative_path, file.sha256, file.size_bytes, file.signature, json.dumps(record))
+
+
+def _schema(text: str | None) -> Schema | None:
+    document = _json(text, None)
+    return None if document is None else Schema.from_json(document)
 
 
 def _runtime_record(row: Any) -> RuntimeRecord | None:
@@ -413,4 +419,5 @@ def _record(row: Any) -> PredictionSetRecord:
         origin=row["origin"],
         archived_at=_timestamp(row["archived_at"]),
         runtime=_runtime_record(row),
+        input_schema=_schema(row["input_schema"]),
     )

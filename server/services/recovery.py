@@ -48,7 +48,7 @@ class ArtifactRecoveryService:
         if model_type is None:
             return Recovery(stored_name, None, problem="not named as predserve names artifacts; left alone")
         try:
-            data = self.artifacts.read_unrecorded(stored_name)
+            data = self.artifacts.read_unrecorded(stored_name, self.importer.max_bytes)
             registration = self.importer.import_model(
                 ImportCommand(model_type=model_type, data=data, promotion=PromotionPolicy.REGISTER_ONLY)
             )

@@ -161,11 +161,7 @@ class ArtifactStore:
     def read_verified(self, info: ArtifactInfo, model_type: str) -> bytes:
         """The artifact's bytes, refused unless they are exactly the recorded (and signed) ones."""
         self._check_signature(info, model_type)
-        data = self._read_confined(info.relative_path)  # confined by resolve, as locate is
-        if len(data) != info.size_bytes:
-            raise ArtifactRejected(
-                f"artifact {info.relative_path} has {len(data)} bytes, the database recorded {info.size_bytes}"
-            )
+        data = self._read_confined(info.relative_path, size=info.size_bytes)  # confined by resolve, as locate is
         digest = hashlib.sha256(data).hexdigest()
         if digest != info.sha256:
             raise ArtifactRejected(
@@ -174,28 +170,32 @@ class ArtifactStore:
             )
         return data
 
-    def read_unrecorded(self, relative_path: str) -> bytes:
-        """The bytes of a file no row records (an orphan), read with the same confinement as any other;
-        nothing vouches for them, so they go through the import path before anything loads them."""
-        return self._read_confined(relative_path)
+    def read_unrecorded(self, relative_path: str, limit: int) -> bytes:
+        """The bytes of a file no row records (an orphan), read with the same confinement as any other and
+        refused above `limit` before a byte is read; nothing vouches for them, so they go through the import
+        path before anything loads them."""
+        return self._read_confined(relative_path, limit=limit)
 
-    def _read_confined(self, relative_path: str) -> bytes:
+    def _read_confined(self, relative_path: str, *, size: int | None = None, limit: int | None = None) -> bytes:
+        """A file of the store opened as the file it claims to be: never through a symlink, never blocking (a FIFO
+        opens at once and is refused), and read only once fstat shows a regular file of the recorded `size`
+        (or at most `limit` bytes): a FIFO, device or socket, or a sparse file of terabytes, costs nothing."""
         path = self.resolve(relative_path)
         try:
-            with open(path, "rb", opener=_open_no_follow) as handle:
-                mode = os.fstat(handle.fileno()).st_mode
-                if not stat.S_ISREG(mode):
-                    raise ArtifactRejected(f"artifact {relative_path} is not a regular file")
-                if mode & stat.S_IWOTH:
-                    raise ArtifactRejected(
-                        f"artifact {relative_path} is world-writable (mode {stat.S_IMODE(mode):04o}): "
-                        "anyone could have replaced it"
-                    )
-                return handle.read()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError as exc:
             raise ArtifactMissing(f"artifact {relative_path} is missing") from exc
         except OSError as exc:
+            why = "it is a symlink, which is never followed" if exc.errno == errno.ELOOP else exc.strerror
+            raise ArtifactRejected(f"artifact {relative_path} cannot be read: {why}") from exc
+        try:
+            found = os.fstat(fd)
+            _check_file(relative_path, found, size, limit)
+            return _read_exactly(fd, relative_path, found.st_size)
+        except OSError as exc:
             raise ArtifactRejected(f"artifact {relative_path} cannot be read: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
 
     def _check_signature(self, info: ArtifactInfo, model_type: str) -> None:
         if self._signing_key is None:
@@ -315,8 +315,47 @@ def _serialize(pipeline: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _open_no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
+def _check_file(relative_path: str, found: os.stat_result, size: int | None, limit: int | None) -> None:
+    if not stat.S_ISREG(found.st_mode):
+        raise ArtifactRejected(f"artifact {relative_path} is not a regular file but a {_file_kind(found.st_mode)}")
+    if found.st_mode & stat.S_IWOTH:
+        raise ArtifactRejected(
+            f"artifact {relative_path} is world-writable (mode {stat.S_IMODE(found.st_mode):04o}): "
+            "anyone could have replaced it"
+        )
+    if size is not None and found.st_size != size:
+        raise ArtifactRejected(
+            f"artifact {relative_path} has {found.st_size} bytes, the database recorded {size}"
+        )
+    if limit is not None and found.st_size > limit:
+        raise ArtifactRejected(
+            f"artifact {relative_path} has {found.st_size} bytes, over the import limit of {limit}"
+        )
+
+
+def _read_exactly(fd: int, relative_path: str, size: int) -> bytes:
+    """The file's `size` bytes; one that grew or shrank while read (another writer) is refused."""
+    data = bytearray(size)
+    view, filled = memoryview(data), 0
+    while filled < size:
+        got = os.readv(fd, [view[filled:]])
+        if got == 0:
+            raise ArtifactRejected(f"artifact {relative_path} shrank while it was read: not loaded")
+        filled += got
+    if os.read(fd, 1):
+        raise ArtifactRejected(f"artifact {relative_path} grew while it was read: not loaded")
+    return bytes(data)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISDIR, "directory"),
+    )
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def _fsync_directory(directory: Path) -> None:

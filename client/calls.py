@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -29,7 +29,6 @@ from grpc_health.v1 import health_pb2
 from client.batches import BATCH_ROWS, BatchSource, Prefetch, RowIterable
 from client.batches import target_message as target_message  # the clients' own since the first release
 from client.connection import KEEPALIVE_SECONDS, ChannelModule, ChannelSettings
-from client.csvfile import CsvFile
 from client.errors import (
     DatasetNotFound,
     ErrorTable,
@@ -39,6 +38,8 @@ from client.errors import (
     PredserveClientError,
     error_for,
 )
+from client.named_rows import is_named, table_message
+from client.typed_csv import NamedRows, TypedCsvFile, column_specs, typed_source
 from protos import predserve_pb2 as pb
 
 TargetValue = str | int | float
@@ -144,6 +145,9 @@ IMPORT_MODEL = Rpc(
 GARBAGE_COLLECT = Rpc(
     SERVICE, "GarbageCollect", pb.GarbageCollectRequest, pb.GarbageCollectResponse, DeadlineClass.ADMIN
 )
+LIST_DATASETS = Rpc(
+    SERVICE, "ListDatasets", pb.ListDatasetsRequest, pb.ListDatasetsResponse, DeadlineClass.PREDICTION, retried=True
+)
 HEALTH_CHECK = Rpc(
     HEALTH, "Check", health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse, DeadlineClass.PREDICTION
 )
@@ -157,6 +161,7 @@ RPCS = (
     IMPORT_MODEL,
     GARBAGE_COLLECT,
     HEALTH_CHECK,
+    LIST_DATASETS,
 )
 # The health service is retried as a whole by the service config.
 RETRIED_METHODS = tuple((rpc.service, rpc.name) for rpc in RPCS if rpc.retried)
@@ -256,25 +261,61 @@ def ingest_csv(
     ingest_id: str | None = None,
     progress: Callable[[IngestProgress], None] | None = None,
     timeout: float | None = None,
+    column_types: Mapping[str, str] | None = None,
 ) -> Conversation[pb.IngestHistoryResponse]:
     """Appends the rows of a CSV file with a header row, as `ingest` does; the other columns are the features,
-    by their header names. Without `ingest_id`, the id follows from the dataset, the target column and the
-    file's bytes (CsvFile.ingest_id), so that calling again with the same file resumes an interrupted ingest and
-    stores nothing twice; pass another id to append the same rows again. CsvFormatError for a file that cannot
-    be read as rows. Admin deadline per batch."""
+    by their header names. Cells may be numbers, booleans (read as 1 and 0), text, or empty (a missing value):
+    a file of anything but numbers goes as a typed table, and its dataset's first ingest fixes its column types,
+    inferred or given in `column_types` ({"zip": "string"}). Without `ingest_id`, the id follows from the
+    dataset, the target column and the file's bytes (CsvFile.ingest_id), so that calling again with the same
+    file resumes an interrupted ingest and stores nothing twice; pass another id to append the same rows again.
+    CsvFormatError for a file that cannot be read as rows. Admin deadline per batch."""
 
     def steps() -> Generator[Prepared[Any], Any, pb.IngestHistoryResponse]:
-        csv_file = CsvFile(path, target_column)
+        source = typed_source(path, target_column, column_types or {})
+        csv_file = source.csv_file if isinstance(source, TypedCsvFile) else source
         own_id = ingest_id or csv_file.ingest_id(dataset)
-        names, total = csv_file.feature_names, csv_file.scan().rows
-        return (yield from _ingest_steps(dataset, csv_file, names, batch_size, own_id, True, progress, total, timeout))
+        total = csv_file.scan().rows
+        if isinstance(source, TypedCsvFile):
+            typed = _typed_header(target_column, column_types or {})
+            return (
+                yield from _ingest_steps(dataset, source, (), batch_size, own_id, True, progress, total, timeout, typed)
+            )
+        names = csv_file.feature_names
+        return (yield from _ingest_steps(dataset, source, names, batch_size, own_id, True, progress, total, timeout))
 
     return Conversation(steps(), reads_files=True)
 
 
+def ingest_table(
+    dataset: str,
+    rows: Sequence[Mapping[str, Any]] | Any,
+    target_column: str,
+    batch_size: int = BATCH_ROWS,
+    *,
+    column_types: Mapping[str, str] | None = None,
+    ingest_id: str | None = None,
+    progress: Callable[[IngestProgress], None] | None = None,
+    timeout: float | None = None,
+) -> Conversation[pb.IngestHistoryResponse]:
+    """Appends rows given by column name, the target among them: a list of dicts ({"age": 30, "plan": "pro",
+    "income": None, "churned": 1}; None, NaN or an absent key is a missing value) or a pandas DataFrame. The
+    dataset's first ingest fixes its column types, inferred or given in `column_types`. Batches and resuming
+    as `ingest`. Admin deadline per batch."""
+    resume = ingest_id is not None
+    own_id = ingest_id or f"py-{uuid.uuid4().hex}"
+    typed = _typed_header(target_column, column_types or {})
+    steps = _ingest_steps(dataset, NamedRows(rows), (), batch_size, own_id, resume, progress, len(rows), timeout, typed)
+    return Conversation(steps)
+
+
+def _typed_header(target_column: str, column_types: Mapping[str, str]) -> pb.IngestHistoryRequest:
+    return pb.IngestHistoryRequest(target_column=target_column, column_types=column_specs(column_types))
+
+
 def _ingest_steps(
     dataset: str,
-    source: BatchSource,
+    source: BatchSource | TypedCsvFile | NamedRows,
     feature_names: Sequence[str],
     batch_size: int,
     ingest_id: str,
@@ -282,15 +323,19 @@ def _ingest_steps(
     progress: Callable[[IngestProgress], None] | None,
     total: int | None,
     timeout: float | None,
+    typed: pb.IngestHistoryRequest | None = None,
 ) -> Generator[Prepared[Any], Any, pb.IngestHistoryResponse]:
     """The calls of one ingest: where it stands (when it may have begun before), then each batch in turn."""
     if batch_size < 1:
         raise ValueError(f"batch_size is {batch_size}: a batch holds at least one row")
 
     def header(number: int, first_row: int) -> pb.IngestHistoryRequest:
-        return pb.IngestHistoryRequest(
+        message = pb.IngestHistoryRequest(
             dataset=dataset, feature_names=feature_names, ingest_id=ingest_id, batch_number=number, first_row=first_row
         )
+        if typed is not None:  # a table's target column and declared types
+            message.MergeFrom(typed)
+        return message
 
     answer: pb.IngestHistoryResponse | None = None
     number = first_row = added = 0
@@ -299,7 +344,7 @@ def _ingest_steps(
         number, first_row = answer.next_batch, answer.next_row
         if progress is not None:
             progress(IngestProgress(first_row, total, answer))
-    batches = source.batches(batch_size, first_row)
+    batches: Iterator[Any] = source.batches(batch_size, first_row)
     if getattr(source, "prefetch", False):
         batches = Prefetch(batches)
     try:
@@ -353,25 +398,37 @@ _PINNED_PREDICT_ERRORS = {**PREDICT.errors, _NOT_FOUND: PredictionSetNotFound}
 
 def predict(
     model_type: str,
-    rows: Sequence[Sequence[float]],
+    rows: Sequence[Sequence[float]] | Sequence[Mapping[str, Any]] | Any,
     prediction_set_id: int = 0,
     include_probabilities: bool = False,
     *,
     timeout: float | None = None,
 ) -> Prepared[pb.PredictResponse]:
-    """Predicts rows with the current set of the model type, or with a pinned set. Prediction deadline."""
+    """Predicts rows with the current set of the model type, or with a pinned set. Rows are lists of numbers in
+    the order of a numbers-only model's inputs, or given by column name: dicts ({"age": 30, "plan": "pro",
+    "income": None}; None or an absent key is a missing value) or a pandas DataFrame, matched to the model's
+    inputs by name. Prediction deadline."""
     request = pb.PredictRequest(
         model_type=model_type,
-        rows=[pb.Row(features=row) for row in rows],
         prediction_set_id=prediction_set_id,
         include_probabilities=include_probabilities,
     )
+    if is_named(rows):
+        request.table.CopyFrom(table_message(rows))
+    else:
+        request.rows.extend(pb.Row(features=row) for row in cast(Sequence[Sequence[float]], rows))
     return Prepared(PREDICT, request, timeout, errors=_PINNED_PREDICT_ERRORS if prediction_set_id else None)
 
 
 def list_models(*, timeout: float | None = None) -> Prepared[pb.ListModelsResponse]:
     """Every model type: its current set, whether it is loaded, and why not. Prediction deadline."""
     return Prepared(LIST_MODELS, pb.ListModelsRequest(), timeout)
+
+
+def list_datasets(*, timeout: float | None = None) -> Prepared[pb.ListDatasetsResponse]:
+    """Every dataset: its feature columns in order with their types and missing counts, its rows, what its
+    targets are. Prediction deadline."""
+    return Prepared(LIST_DATASETS, pb.ListDatasetsRequest(), timeout)
 
 
 def list_prediction_sets(
@@ -447,13 +504,16 @@ def import_model(
     chunk_size: int = 1 << 20,
     *,
     timeout: float | None = None,
+    column_types: Mapping[str, str] | None = None,
 ) -> Prepared[pb.TrainResponse]:
     """Registers a joblib file trained elsewhere; streamed in chunks, so size is not bound by message limits.
-    Admin deadline."""
+    `column_types` ({"plan": "string", "age": "number"}) states or corrects the input columns the server infers
+    from the pipeline. Admin deadline."""
     policy = PROMOTION_POLICIES[promotion]
+    stated = column_specs(column_types or {})
 
     def messages() -> Iterator[pb.ImportModelRequest]:
-        yield pb.ImportModelRequest(model_type=model_type, dataset=dataset, promotion=policy)
+        yield pb.ImportModelRequest(model_type=model_type, dataset=dataset, promotion=policy, input_schema=stated)
         for offset in range(0, len(artifact), chunk_size):
             yield pb.ImportModelRequest(chunk=artifact[offset : offset + chunk_size])
 
@@ -691,6 +751,8 @@ class PredserveCalls:
 
     ingest = Method(ingest)
     ingest_csv = Method(ingest_csv)
+    ingest_table = Method(ingest_table)
+    list_datasets = Method(list_datasets)
     train = Method(train)
     predict = Method(predict)
     list_models = Method(list_models)

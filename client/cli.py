@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import os
 import sys
@@ -19,7 +20,7 @@ from typing import IO, Any
 
 from client.batches import BATCH_ROWS
 from client.calls import ADMIN_DEADLINE_SECONDS, PREDICTION_DEADLINE_SECONDS, IngestProgress
-from client.csvfile import CsvFormatError
+from client.csvfile import CsvFormatError, sample_column_types
 from client.library import (
     PredserveClient,
     PredserveClientError,
@@ -29,6 +30,7 @@ from client.library import (
     read_token,
     target_value,
 )
+from client.scoring import SCORING_ROWS, ScoringCsv, schema_types, score
 from protos import predserve_pb2 as pb
 
 BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "diabetes", "digits")
@@ -119,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
         default=BATCH_ROWS,
         help=f"rows per batch, one call each, at most the server's --max-rows-per-request (default {BATCH_ROWS})",
     )
+    ingest.add_argument(
+        "--column-type",
+        action="append",
+        default=[],
+        metavar="NAME=TYPE",
+        help="with --csv: a feature column's type, number or string, where the first ingest of the dataset should "
+        "not infer it (repeatable; later ingests must fit the types the first one fixed)",
+    )
     ingest.set_defaults(handler=_ingest)
 
     train = commands.add_parser("train", help="train a model type and make it current")
@@ -144,6 +154,22 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument("--model-type", required=True)
     importer.add_argument("--artifact", type=Path, required=True, help="the .joblib file")
     importer.add_argument("--dataset", default="", help="score it on this dataset and self-check with its rows")
+    importer.add_argument(
+        "--sample-csv",
+        type=Path,
+        help="a CSV of the pipeline's inputs (header and a few rows): states each column's type, over what is "
+        "inferred from the pipeline",
+    )
+    importer.add_argument(
+        "--target-column", default="", help="with --sample-csv: a column of the file that is not an input"
+    )
+    importer.add_argument(
+        "--column-type",
+        action="append",
+        default=[],
+        metavar="NAME=TYPE",
+        help="state one input column's type, number or string (repeatable; wins over --sample-csv)",
+    )
     _add_promotion_options(importer)
     importer.set_defaults(handler=_import)
 
@@ -156,11 +182,41 @@ def _parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="predict rows with the current (or a pinned) set")
     predict.add_argument("--model-type", required=True)
     predict.add_argument("--set", type=int, default=0, help="pin a prediction set id")
-    predict.add_argument("--row", action="append", required=True, help="comma-separated features")
+    given = predict.add_mutually_exclusive_group(required=True)
+    given.add_argument("--row", action="append", help="comma-separated features, for a model of numbers only")
+    given.add_argument(
+        "--json",
+        dest="json_row",
+        metavar="OBJECT",
+        help='one row by column name, as a JSON object: \'{"age": 30, "plan": "pro", "income": null}\' '
+        "(a list of objects for several rows)",
+    )
+    given.add_argument(
+        "--csv",
+        type=Path,
+        help="score a CSV file with a header row: its columns are matched to the model's inputs by name, an empty "
+        "cell is a missing value, columns the model does not take are kept but not sent",
+    )
+    predict.add_argument(
+        "--out",
+        type=Path,
+        help="with --csv: write the input's columns, the prediction and (--proba) a probability per class to this "
+        "CSV file (default: print them)",
+    )
+    predict.add_argument(
+        "--batch-rows",
+        type=int,
+        default=SCORING_ROWS,
+        help=f"with --csv: rows per Predict call (default {SCORING_ROWS}; fewer when the server's "
+        "--max-rows-per-request is lower)",
+    )
     predict.add_argument("--proba", action="store_true", help="include class probabilities")
     predict.set_defaults(handler=_predict)
 
     commands.add_parser("models", help="the served model types").set_defaults(handler=_models)
+    commands.add_parser("datasets", help="the datasets: rows, and each column's type and missing values").set_defaults(
+        handler=_datasets
+    )
     sets = commands.add_parser(
         "sets", help="prediction sets of a model type, newest first: one page of the server's default size (50)"
     )
@@ -204,6 +260,7 @@ def _ingest(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str
                 args.batch_rows,
                 ingest_id=args.ingest_id,
                 progress=bar.show,
+                column_types=_stated_types(args.column_type),
             )
     earlier = response.next_row - response.rows_added
     document = {
@@ -237,6 +294,9 @@ class _ProgressBar:
             self.bar.close()
 
     def show(self, progress: IngestProgress) -> None:
+        self.advance(progress.rows_stored, progress.rows_total)
+
+    def advance(self, done: int, total: int | None) -> None:
         if self.bar is None:
             try:
                 from tqdm import tqdm
@@ -244,14 +304,9 @@ class _ProgressBar:
                 return
             # Rows stored by an earlier run count as done from the start; the rate counts this run's only.
             self.bar = tqdm(
-                total=progress.rows_total,
-                initial=progress.rows_stored,
-                unit=" rows",
-                unit_scale=True,
-                desc=self.description,
-                file=self.stream,
+                total=total, initial=done, unit=" rows", unit_scale=True, desc=self.description, file=self.stream
             )
-        self.bar.update(progress.rows_stored - self.bar.n)
+        self.bar.update(done - self.bar.n)
 
 
 def _train(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -329,7 +384,27 @@ def _promotion(response: pb.PromoteResponse) -> tuple[dict[str, Any], str]:
 
 def _import(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     artifact = args.artifact.read_bytes()
-    return _registered(client.import_model(args.model_type, artifact, args.dataset, args.promotion))
+    column_types = sample_column_types(args.sample_csv, args.target_column) if args.sample_csv else {}
+    column_types.update(_stated_types(args.column_type))
+    return _registered(
+        client.import_model(args.model_type, artifact, args.dataset, args.promotion, column_types=column_types)
+    )
+
+
+def _stated_types(statements: Sequence[str]) -> dict[str, str]:
+    """--column-type plan=string, repeated."""
+    types = {}
+    for statement in statements:
+        name, _, kind = statement.partition("=")
+        if not name or kind.strip().lower() not in ("number", "string"):
+            raise UsageError(f"--column-type {statement!r}: give NAME=number or NAME=string")
+        types[name.strip()] = kind.strip().lower()
+    return types
+
+
+def _schema_document(columns: Sequence[pb.ColumnSpec]) -> list[dict[str, str]]:
+    """An input schema as JSON: its columns in order, each a name and "number" or "string"."""
+    return [{"name": c.name, "type": pb.ColumnType.Name(c.type).lower()} for c in columns]
 
 
 def _gc(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -348,7 +423,11 @@ def _gc(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, An
 
 
 def _predict(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    rows = [_parse_row(text) for text in args.row]
+    if args.csv is not None:
+        return _score_csv(client, args)
+    if args.out is not None:
+        raise UsageError("--out goes with --csv")
+    rows: Any = [_parse_row(text) for text in args.row] if args.row else _json_rows(args.json_row)
     response = client.predict(args.model_type, rows, args.set, args.proba)
     values = [target_value(p.value) for p in response.predictions]
     document: dict[str, Any] = {
@@ -370,6 +449,58 @@ def _predict(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[st
     return document, title + "\n" + format_table(headers, table_rows)
 
 
+def _json_rows(text: str) -> list[dict[str, Any]]:
+    try:
+        given = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--json {text!r} is not JSON: {exc}") from None
+    rows = given if isinstance(given, list) else [given]
+    if not rows or not all(isinstance(row, dict) for row in rows):
+        raise UsageError(
+            '--json takes an object of column values, such as \'{"age": 30, "plan": "pro"}\', or a list of them'
+        )
+    return rows
+
+
+def _score_csv(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """Scores a file in chunks, with a progress bar on stderr; the answers go to --out, or are printed."""
+    if args.batch_rows < 1:
+        raise UsageError(f"--batch-rows {args.batch_rows}: a call holds at least one row")
+    source = ScoringCsv(args.csv, schema_types(_input_schema(client, args.model_type, args.set)))
+
+    def predict(table: pb.Table) -> pb.PredictResponse:
+        return client.predict(args.model_type, table, args.set, args.proba)
+
+    output = open(args.out, "w", newline="") if args.out is not None else io.StringIO()
+    with output, _ProgressBar(f"score {args.csv.name}", sys.stderr) as bar:
+        total = source.count_rows()
+        result = score(source, predict, output, args.proba, args.batch_rows, lambda done: bar.advance(done, total))
+        printed = output.getvalue() if isinstance(output, io.StringIO) else ""
+    document = {
+        "model_type": result.model_type or args.model_type,
+        "prediction_set_id": result.prediction_set_id,
+        "rows": result.rows,
+        "out": str(args.out) if args.out is not None else "",
+    }
+    if args.out is None:
+        return document, printed.rstrip("\n")
+    text = f"scored {result.rows} rows of {args.csv} with {args.model_type}, set {result.prediction_set_id}: {args.out}"
+    return document, text
+
+
+def _input_schema(client: PredserveClient, model_type: str, set_id: int) -> list[pb.ColumnSpec]:
+    """The inputs of the set that answers: the current one as ListModels shows it, or the pinned one."""
+    if set_id:
+        for prediction_set in client.iter_prediction_sets(model_type, page_size=SETS_PER_CALL):
+            if prediction_set.id == set_id:
+                return list(prediction_set.input_schema)
+        return []
+    for model in client.list_models().models:
+        if model.model_type == model_type:
+            return list(model.input_schema)
+    return []
+
+
 def _models(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     models = client.list_models().models
     document = {
@@ -384,6 +515,7 @@ def _models(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str
                 "task": m.task,
                 "metrics": dict(m.metrics),
                 "feature_names": list(m.feature_names),
+                "input_schema": _schema_document(m.input_schema),
                 "trained_at": m.trained_at,
                 "runtime": _runtime_document(m.runtime),
             }
@@ -507,7 +639,42 @@ def _set_document(s: pb.PredictionSet) -> dict[str, Any]:
         "origin": s.origin,
         "archived_at": s.archived_at,
         "runtime": _runtime_document(s.runtime),
+        "input_schema": _schema_document(s.input_schema),
     }
+
+
+def _datasets(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    datasets = client.list_datasets().datasets
+    document = {
+        "datasets": [
+            {
+                "name": d.name,
+                "rows": d.rows,
+                "target_type": d.target_type,
+                "columns": [
+                    {"name": c.name, "type": pb.ColumnType.Name(c.type).lower(), "missing": c.missing}
+                    for c in d.columns
+                ],
+            }
+            for d in datasets
+        ]
+    }
+    table = format_table(
+        ["dataset", "rows", "target", "columns (type, missing values)"],
+        [
+            [
+                d.name,
+                d.rows,
+                d.target_type,
+                ", ".join(
+                    f"{c.name}: {pb.ColumnType.Name(c.type).lower()}" + (f" ({c.missing} missing)" if c.missing else "")
+                    for c in d.columns
+                ),
+            ]
+            for d in datasets
+        ],
+    )
+    return document, table
 
 
 def _health(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:

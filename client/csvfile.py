@@ -173,3 +173,37 @@ def csv_target(text: str) -> TargetValue:
     except ValueError:
         return text
     return int(number) if number.is_integer() and "." not in text else number
+
+
+# Rows of a sample CSV read to tell a column's type (`predserve import --sample-csv`).
+SAMPLE_ROWS = 1000
+_BOOLEANS = frozenset({"true", "false"})
+
+
+def sample_column_types(path: Path | str, target_column: str = "", rows: int = SAMPLE_ROWS) -> dict[str, str]:
+    """Each column's type from a CSV's header and first rows: "number" when every non-empty cell reads as a
+    number (booleans count as numbers, as ingest reads them), else "string". An empty cell is a missing value
+    and decides nothing; a column with no value in these rows is left out, and so is `target_column`."""
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise CsvFormatError(f"{path} is empty")
+        if target_column and target_column not in header:
+            raise CsvFormatError(f"{path} has no column {target_column!r}; columns: {', '.join(header)}")
+        seen: list[str | None] = [None] * len(header)
+        for record in itertools.islice(reader, rows):
+            for index, cell in enumerate(record[: len(header)]):
+                if cell.strip() and seen[index] != "string":
+                    seen[index] = "number" if _reads_as_number(cell) else "string"
+    return {name: kind for name, kind in zip(header, seen, strict=True) if kind and name != target_column}
+
+
+def _reads_as_number(cell: str) -> bool:
+    if cell.strip().lower() in _BOOLEANS:
+        return True
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pandas is imported where a typed table is built, not by every importer of the records
+    import pandas as pd
 
 # A target as stored in data_history: JSON scalar, a string label or a number.
 TargetValue = str | int | float
@@ -86,6 +89,34 @@ class Dataset:
     feature_names: tuple[str, ...]
     features: list[list[float]]
     targets: list[TargetValue]
+
+
+@dataclass(frozen=True)
+class TypedDataset:
+    """A dataset as a typed pipeline fits on it: a DataFrame whose columns are the schema's names in order,
+    numbers as float64 with NaN where missing, strings as object dtype with None where missing; a target per row.
+    A numbers-only dataset reads the same way, its schema Schema.numbers(feature_names)."""
+
+    schema: Schema
+    frame: pd.DataFrame
+    targets: list[TargetValue]
+
+
+@dataclass(frozen=True)
+class ColumnSummary:
+    name: str
+    type: ColumnType
+    missing: int  # the rows without a value in this column
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What ListDatasets says of a dataset: its feature columns in order, its size, what its targets are."""
+
+    name: str
+    columns: tuple[ColumnSummary, ...]
+    rows: int
+    target_type: str  # "number", "integer", "label", "mixed", or "" for a dataset without rows
 
 
 @dataclass(frozen=True)

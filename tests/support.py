@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from typing import Any
+
 from client.library import PredserveClient
 from harness.launcher import PROJECT_ROOT
 from harness.launcher import ServerProcess as _ServerProcess
 
-__all__ = ["PROJECT_ROOT", "ServerProcess", "IRIS_PROBES", "iris_rows", "diabetes_rows"]
+__all__ = ["PROJECT_ROOT", "ServerProcess", "IRIS_PROBES", "iris_rows", "diabetes_rows", "cli", "cli_json"]
 
 
 class ServerProcess(_ServerProcess):
@@ -31,3 +36,20 @@ def diabetes_rows() -> list[tuple[list[float], float]]:
 
 
 IRIS_PROBES = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5], [6.3, 2.5, 4.9, 1.5]]
+
+
+def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """`predserve --target <server> ARGS` as a user runs it, in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "client", "--target", server.target, *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def cli_json(server: ServerProcess, *args: str) -> Any:
+    result = cli(server, "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

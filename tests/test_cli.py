@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support import PROJECT_ROOT, ServerProcess
-
-
-def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "client", "--target", server.target, *args],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def cli_json(server: ServerProcess, *args: str) -> dict:
-    result = cli(server, "--json", *args)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+from tests.support import ServerProcess, cli, cli_json
 
 
 def test_ingest_train_predict_story(server: ServerProcess, tmp_path: Path) -> None:

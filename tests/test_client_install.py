@@ -177,3 +177,50 @@ def test_the_cli_and_the_server_script_say_what_is_missing(
     server = subprocess.run([str(bin_dir / "predserve-server")], capture_output=True, text=True, timeout=60)
     assert server.returncode == 1
     assert server.stderr == "predserve-server: the server needs its dependencies: pip install 'predserve[server]'\n"
+
+
+def test_the_client_only_install_predicts_by_name_without_pandas(
+    client_venv: Path, trained: ServerProcess, tmp_path: Path
+) -> None:
+    """Dicts build a Table with the standard library only, and `predict --csv` reads with the csv module where
+    pyarrow is not installed."""
+    names, _ = iris_rows()
+    code = """
+        import json, sys
+        from client import PredserveClient
+
+        target, names, rows = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+        with PredserveClient(target) as client:
+            answer = client.predict("iris_classifier", [dict(zip(names, row)) for row in rows])
+        print(json.dumps([p.value.integer for p in answer.predictions]))
+        print("pandas" in sys.modules, "numpy" in sys.modules)
+    """
+    result = in_venv(client_venv, code, tmp_path, trained.target, json.dumps(names), json.dumps(IRIS_PROBES))
+    assert result.returncode == 0, result.stderr
+    by_name, loaded = result.stdout.splitlines()
+    with trained.client() as client:
+        expected = [p.value.integer for p in client.predict("iris_classifier", IRIS_PROBES).predictions]
+    assert json.loads(by_name) == expected
+    assert loaded == "False False"
+
+    source = tmp_path / "probes.csv"
+    source.write_text(
+        ",".join(reversed(names)) + "\n" + "".join(",".join(map(str, reversed(r))) + "\n" for r in IRIS_PROBES)
+    )
+    scored = subprocess.run(
+        [
+            str(client_venv.parent / "predserve"),
+            "--target",
+            trained.target,
+            "predict",
+            "--model-type",
+            "iris_classifier",
+            "--csv",
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert scored.returncode == 0, scored.stderr
+    assert [int(line.rsplit(",", 1)[1]) for line in scored.stdout.splitlines()[1:]] == expected

@@ -39,6 +39,7 @@ REQUIRED_ROLES: dict[str, Role] = {
     "/predserve.v1.Predserve/Predict": Role.PREDICT,
     "/predserve.v1.Predserve/ListModels": Role.PREDICT,
     "/predserve.v1.Predserve/ListPredictionSets": Role.PREDICT,
+    "/predserve.v1.Predserve/ListDatasets": Role.PREDICT,
     "/inference.GRPCInferenceService/": Role.PREDICT,
     # The V2 protocol's own liveness and readiness probes say no more than grpc.health does.
     "/inference.GRPCInferenceService/ServerLive": Role.OPEN,

@@ -8,10 +8,21 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from protos import predserve_pb2 as pb
-from server.domain import HistoryRow, PredictionSetRecord, RuntimeRecord, TargetValue
+from server.api.ingest_tables import TableParts
+from server.domain import (
+    Column,
+    ColumnType,
+    DatasetSummary,
+    HistoryRow,
+    PredictionSetRecord,
+    RuntimeRecord,
+    Schema,
+    TargetValue,
+)
 from server.errors import InvalidArgument, ResourceExhausted
 from server.services.history import ColumnRows, IngestOutcome, Upload, check_batch_rows
 from server.services.importing import ImportCommand
+from server.services.input_tables import InputColumn, InputTable, NumberColumn, StringColumn
 from server.services.lifecycle import Collection, Promotion
 from server.services.prediction import PredictionResult
 from server.services.registration import PromotionPolicy, Registration
@@ -48,6 +59,7 @@ def ingest_upload(messages: Iterable[pb.IngestHistoryRequest], max_rows: int | N
     feature_names: list[str] = []
     rows: list[HistoryRow] = []
     columns = _Columns()
+    table = TableParts()
     for message in messages:
         if message.dataset and dataset and message.dataset != dataset:
             raise InvalidArgument(f"one stream holds one dataset: got {message.dataset!r} after {dataset!r}")
@@ -57,9 +69,13 @@ def ingest_upload(messages: Iterable[pb.IngestHistoryRequest], max_rows: int | N
         rows.extend(history_rows(message.rows, len(rows)))
         if message.HasField("columns"):
             columns.add(message.columns)
+        if message.HasField("table"):
+            table.add(message.table)
         if rows and columns.count:
             raise InvalidArgument("a stream sends its rows as Row messages or as columns, not both")
-        check_batch_rows(len(rows) + columns.count, max_rows)
+        if table.count and (rows or columns.count):
+            raise InvalidArgument("a stream sends its rows as Row messages, columns or a table, one of them")
+        check_batch_rows(len(rows) + columns.count + table.count, max_rows)
     return Upload(
         dataset=dataset,
         feature_names=feature_names,
@@ -68,6 +84,26 @@ def ingest_upload(messages: Iterable[pb.IngestHistoryRequest], max_rows: int | N
         ingest_id=first.ingest_id if first else "",
         batch_number=first.batch_number if first else 0,
         first_row=first.first_row if first else 0,
+        table=table.columns() if table.names else None,
+        target_column=first.target_column if first else "",
+        column_types=stated_columns(first.column_types) if first else (),
+    )
+
+
+def list_datasets_response(datasets: Sequence[DatasetSummary]) -> pb.ListDatasetsResponse:
+    return pb.ListDatasetsResponse(
+        datasets=[
+            pb.DatasetInfo(
+                name=dataset.name,
+                rows=dataset.rows,
+                target_type=dataset.target_type,
+                columns=[
+                    pb.ColumnSpec(name=c.name, type=_COLUMN_TYPE_VALUES[c.type], missing=c.missing)
+                    for c in dataset.columns
+                ],
+            )
+            for dataset in datasets
+        ]
     )
 
 
@@ -147,6 +183,30 @@ def feature_rows(rows: Sequence[pb.Row]) -> list[Sequence[float]]:
     return [list(row.features) for row in rows]
 
 
+def predict_input(request: pb.PredictRequest) -> list[Sequence[float]] | InputTable:
+    """A Predict's rows of numbers, or its table of named, typed columns."""
+    if not request.HasField("table"):
+        return feature_rows(request.rows)
+    if request.rows:
+        raise InvalidArgument("a PredictRequest sends rows or a table, not both")
+    return input_table(request.table)
+
+
+def input_table(table: pb.Table) -> InputTable:
+    """Each column decoded as one array: a number column by NumPy straight from the repeated field, without a
+    Python float per value."""
+    columns: list[InputColumn] = []
+    for index, column in enumerate(table.columns):
+        which = column.WhichOneof("values")
+        if which == "numbers":
+            columns.append(NumberColumn(column.name, np.array(column.numbers.values, dtype=np.float64)))
+        elif which == "strings":
+            columns.append(StringColumn(column.name, column.strings.values, column.strings.missing))
+        else:
+            raise InvalidArgument(f"column {index} ({column.name!r}) of the table holds neither numbers nor strings")
+    return InputTable.of(columns)
+
+
 def train_command(request: pb.TrainRequest, still_wanted: Callable[[], bool]) -> TrainCommand:
     return TrainCommand(
         model_type=request.model_type,
@@ -194,7 +254,28 @@ def import_command(messages: Iterable[pb.ImportModelRequest], max_bytes: int) ->
         data=b"".join(chunks),
         dataset=first.dataset,
         promotion=promotion_policy(first.promotion),
+        input_schema=stated_columns(first.input_schema),
     )
+
+
+_COLUMN_TYPES = {pb.NUMBER: ColumnType.NUMBER, pb.STRING: ColumnType.STRING}
+_COLUMN_TYPE_VALUES = {kind: value for value, kind in _COLUMN_TYPES.items()}
+
+
+def stated_columns(specs: Iterable[pb.ColumnSpec]) -> tuple[Column, ...]:
+    """An importer's statement of a pipeline's input columns; a column without a type is refused by name."""
+    columns = []
+    for spec in specs:
+        kind = _COLUMN_TYPES.get(spec.type)  # type: ignore[call-overload]
+        if kind is None or not spec.name:
+            raise InvalidArgument(f"input_schema column {spec.name!r} needs a name and a type (NUMBER or STRING)")
+        columns.append(Column(spec.name, kind))
+    return tuple(columns)
+
+
+def schema_specs(schema: Schema) -> list[pb.ColumnSpec]:
+    """A set's input schema as ColumnSpecs, in order (sets recorded before typed tables: numbers)."""
+    return [pb.ColumnSpec(name=column.name, type=_COLUMN_TYPE_VALUES[column.type]) for column in schema.columns]
 
 
 def train_response(registration: Registration, persist_seconds: float = 0.0) -> pb.TrainResponse:
@@ -259,6 +340,7 @@ def model_status(view: ModelStatusView) -> pb.ModelStatus:
         status.prediction_set_id = record.id
         status.metrics.update(record.metrics)
         status.feature_names.extend(record.feature_names)
+        status.input_schema.extend(schema_specs(record.schema))
         status.trained_at = record.created_at
         status.algorithm = record.algorithm or ""
         status.task = record.task or ""
@@ -324,6 +406,7 @@ def prediction_set(record: PredictionSetRecord) -> pb.PredictionSet:
         feature_names=record.feature_names,
         origin=record.origin,
         archived_at=record.archived_at or "",
+        input_schema=schema_specs(record.schema),
     )
     if record.artifact is not None:
         message.model_artifact_path = record.artifact.relative_path

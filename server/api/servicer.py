@@ -47,7 +47,7 @@ class PredserveServicer(pb_grpc.PredserveServicer):
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         result = self.prediction.predict(
             request.model_type,
-            converters.feature_rows(request.rows),
+            converters.predict_input(request),
             request.prediction_set_id,
             request.include_probabilities,
         )
@@ -96,3 +96,6 @@ class PredserveServicer(pb_grpc.PredserveServicer):
         collection = self.lifecycle.collect_garbage(request.keep, request.dry_run, request.model_type)
         return converters.garbage_collect_response(collection)
 
+    @maps_errors
+    def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext) -> pb.ListDatasetsResponse:
+        return converters.list_datasets_response(self.history.list_datasets())

@@ -6,15 +6,17 @@ model type and the version is the prediction set id (empty: the current set).
 
 from __future__ import annotations
 
+import json
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from protos import grpc_predict_v2_pb2 as pb
-from server.domain import TargetValue
+from server.domain import ColumnType, Schema, TargetValue
 from server.errors import InvalidArgument
+from server.services.input_tables import InputColumn, InputTable, NumberColumn, StringColumn
 from server.services.prediction import ModelDescription, PredictionResult
 
 PLATFORM = "sklearn"
@@ -32,6 +34,14 @@ INPUT_DTYPES: dict[str, np.dtype] = {
 # The InferTensorContents field that carries each datatype's typed values.
 CONTENTS_FIELDS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents", "INT64": "int64_contents"}
 OUTPUT_DTYPES = {"INT64": np.dtype("<i8"), "FP64": np.dtype("<f8")}
+# One input per column (MLServer's pandas codec): the datatypes of a number column, BOOL read as 0 and 1.
+COLUMN_DTYPES: dict[str, np.dtype] = {**INPUT_DTYPES, "BOOL": np.dtype("?")}
+COLUMN_CONTENTS_FIELDS = {**CONTENTS_FIELDS, "BOOL": "bool_contents"}
+# The request's parameters.content_type: "pd" is one input per column, "np" the single matrix.
+PANDAS_CONTENT, NUMPY_CONTENT = "pd", "np"
+# An input's parameters.content_type under which MLServer sends a string column holding missing values: each
+# element is JSON, a string or null.
+PANDAS_JSON_CONTENT = "pd_json"
 
 _VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,17}")
 
@@ -70,7 +80,7 @@ def model_metadata(description: ModelDescription, versions: Sequence[int]) -> pb
         name=description.model_type,
         versions=[str(version) for version in versions],
         platform=PLATFORM,
-        inputs=[tensor(name=INPUT_NAME, datatype="FP64", shape=[-1, len(description.feature_names)])],
+        inputs=metadata_inputs(description),
         outputs=outputs,
         parameters={
             "runtime": pb.InferParameter(string_param=description.runtime),
@@ -79,6 +89,19 @@ def model_metadata(description: ModelDescription, versions: Sequence[int]) -> pb
             "runtime_max_deviation": pb.InferParameter(double_param=description.runtime_max_deviation),
         },
     )
+
+
+def metadata_inputs(description: ModelDescription) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    """A numbers-only matrix model: one [rows, n_features] FP64 input, as always. A typed model: one input per
+    column, named as the column, FP64 for numbers and BYTES for strings (MLServer's pandas convention)."""
+    tensor = pb.ModelMetadataResponse.TensorMetadata
+    schema = description.model.schema if description.model is not None else None
+    if schema is None or schema.numeric:
+        return [tensor(name=INPUT_NAME, datatype="FP64", shape=[-1, len(description.feature_names)])]
+    return [
+        tensor(name=column.name, datatype="FP64" if column.type is ColumnType.NUMBER else "BYTES", shape=[-1])
+        for column in schema.columns
+    ]
 
 
 def requested_outputs(request: pb.ModelInferRequest, description: ModelDescription) -> list[str]:
@@ -101,6 +124,131 @@ def requested_outputs(request: pb.ModelInferRequest, description: ModelDescripti
             )
         names.append(output.name)
     return names
+
+
+def model_input(request: pb.ModelInferRequest, schema: Schema) -> np.ndarray | InputTable:
+    """The single [rows, n_features] tensor as a matrix, or one input per column as a table.
+
+    Without a content_type, one 2-D input of numbers (not [rows, 1]) is the matrix; the inputs of a typed model
+    otherwise are its columns, and so are those of a numbers-only model when each is named as one of its columns.
+    """
+    content_type = _string_parameter(request.parameters, "content_type")
+    if content_type not in ("", PANDAS_CONTENT, NUMPY_CONTENT):
+        raise InvalidArgument(
+            f"content_type {content_type!r} is not supported: use {PANDAS_CONTENT!r} (one input per column) or "
+            f"{NUMPY_CONTENT!r} (one [rows, n_features] input)"
+        )
+    if content_type == PANDAS_CONTENT or (content_type == "" and _by_column(request, schema)):
+        return input_table(request)
+    return feature_matrix(request)
+
+
+def _by_column(request: pb.ModelInferRequest, schema: Schema) -> bool:
+    inputs = request.inputs
+    if not inputs:
+        return False
+    shape = list(inputs[0].shape)
+    if len(inputs) == 1 and len(shape) == 2 and shape[1] != 1 and inputs[0].datatype != "BYTES":
+        return False
+    return not schema.numeric or all(schema.column(tensor.name) is not None for tensor in inputs)
+
+
+def _string_parameter(parameters: Mapping[str, pb.InferParameter], name: str) -> str:
+    return parameters[name].string_param if name in parameters else ""
+
+
+def input_table(request: pb.ModelInferRequest) -> InputTable:
+    """One input per column, named as the column, shape [rows] or [rows, 1]: FP64, FP32, INT64, INT32 or BOOL
+    for numbers (NaN: missing), BYTES for strings (UTF-8; with the input's content_type "pd_json" each element
+    is JSON, null for a missing value, as MLServer sends a string column with missing values)."""
+    if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents holds {len(request.raw_input_contents)} entries for {len(request.inputs)} inputs"
+        )
+    return InputTable.of([_column(request, index, tensor) for index, tensor in enumerate(request.inputs)])
+
+
+def _column(request: pb.ModelInferRequest, index: int, tensor: pb.ModelInferRequest.InferInputTensor) -> InputColumn:
+    shape = list(tensor.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 0:
+        raise InvalidArgument(f"input {tensor.name!r} has shape {shape}; a column is [rows] or [rows, 1]")
+    count = shape[0]
+    raw = request.raw_input_contents[index] if request.raw_input_contents else None
+    if raw is not None and tensor.contents.ListFields():
+        raise InvalidArgument(f"input {tensor.name!r} has typed contents as well as raw_input_contents; send one")
+    if tensor.datatype == "BYTES":
+        return _string_column(tensor, raw, count)
+    dtype = COLUMN_DTYPES.get(tensor.datatype)
+    if dtype is None:
+        raise InvalidArgument(
+            f"input {tensor.name!r} has datatype {tensor.datatype!r}; a column is one of "
+            f"{', '.join(COLUMN_DTYPES)} for numbers, or BYTES for strings"
+        )
+    if raw is not None:
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidArgument(
+                f"input {tensor.name!r}: raw contents hold {len(raw)} bytes; "
+                f"shape {shape} in {tensor.datatype} needs {count * dtype.itemsize}"
+            )
+        values = np.frombuffer(raw, dtype=dtype)
+    else:
+        values = np.array(_only_field(tensor, COLUMN_CONTENTS_FIELDS[tensor.datatype], count), dtype=dtype)
+    return NumberColumn(tensor.name, values.astype(np.float64))
+
+
+def _only_field(tensor: pb.ModelInferRequest.InferInputTensor, field: str, count: int) -> Sequence[object]:
+    others = [descriptor.name for descriptor, _ in tensor.contents.ListFields() if descriptor.name != field]
+    if others:
+        raise InvalidArgument(
+            f"input {tensor.name!r} is {tensor.datatype}, whose values go in contents.{field}; got {', '.join(others)}"
+        )
+    values: Sequence[object] = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"input {tensor.name!r}: contents.{field} holds {len(values)} values; "
+            f"shape {list(tensor.shape)} needs {count}"
+        )
+    return values
+
+
+def _string_column(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, count: int) -> StringColumn:
+    elements = _only_field(tensor, "bytes_contents", count) if raw is None else _split_bytes(tensor.name, raw, count)
+    as_json = _string_parameter(tensor.parameters, "content_type") == PANDAS_JSON_CONTENT
+    values: list[str] = []
+    missing: list[int] = []
+    for row, element in enumerate(elements):
+        assert isinstance(element, bytes)
+        try:
+            text = element.decode()
+            value = json.loads(text) if as_json else text
+        except (UnicodeDecodeError, ValueError):
+            kind = "JSON" if as_json else "UTF-8 text"
+            raise InvalidArgument(f"input {tensor.name!r}, row {row}: {element[:40]!r} is not {kind}") from None
+        if value is None:
+            missing.append(row)
+            value = ""
+        elif not isinstance(value, str):
+            raise InvalidArgument(f"input {tensor.name!r}, row {row}: {value!r} is neither a string nor null")
+        values.append(value)
+    return StringColumn(tensor.name, values, missing)
+
+
+def _split_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
+    """BYTES raw contents: each element a 4-byte little-endian length, then its bytes."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InvalidArgument(f"input {name!r}: raw BYTES contents end inside an element's length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidArgument(f"input {name!r}: raw BYTES element {len(elements)} runs past the contents")
+        elements.append(raw[offset : offset + length])
+        offset += length
+    if len(elements) != count:
+        raise InvalidArgument(f"input {name!r}: raw contents hold {len(elements)} elements; shape needs {count}")
+    return elements
 
 
 def feature_matrix(request: pb.ModelInferRequest) -> np.ndarray:

@@ -67,7 +67,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         assert description.model is not None
         result = self.prediction.answer(
             description.model,
-            v2_converters.feature_matrix(request),
+            v2_converters.model_input(request, description.model.schema),
             include_probabilities=v2_converters.PREDICT_PROBA in outputs,
         )
         return v2_converters.infer_response(request, result, outputs)

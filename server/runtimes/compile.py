@@ -30,6 +30,7 @@ OpenMP threads), so large batches gain nothing. `fidelity.prove` re-checks every
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import (
@@ -42,7 +43,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from server.runtimes import linear, trees
+from server.runtimes import linear, trees, typed
 from server.runtimes.base import CompiledForm, Refusal, Runtime
 from server.runtimes.scaling import Standardization
 from server.runtimes.stored import UnstorableClasses
@@ -114,4 +115,9 @@ def load_runtime(name: str, data: bytes) -> Runtime:
         return linear.LinearRuntime.from_bytes(data)
     if name == trees.FORMAT:
         return trees.TreeliteRuntime.from_bytes(data)
-    raise ValueError(f"unknown runtime {name!r}; known: {linear.FORMAT}, {trees.FORMAT}")
+    if name.startswith(typed.PREFIX):  # a typed pipeline's: its own bytes name the estimator's form inside
+        runtime: Any = typed.TableRuntime.from_bytes(data)
+        if runtime.name != name:
+            raise ValueError(f"runtime data of {runtime.name!r} recorded as {name!r}")
+        return runtime  # type: ignore[no-any-return]
+    raise ValueError(f"unknown runtime {name!r}; known: {linear.FORMAT}, {trees.FORMAT}, {typed.PREFIX}*")

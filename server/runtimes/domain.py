@@ -27,20 +27,23 @@ PAST_FLOAT32 = "past float32's range, in which the trees compare, so the estimat
 
 
 class OutsideDomain(ValueError):
-    """A row the pipeline refuses: which row, which feature (its column in the caller's rows), and why."""
+    """A row the pipeline refuses: which row, which feature (its column in the caller's rows, or a typed table's
+    column name), the value, and why."""
 
-    def __init__(self, row: int, feature: int, value: float, why: str) -> None:
+    def __init__(self, row: int, feature: int | str, value: Any, why: str) -> None:
         self.row, self.feature, self.value, self.why = row, feature, value, why
-        super().__init__(f"row {row}, feature {feature}: {value!r} is outside what the pipeline accepts: {why}")
+        named = f"column {feature!r}" if isinstance(feature, str) else f"feature {feature}"
+        super().__init__(f"row {row}, {named}: {value!r} is outside what the pipeline accepts: {why}")
 
 
-def require_finite(transformed: np.ndarray, original: np.ndarray, why: str) -> None:
-    """Raises OutsideDomain for the first cell of `transformed` that is not finite, naming the caller's value."""
-    finite = np.isfinite(transformed)
+def require_finite(transformed: np.ndarray, original: np.ndarray, why: str, allow_nan: bool = False) -> None:
+    """Raises OutsideDomain for the first cell of `transformed` that is not finite (infinite only, with `allow_nan`:
+    forests route a missing value down the tree), naming the caller's value."""
+    finite = ~np.isinf(transformed) if allow_nan else np.isfinite(transformed)
     if finite.all():
         return
     row, feature = (int(i) for i in np.argwhere(~finite)[0])
-    raise OutsideDomain(row, feature, float(original[row, feature]), why)
+    raise OutsideDomain(row, feature, original[row, feature].item(), why)
 
 
 def locate_refusal(pipeline: Any, rows: np.ndarray) -> OutsideDomain | None:

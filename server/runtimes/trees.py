@@ -95,7 +95,7 @@ class TreeliteRuntime:
         if self._family == FOREST:  # refused where scikit-learn's cast gives infinity, as it refuses there
             with np.errstate(over="ignore"):
                 narrowed = x.astype(np.float32)
-            require_finite(narrowed, given, PAST_FLOAT32)
+            require_finite(narrowed, given, PAST_FLOAT32, allow_nan=True)  # scikit-learn's forests take NaN
             x = narrowed.astype(np.float64)
         return self._predict(x).reshape(x.shape[0], -1)
 

@@ -18,11 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from server.domain import ArtifactInfo, PredictionSetRecord, RuntimeChoice, RuntimeRecord, SelfCheck
+from server.domain import (
+    ArtifactInfo,
+    ColumnType,
+    PredictionSetRecord,
+    RuntimeChoice,
+    RuntimeRecord,
+    Schema,
+    SelfCheck,
+)
 from server.errors import PredserveError
 from server.runtimes import Refusal, Runtime, compile_pipeline, load_runtime, proof_rows, prove
 from server.runtimes.fidelity import prove_against, prove_recording, split_reference, with_reference
 from server.runtimes.stored import UnstorableClasses
+from server.runtimes.typed import compile_typed
+from server.runtimes.typed_proof import prove_typed, typed_proof_frame
+from server.services.pipeline_inputs import frame_of_rows
 from server.storage.artifacts import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -38,11 +49,24 @@ class ProofEvidence:
     held_out: np.ndarray | None
     low: tuple[float, ...]
     high: tuple[float, ...]
+    # A pipeline that takes a DataFrame by column name: its schema, and its held-out rows as a DataFrame.
+    schema: Schema | None = None
+    held_out_frame: Any = None
+
+    @property
+    def by_name(self) -> bool:
+        return self.schema is not None
 
     @classmethod
     def of(cls, held_out: np.ndarray | None, fitted_on: np.ndarray) -> ProofEvidence:
         low, high = tuple(fitted_on.min(axis=0).tolist()), tuple(fitted_on.max(axis=0).tolist())
         return cls(None if held_out is None else held_out[:MAX_HELD_OUT_ROWS], low, high)
+
+    @classmethod
+    def for_typed(cls, schema: Schema, held_out: Any = None) -> ProofEvidence:
+        """A typed set's: its schema, and the rows held out of its fit (a DataFrame) when it has some."""
+        rows = None if held_out is None or len(held_out) == 0 else held_out.iloc[:MAX_HELD_OUT_ROWS]
+        return cls(None, (), (), schema, rows)
 
 
 class RuntimeBuilder:
@@ -63,6 +87,9 @@ class RuntimeBuilder:
         """The compiled form that may answer for a new set (written beside its artifact), and its record."""
         if self.choice is RuntimeChoice.SKLEARN:
             return None, RuntimeRecord(note="--runtime sklearn: the pipeline answers")
+        if evidence.schema is not None:
+            held_out = evidence.held_out_frame
+            return self._build_typed(pipeline, self_check, evidence.schema, held_out, artifact, model_type)
         form = compile_pipeline(pipeline, task)
         if isinstance(form, Refusal):
             return None, RuntimeRecord(note=f"no compiled form: {form.reason}")
@@ -97,6 +124,64 @@ class RuntimeBuilder:
         file = self.artifacts.write_runtime(artifact, runtime.name, data, model_type)
         return runtime, dataclasses.replace(record, file=file)
 
+    def _build_typed(
+        self,
+        pipeline: Any,
+        self_check: SelfCheck,
+        schema: Schema,
+        held_out: Any,
+        artifact: ArtifactInfo,
+        model_type: str,
+    ) -> tuple[Runtime | None, RuntimeRecord]:
+        """A typed pipeline's form (its ColumnTransformer as numpy, then its estimator's form), proven on its
+        held-out and self-check rows and on rows at every edge of its preprocessing (typed_proof.py)."""
+        text = _text_columns(schema)
+        form = compile_typed(pipeline, set(text))
+        if isinstance(form, Refusal):
+            return None, RuntimeRecord(note=f"no compiled form: {form.reason}")
+        data = form.to_bytes()
+        try:
+            runtime: Any = load_runtime(form.name, data)  # the bytes about to be stored are what is proven
+        except ValueError as exc:
+            return None, RuntimeRecord(note=f"the compiled form does not load back: {exc}")
+        given = [frame for frame in (held_out, _self_check_frame(schema, self_check)) if frame is not None]
+        if not given:
+            return None, RuntimeRecord(note="no compiled form: no rows to prove one on")
+        import pandas as pd
+
+        frame = typed_proof_frame(pd.concat(given, ignore_index=True), text)
+        proof = prove_typed(pipeline, runtime, frame, text, self.tolerance)
+        record = RuntimeRecord(
+            name=runtime.name,
+            version=runtime.version,
+            rows_checked=proof.rows_checked,
+            max_deviation=proof.max_deviation,
+        )
+        if not proof.passed:
+            why = proof.reason
+            logger.warning("%s: the %s form failed its proof (%s); the pipeline answers", model_type, form.name, why)
+            return None, dataclasses.replace(record, note=f"the {form.name} form failed its proof: {proof.reason}")
+        file = self.artifacts.write_runtime(artifact, runtime.name, data, model_type)
+        return runtime, dataclasses.replace(record, file=file)
+
+    def _load_typed(
+        self, record: PredictionSetRecord, pipeline: Any, file: ArtifactInfo, name: str
+    ) -> tuple[Any, str]:
+        """A typed set's form, verified, and proven again on its self-check rows and their edges."""
+        schema = record.schema
+        try:
+            runtime: Any = load_runtime(name, self.artifacts.read_verified(file, record.model_type))
+        except (PredserveError, ValueError) as exc:
+            return None, f"compiled form refused ({exc}): the pipeline answers"
+        rows = _self_check_frame(schema, record.self_check)
+        if rows is None:
+            return None, "compiled form not proven (no self-check rows): the pipeline answers"
+        text = _text_columns(schema)
+        proof = prove_typed(pipeline, runtime, typed_proof_frame(rows, text), text, self.tolerance)
+        if not proof.passed:
+            return None, f"compiled form fails its proof again ({proof.reason}): the pipeline answers"
+        return runtime, ""
+
     def load(
         self, record: PredictionSetRecord, pipeline: Any, same_environment: bool = False
     ) -> tuple[Runtime | None, str]:
@@ -114,6 +199,8 @@ class RuntimeBuilder:
             return None, "recorded before compiled forms: the pipeline answers (train again for one)"
         if runtime_record.file is None:
             return None, ""
+        if record.input_schema is not None and not record.input_schema.numeric:
+            return self._load_typed(record, pipeline, runtime_record.file, runtime_record.name)
         try:
             data = self.artifacts.read_verified(runtime_record.file, record.model_type)
             runtime_data, reference = split_reference(data)
@@ -140,3 +227,13 @@ def _inputs(self_check: SelfCheck | None) -> np.ndarray | None:
     if self_check is None or not self_check.inputs:
         return None
     return np.asarray(self_check.inputs, dtype=np.float64)
+
+
+def _text_columns(schema: Schema) -> list[str]:
+    return [column.name for column in schema.columns if column.type is ColumnType.STRING]
+
+
+def _self_check_frame(schema: Schema, self_check: SelfCheck | None) -> Any:
+    if self_check is None or not self_check.inputs:
+        return None
+    return frame_of_rows(schema, self_check.inputs)

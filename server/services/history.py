@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.domain import HistoryRow, TargetValue
+from server.domain import Column, DatasetSummary, HistoryRow, TargetValue
 from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from server.services.typed_ingest import TableColumns, as_typed, numeric_matrix, typed_rows
 from server.services.validation import check_feature_names, check_finite, check_name, check_targets, feature_matrix
 from server.storage.ingests import (
     MAX_POSITION,
@@ -28,6 +29,7 @@ from server.storage.ingests import (
     content_sha256,
 )
 from server.storage.repositories import HistoryRepository
+from server.storage.tables import TypedRows, table_sha256
 
 # An ingest id goes into log lines and error messages: printable, no spaces, bounded.
 INGEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -53,9 +55,16 @@ class Upload:
     ingest_id: str = ""
     batch_number: int = 0
     first_row: int = 0
+    # Typed rows: named columns, the target among them (`target_column`), and the types the first ingest
+    # declares rather than infers.
+    table: TableColumns | None = None
+    target_column: str = ""
+    column_types: tuple[Column, ...] = ()
 
     @property
     def row_count(self) -> int:
+        if self.table is not None:
+            return self.table.row_count
         return len(self.columns.targets) if self.columns is not None else len(self.rows)
 
 
@@ -98,20 +107,27 @@ class HistoryService:
         answered as such and stores nothing; an ingest's stream without rows asks where that ingest resumes."""
         check_name("dataset", upload.dataset)
         if not upload.ingest_id:
-            features, targets = self._checked_rows(upload)
-            total = self.history.append(upload.dataset, upload.feature_names, features, targets)
+            rows = self._checked(upload)
+            if isinstance(rows, TypedRows):
+                total = self.history.append_table(upload.dataset, rows)[0]
+            else:
+                total = self.history.append(upload.dataset, *rows)
             return IngestOutcome(upload.dataset, upload.row_count, total)
         self._check_batch(upload)
         if upload.row_count == 0:
             return self._answer(upload, rows_added=0)
-        features, targets = self._checked_rows(upload)
-        batch = IngestBatch(
-            upload.ingest_id, upload.batch_number, upload.first_row, upload.row_count, content_sha256(features, targets)
-        )
+        rows = self._checked(upload)
+        digest = table_sha256(rows) if isinstance(rows, TypedRows) else content_sha256(*rows[1:])
+        batch = IngestBatch(upload.ingest_id, upload.batch_number, upload.first_row, upload.row_count, digest)
         stored = self.ingests.stored(batch.ingest_id, batch.number)
         if stored is None:
             try:
-                total, after = self.history.append_batch(upload.dataset, upload.feature_names, features, targets, batch)
+                if isinstance(rows, TypedRows):
+                    total, progress = self.history.append_table(upload.dataset, rows, batch)
+                    assert progress is not None  # record_batch's answer
+                    after = progress
+                else:
+                    total, after = self.history.append_batch(upload.dataset, *rows, batch)
             except BatchAlreadyStored:  # the same batch, stored by a concurrent call meanwhile
                 stored = self.ingests.stored(batch.ingest_id, batch.number)
                 assert stored is not None
@@ -187,6 +203,29 @@ class HistoryService:
             already_stored=already_stored,
             progress=progress,
         )
+
+    def list_datasets(self) -> list[DatasetSummary]:
+        return self.history.datasets()
+
+    def _checked(self, upload: Upload) -> TypedRows | tuple[Sequence[str], np.ndarray, Sequence[TargetValue]]:
+        """The batch validated: typed rows for a typed dataset or a table with strings or missing values, else
+        feature names, a float64 matrix and its targets: the numbers path as it always was."""
+        typed = self.history.is_typed(upload.dataset)
+        if upload.table is None and not typed:
+            return (upload.feature_names, *self._checked_rows(upload))
+        if upload.row_count == 0:
+            raise InvalidArgument("no rows given")
+        check_batch_rows(upload.row_count, self.max_rows)
+        schema = self.history.schema(upload.dataset)
+        if upload.table is None:  # numbers for a dataset that became typed
+            assert schema is not None
+            matrix, targets = self._checked_rows(upload)
+            return as_typed(schema, upload.feature_names, matrix, targets)
+        rows = typed_rows(upload.table, upload.target_column, upload.column_types, schema, upload.first_row)
+        numbers = None if typed else numeric_matrix(rows)
+        if numbers is not None:  # numbers, none missing: stored as numbers, and the dataset stays numbers-only
+            return rows.schema.names, numbers, rows.targets
+        return rows
 
     def _checked_rows(self, upload: Upload) -> tuple[np.ndarray, Sequence[TargetValue]]:
         """The whole batch validated: its features as a float64 matrix, and its targets."""

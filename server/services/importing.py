@@ -14,22 +14,24 @@ import logging
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from server.domain import IMPORTED, SelfCheck, SetDescription
+from server.domain import IMPORTED, Column, Schema, SelfCheck, SetDescription
 from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from server.services.admission import WorkSlots
 from server.services.catalog import CLASSIFICATION, EVALUATED_ROWS, PRIMARY_METRIC, REGRESSION
-from server.services.compilation import ProofEvidence
+from server.services.compilation import MAX_HELD_OUT_ROWS, ProofEvidence
+from server.services.pipeline_inputs import frame_of_rows, rows_of_frame
 from server.services.registration import ArtifactBytes, PromotionPolicy, Registration, SetRegistrar
 from server.services.validation import check_feature_names, check_name, feature_matrix
 from server.storage.repositories import HistoryRepository
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ImportCommand:
@@ -37,6 +39,20 @@ class ImportCommand:
     data: bytes
     dataset: str = ""
     promotion: PromotionPolicy = PromotionPolicy.ALWAYS
+    # The importer's statement of the pipeline's input columns, over what is inferred from it; () infers all.
+    input_schema: tuple[Column, ...] = ()
+
+
+@dataclass(frozen=True)
+class _ImportData:
+    """The dataset an import is scored on: a float64 matrix, or JSON rows of a typed dataset with its schema."""
+
+    name: str = ""
+    features: np.ndarray | None = None
+    rows: list[list[Any]] | None = None
+    schema: Schema | None = None
+    targets: np.ndarray | None = None
+    feature_names: tuple[str, ...] = field(default=())
 
 
 class ModelImportService:
@@ -67,10 +83,15 @@ class ModelImportService:
             return self._import(model_type, command)
 
     def _import(self, model_type: str, command: ImportCommand) -> Registration:
-        features, targets, dataset, dataset_names = self._dataset(command.dataset)
+        given = self._dataset(command.dataset)
+        features, targets, dataset = given.features, given.targets, given.name
         started = time.perf_counter()
-        description = self._probe(command.data, None if features is None else features.tolist())
-        if features is not None and features.shape[1] != description["n_features"]:
+        description = self._probe(command.data, _probe_request(given, command.input_schema))
+        schema = Schema.from_json(description["input_schema"]) if description.get("input_schema") else None
+        if schema is not None:  # names come in with an artifact too: the same rule as at ingest
+            check_feature_names(schema.names, whose="the artifact's ")
+        typed = schema is not None and not schema.numeric
+        if features is not None and not typed and features.shape[1] != description["n_features"]:
             raise FailedPrecondition(
                 f"the model expects {description['n_features']} features, dataset {dataset!r} has {features.shape[1]}"
             )
@@ -82,18 +103,28 @@ class ModelImportService:
             task=task,
             params={},
             metrics=_metrics(task, description["predictions"], targets),
-            feature_names=_feature_names(description, dataset_names),
+            feature_names=schema.names if schema is not None else _feature_names(description, given.feature_names),
             classes=None if description["classes"] is None else tuple(description["classes"]),
             training_rows=0 if targets is None else len(targets),
             fit_seconds=0.0,
             # The probe's answers: the owner proves the stored file gives them in this process too.
             self_check=SelfCheck(description["sample"], description["outputs"]),
             origin=IMPORTED,
+            # Numbers the pipeline takes as a matrix are what feature_names says; anything else is recorded.
+            input_schema=schema if typed else None,
         )
-        # Its compiled form is proven on the dataset given (all of it counts as held out: the fit was elsewhere),
-        # or on the probe's sample alone.
-        sample = np.asarray(description["sample"], dtype=np.float64)
-        evidence = ProofEvidence.of(features, features if features is not None else sample)
+        if typed:
+            assert schema is not None
+            # the dataset given, when there is one, is held out (the fit was elsewhere); else the probe's sample
+            held_out = None
+            if given.schema is not None and given.rows and set(schema.names) <= set(given.schema.names):
+                held_out = frame_of_rows(given.schema, given.rows[:MAX_HELD_OUT_ROWS])[list(schema.names)]
+            evidence = ProofEvidence.for_typed(schema, held_out)
+        else:
+            # Its compiled form is proven on the dataset given (all of it counts as held out: the fit was
+            # elsewhere), or on the probe's sample alone.
+            sample = np.asarray(description["sample"], dtype=np.float64)
+            evidence = ProofEvidence.of(features, features if features is not None else sample)
         candidate = ArtifactBytes(command.data, evidence)
         registration = self.registrar.register(candidate, set_description, command.promotion)
         record = registration.model.record
@@ -108,21 +139,26 @@ class ModelImportService:
         )
         return registration
 
-    def _dataset(self, name: str) -> tuple[np.ndarray | None, np.ndarray | None, str, tuple[str, ...]]:
+    def _dataset(self, name: str) -> _ImportData:
         if not name:
-            return None, None, "", ()
-        dataset = self.history.load(check_name("dataset", name))
+            return _ImportData()
+        table = self.history.load_table(name) if self.history.is_typed(check_name("dataset", name)) else None
+        if table is not None:  # strings or missing values: its rows as JSON, with its columns
+            targets = np.asarray(table.targets)
+            return _ImportData(name, None, rows_of_frame(table.frame), table.schema, targets, table.schema.names)
+        dataset = self.history.load(name)
         if dataset is None:
             raise NotFound(f"dataset {name!r} has no rows in data_history")
-        return feature_matrix(dataset.features), np.asarray(dataset.targets), name, dataset.feature_names
+        features = feature_matrix(dataset.features)
+        return _ImportData(name, features, None, None, np.asarray(dataset.targets), dataset.feature_names)
 
-    def _probe(self, data: bytes, rows: list[list[float]] | None) -> dict[str, Any]:
+    def _probe(self, data: bytes, request: dict[str, Any]) -> dict[str, Any]:
         # In the store's own directory, not the system temp dir: a crash here leaves it where start-up sweeps.
         with self.registrar.scratch_copy(data) as copy:
             try:
                 completed = subprocess.run(
                     [sys.executable, "-m", "server.import_probe", str(copy), *self.trusted_modules],
-                    input=json.dumps(rows),
+                    input=json.dumps(request),
                     capture_output=True,
                     text=True,
                     timeout=self.probe_timeout,
@@ -163,6 +199,19 @@ def _probe_answer(stdout: str) -> dict[str, Any]:
     raise FailedPrecondition(
         f"the probe process loading the artifact gave no answer (the artifact printed {printed!r}); refused"
     )
+
+
+def _probe_request(given: _ImportData, stated: tuple[Column, ...]) -> dict[str, Any]:
+    """What the probe is given: the dataset's rows (a matrix's, or a typed dataset's with their columns) and the
+    importer's statement of the columns."""
+    rows = given.rows if given.rows is not None else None if given.features is None else given.features.tolist()
+    # A matrix's columns are numbers named by the dataset: a pipeline taking a DataFrame is scored on them too.
+    schema = given.schema or Schema.numbers(given.feature_names)
+    return {
+        "rows": rows,
+        "dataset_schema": None if rows is None else schema.to_json(),
+        "stated": [[column.name, column.type.value] for column in stated],
+    }
 
 
 def _feature_names(description: dict[str, Any], dataset_names: tuple[str, ...]) -> tuple[str, ...]:

@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from server.domain import PredictionSetRecord, SelfCheck, VersionPolicy
+from server.domain import PredictionSetRecord, Schema, SelfCheck, VersionPolicy
 from server.errors import ArtifactRejected, FailedPrecondition
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.observability.telemetry import Telemetry
 from server.services.compilation import RuntimeBuilder
+from server.services.pipeline_inputs import pipeline_input
 from server.storage.artifacts import ArtifactStore, load_pipeline
 from server.storage.repositories import PredictionSetRepository
 
@@ -46,11 +47,12 @@ def fingerprint_mismatch(recorded: dict[str, str], running: dict[str, str]) -> s
     return "; ".join(differences)
 
 
-def self_check_passes(pipeline: Any, check: SelfCheck) -> bool:
-    """Whether the pipeline still gives the answers it gave to the held-out sample at training."""
+def self_check_passes(pipeline: Any, check: SelfCheck, schema: Schema | None = None) -> bool:
+    """Whether the pipeline still gives the answers it gave to the held-out sample at training; a typed set's
+    rows (strings, None) go to it as the DataFrame of its input schema."""
     if not check.inputs:
         return True
-    answers = pipeline.predict(np.asarray(check.inputs, dtype=np.float64)).tolist()
+    answers = pipeline.predict(pipeline_input(schema, check.inputs)).tolist()
     if all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in check.outputs):
         return bool(np.allclose(np.asarray(answers, dtype=np.float64), check.outputs, rtol=1e-9, atol=1e-12))
     return [str(value) for value in answers] == [str(value) for value in check.outputs]
@@ -89,7 +91,9 @@ class ModelLoader:
             raise ArtifactRejected(f"prediction set {record.id} was trained in another environment: {mismatch}")
         started = time.perf_counter()
         data = self.artifacts.read_verified(record.artifact, record.model_type)
-        pipeline = self.load_bytes(data, record.self_check, f"artifact of prediction set {record.id}")
+        pipeline = self.load_bytes(
+            data, record.self_check, f"artifact of prediction set {record.id}", record.input_schema
+        )
         runtime, runtime_problem = (
             (None, "") if self.runtimes is None else self.runtimes.load(record, pipeline, same_environment=not mismatch)
         )
@@ -109,7 +113,7 @@ class ModelLoader:
             runtime=runtime,
         )
 
-    def load_bytes(self, data: bytes, check: SelfCheck | None, label: str) -> Any:
+    def load_bytes(self, data: bytes, check: SelfCheck | None, label: str, schema: Schema | None = None) -> Any:
         """Unpickles verified bytes through the allow-list and proves the result answers as it did at training."""
         try:
             pipeline = load_pipeline(data, self.trusted_modules)
@@ -122,7 +126,7 @@ class ModelLoader:
         if check is None:
             return pipeline
         try:
-            passes = self_check_passes(pipeline, check)
+            passes = self_check_passes(pipeline, check, schema)
         except Exception as exc:  # an impostor object may take other inputs or answer in other types
             raise ArtifactRejected(f"{label} fails its self-check: predict raised {exc!r}") from exc
         if not passes:

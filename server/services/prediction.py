@@ -21,6 +21,14 @@ from server.model_store import LoadedModel, ModelStore
 from server.observability.telemetry import Telemetry
 from server.runtimes.domain import OutsideDomain, locate_refusal
 from server.services.batching import Answer, MicroBatcher
+from server.services.input_tables import (
+    InputTable,
+    columns_frame,
+    refusal_message,
+    rows_refused,
+    table_columns,
+    table_matrix,
+)
 from server.services.loading import ModelLoader
 from server.services.validation import check_finite, check_name, check_row_limit, feature_matrix
 from server.storage.repositories import PredictionSetRepository
@@ -83,20 +91,42 @@ class PredictionService:
     def predict(
         self,
         model_type: str,
-        rows: Sequence[Sequence[float]] | np.ndarray,
+        rows: Sequence[Sequence[float]] | np.ndarray | InputTable,
         prediction_set_id: int = 0,
         include_probabilities: bool = False,
     ) -> PredictionResult:
-        check_row_limit("the request", len(rows), self.max_rows)  # before anything else, whatever the model
+        """Rows of numbers in the order of a numbers-only model's inputs, or a table of named, typed columns
+        matched to the model's input schema by name."""
+        check_row_limit("the request", _count(rows), self.max_rows)  # before anything else, whatever the model
         model = self.resolve_model(model_type, prediction_set_id)
-        return self._run(model, self._features(model, rows), include_probabilities)
+        return self._answer(model, rows, include_probabilities)
 
     def answer(
-        self, model: LoadedModel, rows: Sequence[Sequence[float]] | np.ndarray, include_probabilities: bool = False
+        self,
+        model: LoadedModel,
+        rows: Sequence[Sequence[float]] | np.ndarray | InputTable,
+        include_probabilities: bool = False,
     ) -> PredictionResult:
         """Predicts with a model already resolved by describe (V2's ModelInfer), so it is resolved once."""
-        check_row_limit("the request", len(rows), self.max_rows)
-        return self._run(model, self._features(model, rows), include_probabilities)
+        check_row_limit("the request", _count(rows), self.max_rows)
+        return self._answer(model, rows, include_probabilities)
+
+    def _answer(
+        self,
+        model: LoadedModel,
+        rows: Sequence[Sequence[float]] | np.ndarray | InputTable,
+        include_probabilities: bool,
+    ) -> PredictionResult:
+        if not isinstance(rows, InputTable):
+            return self._run(model, self._features(model, rows), include_probabilities)
+        schema, model_type = model.schema, model.record.model_type
+        if schema.numeric:
+            return self._run(model, table_matrix(model_type, schema, rows), include_probabilities)
+        columns = table_columns(model_type, schema, rows)
+        answer = _compiled_table_answer(model, columns, include_probabilities, self.telemetry)
+        if answer is not None:
+            return self._result(model, answer, rows.rows, model.runtime.name if model.runtime else SKLEARN)
+        return self._run_frame(model, columns_frame(columns), include_probabilities)
 
     def describe(self, model_type: str, prediction_set_id: int = 0) -> ModelDescription:
         model = self.resolve_model(model_type, prediction_set_id)
@@ -158,6 +188,8 @@ class PredictionService:
 
     @staticmethod
     def _features(model: LoadedModel, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+        if not model.schema.numeric:
+            raise rows_refused(model.record.model_type, model.schema)
         expected = model.n_features
         if isinstance(rows, np.ndarray):
             if rows.ndim != 2 or rows.shape[0] == 0:
@@ -195,6 +227,77 @@ class PredictionService:
             classes=classes,
             artifact_sha256_prefix=model.sha256_prefix,
         )
+
+    def _run_frame(self, model: LoadedModel, frame: Any, include_probabilities: bool) -> PredictionResult:
+        """A typed pipeline's answer for a DataFrame. Not micro-batched: the batcher joins float64 matrices, and a
+        typed pipeline's per-call cost would be paid per call anyway until it has a compiled form."""
+        record = model.record
+        if include_probabilities and not hasattr(model.pipeline, "predict_proba"):
+            raise FailedPrecondition(
+                f"model type {record.model_type!r} ({record.algorithm}) does not give probabilities"
+            )
+        return self._result(model, _predict_frame(model, frame, include_probabilities), len(frame), SKLEARN)
+
+    def _result(self, model: LoadedModel, answer: Answer, rows: int, answered_by: str) -> PredictionResult:
+        record = model.record
+        labels, probabilities = answer
+        self.telemetry.rows_predicted(record.model_type, rows, answered_by)
+        return PredictionResult(
+            model_type=record.model_type,
+            prediction_set_id=record.id,
+            values=labels.tolist(),
+            probabilities=probabilities,
+            classes=list(record.classes or []),
+            artifact_sha256_prefix=model.sha256_prefix,
+        )
+
+
+def _count(rows: Sequence[Sequence[float]] | np.ndarray | InputTable) -> int:
+    return rows.rows if isinstance(rows, InputTable) else len(rows)
+
+
+def _compiled_table_answer(
+    model: LoadedModel, columns: dict[str, np.ndarray], include_probabilities: bool, telemetry: Telemetry
+) -> Answer | None:
+    """A typed set's compiled form's answer for named columns, as _compiled_answer for rows. Where it refuses a
+    row (as the pipeline would: its proof checked that), the pipeline is asked, so that the refusal the caller
+    gets is the pipeline's own, worded as every typed refusal is; a refusal costs a pipeline call, an answer
+    does not. Anything else it raises leaves the call to the pipeline too."""
+    runtime: Any = model.runtime
+    rows = len(next(iter(columns.values()))) if columns else 0
+    if runtime is None or (runtime.most_rows is not None and rows > runtime.most_rows):
+        return None
+    try:
+        if include_probabilities:
+            return runtime.predict_both(columns)  # type: ignore[no-any-return]
+        return runtime.predict(columns), None
+    except OutsideDomain:
+        return None
+    except Exception:  # whatever else a runtime raises, the pipeline still answers the call
+        runtime_fallbacks.add()
+        telemetry.runtime_failed(model.record.model_type)
+        logger.exception("the %s form of set %d raised; the pipeline answers this call", runtime.name, model.record.id)
+        return None
+
+
+def _predict_frame(model: LoadedModel, frame: Any, include_probabilities: bool) -> Answer:
+    """The pipeline's answer for a DataFrame; a ValueError it raises on the caller's values becomes an
+    InvalidArgument naming the row and the column it could not take."""
+    try:
+        return _predict(model.pipeline, frame, include_probabilities, locate=False)
+    except ValueError as exc:
+
+        def refuses(part: Any) -> bool:
+            try:
+                _predict(model.pipeline, part, False, locate=False)
+            except ValueError:
+                return True
+            return False
+
+        message = refusal_message(model.pipeline, model.schema, frame, refuses, exc)
+        if message is None:
+            raise
+        raise InvalidArgument(message) from exc
 
 
 def _runtime_fields(model: LoadedModel) -> dict[str, Any]:
@@ -250,7 +353,7 @@ def _compiled_answer(
         return None
 
 
-def _predict(pipeline: Any, features: np.ndarray, include_probabilities: bool) -> Answer:
+def _predict(pipeline: Any, features: Any, include_probabilities: bool, locate: bool = True) -> Answer:
     """The pipeline's own predict (and predict_proba), hyper-parameter validation skipped (they were validated
     when it was fitted). Its input checks stay: a finite row can become infinite inside the pipeline, and
     refusing it there is the pipeline's answer, which OutsideDomain then locates for the caller.
@@ -260,6 +363,8 @@ def _predict(pipeline: Any, features: np.ndarray, include_probabilities: bool) -
             probabilities = pipeline.predict_proba(features) if include_probabilities else None
             return np.asarray(pipeline.predict(features)), probabilities
     except ValueError as exc:
+        if not locate:  # a DataFrame: _predict_frame locates the refusal by column name
+            raise
         refusal = locate_refusal(pipeline, features)
         if refusal is None:
             raise
@@ -267,6 +372,8 @@ def _predict(pipeline: Any, features: np.ndarray, include_probabilities: bool) -
 
 
 def _refusal_message(refusal: OutsideDomain, feature_names: Sequence[str]) -> str:
+    if isinstance(refusal.feature, str):  # a typed table's column, by name
+        return str(refusal)
     name = f" ({feature_names[refusal.feature]!r})" if refusal.feature < len(feature_names) else ""
     return (
         f"row {refusal.row}, feature {refusal.feature}{name}: {refusal.value!r} is outside what the pipeline "

@@ -113,7 +113,9 @@ class SetRegistrar:
         companion: ArtifactInfo | None = None  # the compiled form's file, once written
         try:
             # Loading the very bytes on disk, not the fitted object, proves the artifact serves.
-            pipeline = self._loader.load_bytes(data, description.self_check, f"new {description.model_type} artifact")
+            pipeline = self._loader.load_bytes(
+                data, description.self_check, f"new {description.model_type} artifact", description.input_schema
+            )
             runtime, runtime_record = self._runtimes.build(
                 pipeline, description.task, description.self_check, candidate.evidence, artifact, description.model_type
             )

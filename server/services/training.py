@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import InvalidParameterError
 
 from server import failpoints
-from server.domain import HistoryRow, SelfCheck, SetDescription, TargetValue
+from server.domain import HistoryRow, Schema, SelfCheck, SetDescription, TargetValue, TypedDataset
 from server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from server.model_store import LoadedModel
 from server.observability.telemetry import Telemetry, TrainEnd
@@ -33,6 +34,7 @@ from server.services.catalog import (
     parse_params,
 )
 from server.services.compilation import ProofEvidence
+from server.services.pipeline_inputs import rows_of_frame
 from server.services.registration import FittedPipeline, PromotionPolicy, Registration, SetRegistrar
 from server.services.validation import (
     check_feature_names,
@@ -104,9 +106,12 @@ class TrainDeadline:
 @dataclass(frozen=True)
 class _TrainingData:
     dataset: str
-    features: np.ndarray
+    # A float64 matrix, or for a typed dataset (strings or missing values) a DataFrame of its schema's columns.
+    features: np.ndarray | pd.DataFrame
     targets: np.ndarray
     feature_names: tuple[str, ...]
+    # The inputs of a typed dataset's pipeline (by name); None for the matrix.
+    schema: Schema | None = None
 
 
 class ModelTrainingService:
@@ -153,11 +158,11 @@ class ModelTrainingService:
             split = _split(recipe, data, test_fraction, seed)
             if deadline is not None:
                 deadline.check("before fitting")
-            pipeline, fit_seconds = self._fit(recipe, params, seed, split, data.dataset)
+            pipeline, fit_seconds = self._fit(recipe, params, seed, split, data)
             _check_wanted(command)
             if deadline is not None:
                 deadline.check(f"after a fit of {fit_seconds:.2f}s")
-            sample = split.x_test[:SELF_CHECK_ROWS]
+            sample = _rows(split.x_test)[:SELF_CHECK_ROWS]
             description = SetDescription(
                 model_type=model_type,
                 dataset=data.dataset,
@@ -169,15 +174,21 @@ class ModelTrainingService:
                 classes=tuple(pipeline.classes_.tolist()) if recipe.task == CLASSIFICATION else None,
                 training_rows=len(data.targets),
                 fit_seconds=fit_seconds,
-                self_check=SelfCheck(sample.tolist(), pipeline.predict(sample).tolist()),
+                self_check=SelfCheck(_self_check_rows(sample), pipeline.predict(sample).tolist()),
+                input_schema=data.schema,
             )
-            evidence = ProofEvidence.of(split.x_test, split.x_train)
+            evidence = (
+                ProofEvidence.for_typed(data.schema, split.x_test)
+                if data.schema is not None
+                else ProofEvidence.of(np.asarray(split.x_test), np.asarray(split.x_train))
+            )
             return self._register(command, FittedPipeline(pipeline, evidence), description)
 
     def _fit(
-        self, recipe: Recipe, params: dict[str, Any], seed: int, split: _Split, dataset: str
+        self, recipe: Recipe, params: dict[str, Any], seed: int, split: _Split, data: _TrainingData
     ) -> tuple[Any, float]:
-        pipeline = recipe.build(params, seed)
+        dataset = data.dataset
+        pipeline = recipe.build(params, seed, data.schema)
         started = time.perf_counter()
         try:
             failpoints.reach(failpoints.DURING_FIT)
@@ -215,6 +226,10 @@ class ModelTrainingService:
             check_targets(targets)
             return _TrainingData("(inline)", features, np.asarray(targets), _names(command.feature_names, features))
         dataset_name = check_name("dataset", command.dataset)
+        # A typed dataset (strings, or missing values) fits a typed pipeline; any other the float64 matrix, as always.
+        table = self.history.load_table(dataset_name) if self.history.is_typed(dataset_name) else None
+        if table is not None:
+            return _from_table(dataset_name, table, command.feature_names)
         columns = self.history.load_columns(dataset_name)
         if columns is not None:
             return _from_columns(columns, command.feature_names)
@@ -241,10 +256,33 @@ def _from_columns(columns: DatasetColumns, feature_names: Sequence[str]) -> _Tra
     return _TrainingData(columns.name, columns.features, targets, names)
 
 
+def _from_table(dataset: str, table: TypedDataset, feature_names: Sequence[str]) -> _TrainingData:
+    """A typed dataset as its pipeline fits on it: the DataFrame, its columns named by the dataset's schema."""
+    names = table.schema.names
+    if feature_names and tuple(feature_names) != names:
+        raise InvalidArgument(
+            f"dataset {dataset!r} names its columns by its schema ({', '.join(names)}); feature_names cannot "
+            "rename them"
+        )
+    # The pipeline's input schema: the dataset's columns, taken by name.
+    schema = Schema(table.schema.columns, by_name=True)
+    return _TrainingData(dataset, table.frame, _target_array(table.targets), names, schema)
+
+
+def _rows(features: np.ndarray | pd.DataFrame) -> Any:
+    """Row-sliceable features: a DataFrame by position, a matrix as it is."""
+    return features.iloc if isinstance(features, pd.DataFrame) else features
+
+
+def _self_check_rows(sample: np.ndarray | pd.DataFrame) -> list[list[Any]]:
+    """JSON rows in schema order; a typed set's hold strings and None (server/services/pipeline_inputs.py)."""
+    return rows_of_frame(sample) if isinstance(sample, pd.DataFrame) else sample.tolist()
+
+
 @dataclass(frozen=True)
 class _Split:
-    x_train: np.ndarray
-    x_test: np.ndarray
+    x_train: np.ndarray | pd.DataFrame
+    x_test: np.ndarray | pd.DataFrame
     y_train: np.ndarray
     y_test: np.ndarray
 

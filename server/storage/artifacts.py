@@ -334,17 +334,20 @@ def _check_file(relative_path: str, found: os.stat_result, size: int | None, lim
 
 
 def _read_exactly(fd: int, relative_path: str, size: int) -> bytes:
-    """The file's `size` bytes; one that grew or shrank while read (another writer) is refused."""
-    data = bytearray(size)
-    view, filled = memoryview(data), 0
-    while filled < size:
-        got = os.readv(fd, [view[filled:]])
-        if got == 0:
-            raise ArtifactRejected(f"artifact {relative_path} shrank while it was read: not loaded")
-        filled += got
+    """The file's `size` bytes, in one allocation where one read returns them all (a regular file below 2 GiB);
+    one that grew or shrank while read (another writer) is refused."""
+    data = os.read(fd, size)
+    if len(data) < size:  # a short read: gather the rest
+        parts = [data]
+        while (filled := sum(map(len, parts))) < size:
+            chunk = os.read(fd, size - filled)
+            if not chunk:
+                raise ArtifactRejected(f"artifact {relative_path} shrank while it was read: not loaded")
+            parts.append(chunk)
+        data = b"".join(parts)
     if os.read(fd, 1):
         raise ArtifactRejected(f"artifact {relative_path} grew while it was read: not loaded")
-    return bytes(data)
+    return data
 
 
 def _file_kind(mode: int) -> str:

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from server.domain import Dataset, TargetValue
+from server.domain import Dataset, DatasetSummary, Schema, TargetValue, TypedDataset
 from server.errors import InvalidArgument
+from server.storage import tables
 from server.storage.columns import (
     INT64,
     LABELS,
@@ -31,6 +32,9 @@ from server.storage.columns import (
 from server.storage.databases import Connection, RegistryDatabase
 from server.storage.documents import feature_documents, target_documents
 from server.storage.ingests import IngestBatch, IngestProgress, record_batch
+from server.storage.tables import TypedRows
+from server.storage.tables import dataset_row as _dataset_row
+from server.storage.tables import dataset_schema as _schema
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +49,9 @@ MERGE_BELOW_ROWS = 4096
 COPY_CHUNK_ROWS = 65536
 _FIRST = -(2**63)
 
-_SEGMENT_COLUMNS = "first_row_id, row_count, feature_count, features, target_kind, targets, target_labels"
+_SEGMENT_COLUMNS = (
+    "first_row_id, row_count, feature_count, features, target_kind, targets, target_labels, features_format"
+)
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,10 @@ class HistoryRepository:
                 "INSERT INTO datasets (name, feature_names) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
                 (dataset, json.dumps(given)),
             )
-            fixed = list(_feature_names(conn, dataset))
+            names, column_types = _dataset_row(conn, dataset)
+            fixed = list(names)
+            if column_types is not None:
+                raise InvalidArgument(f"dataset {dataset!r} has typed columns: send its rows as a table")
             if given and given != fixed:
                 raise InvalidArgument(_other_names(dataset, fixed, given))
             # The newest id of any dataset, one index seek: this dataset's new rows are the ones above it.
@@ -163,10 +172,13 @@ class HistoryRepository:
             if rows == 0:
                 return None
             kinds = conn.execute(
-                "SELECT target_kind, SUM(row_count), MIN(feature_count), MAX(feature_count) "
+                "SELECT target_kind, SUM(row_count), MIN(feature_count), MAX(feature_count), MIN(features_format) "
                 "FROM data_segments WHERE dataset = ? GROUP BY target_kind",
                 (dataset,),
             ).fetchall()
+            if any(row[4] != tables.F8 for row in kinds):
+                logger.info("dataset %s has typed segments: a float64 matrix does not hold it (load_table)", dataset)
+                return None
             copied = sum(int(row[1]) for row in kinds)
             widths = {int(row[2]) for row in kinds} | {int(row[3]) for row in kinds}
             if copied != rows or len(widths) != 1:
@@ -187,6 +199,64 @@ class HistoryRepository:
                 targets.fill(filled, segment)
                 filled += count
             return DatasetColumns(dataset, _feature_names(conn, dataset), features, targets.values)
+
+    def schema(self, dataset: str) -> Schema | None:
+        """The schema the dataset's rows fit: its column_types, else numbers named by its feature names (f0,
+        f1, ... for a Phase-4 dataset without names); None for a dataset without rows."""
+        with self.database.snapshot() as conn:
+            return _schema(conn, dataset)
+
+    def is_typed(self, dataset: str) -> bool:
+        """Whether the dataset has a typed schema (datasets.column_types), rather than numbers only."""
+        with self.database.reading() as conn:
+            return _dataset_row(conn, dataset)[1] is not None
+
+    def append_table(
+        self, dataset: str, rows: TypedRows, batch: IngestBatch | None = None
+    ) -> tuple[int, IngestProgress | None]:
+        """Appends typed rows as JSON rows and an Arrow segment in one transaction, as `append` does numbers,
+        with the ingest's batch when given; returns the dataset's row count and where the ingest resumes.
+
+        A dataset's first rows fix its schema (datasets.column_types); rows of another schema store nothing.
+        A numbers-only dataset whose rows have the same names becomes typed: its f8 segments stay as they are."""
+        documents = list(zip(tables.row_documents(rows), target_documents(rows.targets), strict=True))
+        with self.database.writing() as conn:
+            self.database.lock_dataset(conn, dataset)
+            progress = None if batch is None else record_batch(conn, dataset, batch)
+            fixed = _schema(conn, dataset)
+            if fixed is not None and fixed.columns != rows.schema.columns:
+                raise InvalidArgument(tables.other_schema(dataset, fixed, rows.schema))
+            stored = _dataset_row(conn, dataset)[1]
+            missing = tables.read_types(stored)[1] or [0] * len(rows.schema.columns)
+            added = rows.missing()
+            types = tables.stored_types(rows.schema, [a + b for a, b in zip(missing, added, strict=True)])
+            conn.execute(
+                "INSERT INTO datasets (name, feature_names, column_types) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET column_types = excluded.column_types",
+                (dataset, json.dumps(list(rows.schema.names)), types),
+            )
+            before = conn.execute("SELECT MAX(id) FROM data_history").fetchone()[0]
+            conn.executemany(
+                "INSERT INTO data_history (dataset, features, target) VALUES (?, ?, ?)",
+                [(dataset, *document) for document in documents],
+            )
+            ids = _new_ids(conn, dataset, _FIRST if before is None else int(before), len(documents))
+            width = len(rows.schema.columns)
+            step = _rows_per_segment(width)
+            tables.add_rows(conn, dataset, ids, rows, min(MERGE_BELOW_ROWS, step), step)
+            total = int(conn.execute("SELECT COUNT(*) FROM data_history WHERE dataset = ?", (dataset,)).fetchone()[0])
+            return total, progress
+
+    def load_table(self, dataset: str) -> TypedDataset | None:
+        """The dataset as a DataFrame of its schema's columns, in one snapshot: from its segments (f8 and Arrow
+        alike) when they copy every row, else from its JSON rows; None when it has no rows."""
+        with self.database.snapshot() as conn:
+            return tables.load_table(conn, dataset, _schema(conn, dataset), _segments)
+
+    def datasets(self) -> list[DatasetSummary]:
+        """Every dataset with rows or a schema, by name: its columns with their missing counts, rows, targets."""
+        with self.database.snapshot() as conn:
+            return tables.summaries(conn)
 
 
 class _TargetColumn:
@@ -356,8 +426,7 @@ def _datasets(conn: Connection) -> list[str]:
 
 
 def _feature_names(conn: Connection, dataset: str) -> tuple[str, ...]:
-    row = conn.execute("SELECT feature_names FROM datasets WHERE name = ?", (dataset,)).fetchone()
-    return () if row is None else tuple(json.loads(row[0]))
+    return _dataset_row(conn, dataset)[0]
 
 
 def _other_names(dataset: str, fixed: list[str], given: list[str]) -> str:

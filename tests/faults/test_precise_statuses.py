@@ -92,9 +92,9 @@ def test_an_artifact_that_prints_and_exits_without_an_answer_is_a_failed_precond
 def test_undecodable_requests_are_invalid_arguments_on_every_method(
     server: ServerProcess, record_property: Callable[[str, object], None]
 ) -> None:
-    """Bytes that are no request message, on each of the 14 methods: INVALID_ARGUMENT naming it, no traceback."""
-    record_property("fault", "undecodable request bytes on all 14 methods: INVALID_ARGUMENT naming the method")
-    assert len(METHODS) == 14
+    """Bytes that are no request message, on each of the 15 methods: INVALID_ARGUMENT naming it, no traceback."""
+    record_property("fault", "undecodable request bytes on all 15 methods: INVALID_ARGUMENT naming the method")
+    assert len(METHODS) == 15
     answers: dict[str, tuple[grpc.StatusCode, str]] = {}
     with grpc.insecure_channel(server.target) as channel:
         for method, client_streaming in METHODS:

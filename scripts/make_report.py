@@ -42,6 +42,11 @@ def run_fault_tests(workdir: Path) -> list[FaultResult]:
             "pytest",
             FAULT_TESTS,
             "-q",
+            # as make test runs them: in four processes, the tests mostly waiting on their servers
+            "-n",
+            "4",
+            "--dist",
+            "loadscope",
             "-p",
             "no:cacheprovider",
             f"--junitxml={junit}",

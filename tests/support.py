@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from client.library import PredserveClient
 from harness.launcher import PROJECT_ROOT
 from harness.launcher import ServerProcess as _ServerProcess
 
-__all__ = ["PROJECT_ROOT", "ServerProcess", "IRIS_PROBES", "iris_rows", "diabetes_rows", "cli", "cli_json"]
+__all__ = [
+    "PROJECT_ROOT",
+    "ServerProcess",
+    "IRIS_PROBES",
+    "iris_rows",
+    "diabetes_rows",
+    "cli",
+    "cli_json",
+    "run_triton_check",
+]
 
 
 class ServerProcess(_ServerProcess):
@@ -53,3 +63,20 @@ def cli_json(server: ServerProcess, *args: str) -> Any:
     result = cli(server, "--json", *args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def run_triton_check(script: Path, target: str, expected: dict[str, Any], workdir: Path) -> None:
+    """Runs a stock-tritonclient check script in a process of its own against `target`, handing it the answers
+    the test computed; fails with its output unless every check passed."""
+    expected_path = workdir / "expected.json"
+    expected_path.write_text(json.dumps(expected))
+    completed = subprocess.run(
+        [sys.executable, str(script), "--target", target, "--expected", str(expected_path)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    report = f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
+    assert completed.returncode == 0, report
+    assert "0 failed" in completed.stdout, report

@@ -39,7 +39,7 @@ from tests.churn import (
     loaded_model,
     prediction_service,
 )
-from tests.support import PROJECT_ROOT, ServerProcess, cli, iris_rows
+from tests.support import PROJECT_ROOT, ServerProcess, cli, iris_rows, run_triton_check
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 TRITON_CHECK = Path(__file__).with_name("triton_typed_check.py")
@@ -409,18 +409,7 @@ def test_stock_triton_client_per_column(typed_server: TypedServer, tmp_path: Pat
     rows = [{**row, "plan": row["plan"] or "basic"} for row in PROBES]  # tritonclient's BYTES have no null
     labels, probabilities = typed_server.frame_answer("churn", rows)
     expected = {"rows": rows, "predict": labels, "predict_proba": probabilities.tolist()}
-    expected_path = tmp_path / "expected.json"
-    expected_path.write_text(json.dumps(expected))
-    completed = subprocess.run(
-        [sys.executable, str(TRITON_CHECK), "--target", typed_server.process.target, "--expected", str(expected_path)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    report = f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
-    assert completed.returncode == 0, report
-    assert "0 failed" in completed.stdout, report
+    run_triton_check(TRITON_CHECK, typed_server.process.target, expected, tmp_path)
 
 
 # --- the CLI ------------------------------------------------------------------------------------------------------

@@ -6,11 +6,8 @@ tests/triton_client_check.py, a process of their own, which this module starts a
 
 from __future__ import annotations
 
-import json
 import math
 import struct
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +23,7 @@ from protos import grpc_predict_v2_pb2 as v2
 from protos import grpc_predict_v2_pb2_grpc as v2_grpc
 from server.model_store import ModelStore
 from server.services.prediction import PredictionService
-from tests.support import IRIS_PROBES, PROJECT_ROOT, ServerProcess, diabetes_rows, iris_rows
+from tests.support import IRIS_PROBES, ServerProcess, diabetes_rows, iris_rows, run_triton_check
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -502,18 +499,7 @@ def test_stock_triton_client(v2_server: V2Server, tmp_path: Path) -> None:
         "diabetes_rows": DIABETES_ROWS,
         "diabetes": _answers(process, "diabetes_ridge", DIABETES_ROWS, proba=False),
     }
-    expected_path = tmp_path / "expected.json"
-    expected_path.write_text(json.dumps(expected))
-    completed = subprocess.run(
-        [sys.executable, str(TRITON_CHECK), "--target", process.target, "--expected", str(expected_path)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    report = f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
-    assert completed.returncode == 0, report
-    assert "0 failed" in completed.stdout, report
+    run_triton_check(TRITON_CHECK, process.target, expected, tmp_path)
 
 
 def _answers(

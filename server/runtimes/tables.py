@@ -90,7 +90,7 @@ class Encode:
     unknown_value: float  # ordinal only
     missing_value: float  # ordinal only: what a missing value becomes when it is no category
 
-    def apply(self, block: np.ndarray, names: Sequence[str], first_row: int = 0) -> np.ndarray:
+    def apply(self, block: np.ndarray, names: Sequence[str]) -> np.ndarray:
         parts = [self._column(block[:, j], j, names[j]) for j in range(block.shape[1])]
         return np.hstack(parts) if parts else np.empty((len(block), 0))
 

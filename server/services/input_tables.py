@@ -147,12 +147,6 @@ def columns_frame(columns: dict[str, np.ndarray]) -> Any:
     return pd.DataFrame(data, copy=False)
 
 
-def table_frame(model_type: str, schema: Schema, table: InputTable) -> Any:
-    """The table as the pandas DataFrame a typed pipeline takes: the schema's columns in its order, numbers as
-    float64 and strings as object, NaN where a value is missing."""
-    return columns_frame(table_columns(model_type, schema, table))
-
-
 def _matched(model_type: str, schema: Schema, table: InputTable) -> list[tuple[Column, InputColumn]]:
     given = {column.name: column for column in table.columns}
     unknown = [column.name for column in table.columns if schema.column(column.name) is None]

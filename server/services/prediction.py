@@ -123,7 +123,12 @@ class PredictionService:
         if schema.numeric:
             return self._run(model, table_matrix(model_type, schema, rows), include_probabilities)
         columns = table_columns(model_type, schema, rows)
-        answer = _compiled_table_answer(model, columns, include_probabilities, self.telemetry)
+        try:
+            answer = _compiled_answer(model, columns, rows.rows, include_probabilities, self.telemetry)
+        except OutsideDomain:
+            # A row the pipeline refuses too (its proof checked that): the pipeline is asked, so that the caller
+            # gets the pipeline's own refusal, worded as every typed refusal is. A refusal costs a pipeline call.
+            answer = None
         if answer is not None:
             return self._result(model, answer, rows.rows, model.runtime.name if model.runtime else SKLEARN)
         return self._run_frame(model, columns_frame(columns), include_probabilities)
@@ -208,7 +213,7 @@ class PredictionService:
                 f"model type {record.model_type!r} ({record.algorithm}) does not give probabilities"
             )
         try:
-            answer = _compiled_answer(model, features, include_probabilities, self.telemetry)
+            answer = _compiled_answer(model, features, len(features), include_probabilities, self.telemetry)
             if answer is None:
                 answer = self.batcher.run(model.pipeline, features, include_probabilities, _predict)
                 answered_by = SKLEARN
@@ -254,30 +259,6 @@ class PredictionService:
 
 def _count(rows: Sequence[Sequence[float]] | np.ndarray | InputTable) -> int:
     return rows.rows if isinstance(rows, InputTable) else len(rows)
-
-
-def _compiled_table_answer(
-    model: LoadedModel, columns: dict[str, np.ndarray], include_probabilities: bool, telemetry: Telemetry
-) -> Answer | None:
-    """A typed set's compiled form's answer for named columns, as _compiled_answer for rows. Where it refuses a
-    row (as the pipeline would: its proof checked that), the pipeline is asked, so that the refusal the caller
-    gets is the pipeline's own, worded as every typed refusal is; a refusal costs a pipeline call, an answer
-    does not. Anything else it raises leaves the call to the pipeline too."""
-    runtime: Any = model.runtime
-    rows = len(next(iter(columns.values()))) if columns else 0
-    if runtime is None or (runtime.most_rows is not None and rows > runtime.most_rows):
-        return None
-    try:
-        if include_probabilities:
-            return runtime.predict_both(columns)  # type: ignore[no-any-return]
-        return runtime.predict(columns), None
-    except OutsideDomain:
-        return None
-    except Exception:  # whatever else a runtime raises, the pipeline still answers the call
-        runtime_fallbacks.add()
-        telemetry.runtime_failed(model.record.model_type)
-        logger.exception("the %s form of set %d raised; the pipeline answers this call", runtime.name, model.record.id)
-        return None
 
 
 def _predict_frame(model: LoadedModel, frame: Any, include_probabilities: bool) -> Answer:
@@ -327,21 +308,23 @@ runtime_fallbacks = _Count()
 
 
 def _compiled_answer(
-    model: LoadedModel, features: np.ndarray, include_probabilities: bool, telemetry: Telemetry
+    model: LoadedModel, inputs: Any, rows: int, include_probabilities: bool, telemetry: Telemetry
 ) -> Answer | None:
-    """The compiled form's answer, computed once for labels and probabilities; None when the pipeline must
-    answer: there is no compiled form, or it raised, which is logged and counted and never fails the call.
+    """The compiled form's answer for `rows` rows (a float64 matrix, or a typed set's named columns), computed
+    once for labels and probabilities; None when the pipeline must answer: there is no compiled form, or it
+    raised, which is logged and counted and never fails the call. OutsideDomain (a row the pipeline refuses
+    too) passes to the caller.
 
     A compiled answer costs microseconds, so it is never micro-batched: waiting for others would cost more.
     A call larger than the runtime's `most_rows` goes to the pipeline, which is faster there.
     """
     runtime = model.runtime
-    if runtime is None or (runtime.most_rows is not None and len(features) > runtime.most_rows):
+    if runtime is None or (runtime.most_rows is not None and rows > runtime.most_rows):
         return None
     try:
         if include_probabilities:
-            return runtime.predict_both(features)
-        return runtime.predict(features), None
+            return runtime.predict_both(inputs)
+        return runtime.predict(inputs), None
     except OutsideDomain:  # a row the pipeline refuses too: the call's answer, not the form's failure
         raise
     except Exception:  # whatever else a runtime raises, the pipeline still answers the call
@@ -372,8 +355,7 @@ def _predict(pipeline: Any, features: Any, include_probabilities: bool, locate: 
 
 
 def _refusal_message(refusal: OutsideDomain, feature_names: Sequence[str]) -> str:
-    if isinstance(refusal.feature, str):  # a typed table's column, by name
-        return str(refusal)
+    assert isinstance(refusal.feature, int)  # rows' refusals; a typed table's are worded by its pipeline's path
     name = f" ({feature_names[refusal.feature]!r})" if refusal.feature < len(feature_names) else ""
     return (
         f"row {refusal.row}, feature {refusal.feature}{name}: {refusal.value!r} is outside what the pipeline "

@@ -146,8 +146,13 @@ class RestrictedUnpickler(_PythonUnpickler):
 
     dispatch = _PythonUnpickler.dispatch.copy()
 
-    def __init__(self, file_handle: Any, trusted_modules: tuple[str, ...], budget: AllocationBudget) -> None:
+    def __init__(
+        self, file_handle: Any, trusted_modules: tuple[str, ...], budget: AllocationBudget, nested: bool = False
+    ) -> None:
         super().__init__(file_handle)
+        # An object array's elements: plain pickle, which joblib writes with pickle.dump, so a NumpyArrayWrapper
+        # there is never joblib's and is refused rather than read from the outer file.
+        self.nested = nested
         self.file_handle = file_handle
         self.trusted_modules = tuple(trusted_modules)
         self.budget = budget
@@ -178,6 +183,8 @@ class RestrictedUnpickler(_PythonUnpickler):
         self._mutable_target(self.stack[-2], "BUILD")  # below the state BUILD is about to apply
         super().load_build()
         if isinstance(self.stack[-1], NumpyArrayWrapper):
+            if self.nested:
+                raise pickle.UnpicklingError("its object array holds another joblib array, which joblib never writes")
             self.stack[-1] = self._expand_array(self.stack[-1])
 
     def load_setitem(self) -> None:
@@ -227,8 +234,7 @@ class RestrictedUnpickler(_PythonUnpickler):
         but with its description checked and its size backed by the bytes that remain."""
         dtype, shape, order = _array_description(wrapper)
         if dtype.hasobject:
-            inner = RestrictedUnpickler(self.file_handle, self.trusted_modules, self.budget)
-            inner.dispatch = _NESTED_DISPATCH
+            inner = RestrictedUnpickler(self.file_handle, self.trusted_modules, self.budget, nested=True)
             array = inner.load()
             if not isinstance(array, np.ndarray):
                 raise pickle.UnpicklingError(f"its object array holds a {type(array).__name__}, not an array")
@@ -253,25 +259,6 @@ class RestrictedUnpickler(_PythonUnpickler):
     ):
         dispatch[_opcode[0]] = _method
     del _opcode, _method
-
-
-def _refuse_wrapper_in_nested_stream(self: RestrictedUnpickler) -> None:
-    raise pickle.UnpicklingError("its object array holds another joblib array, which joblib never writes")
-
-
-# A nested stream (an object array's elements) is plain pickle: joblib writes it with pickle.dump, so a
-# NumpyArrayWrapper there is never joblib's and is refused rather than read from the outer file.
-_NESTED_DISPATCH = dict(RestrictedUnpickler.dispatch)
-
-
-def _load_build_nested(self: RestrictedUnpickler) -> None:
-    self._mutable_target(self.stack[-2], "BUILD")
-    _PythonUnpickler.load_build(self)
-    if isinstance(self.stack[-1], NumpyArrayWrapper):
-        _refuse_wrapper_in_nested_stream(self)
-
-
-_NESTED_DISPATCH[pickle.BUILD[0]] = _load_build_nested
 
 
 class AllocationBudget:

@@ -17,7 +17,7 @@ endif
 RUN_ARGS ?=
 RUN_TARGET = $(or $(PREDSERVE_HOST),127.0.0.1):$(or $(PREDSERVE_PORT),50051)
 
-.PHONY: run recover test test-quick lint soak restart-test demo proto report bench bench-compare bench-replicas bench-scale dashboard clean
+.PHONY: run recover test test-quick lint soak restart-test walkthrough demo proto report bench bench-compare bench-replicas bench-scale dashboard clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ restart-test: $(PROTO_OUT)
 
 demo: $(PROTO_OUT)
 	$(PY) scripts/restart_story.py --mode demo
+
+# Runs the README's typed walkthrough against a fresh server and writes its transcript into README.md.
+walkthrough: $(PROTO_OUT)
+	$(PY) scripts/typed_walkthrough.py --write
 
 report: $(PROTO_OUT)
 	$(PY) scripts/make_report.py

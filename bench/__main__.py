@@ -21,9 +21,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="time limit of each closed-loop run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the .md, .json and .png")
     parser.add_argument("--keep-labs", action="store_true", help="keep the temporary databases and artifacts")
+    parser.add_argument(
+        "--typed-rows",
+        type=int,
+        default=1_000_000,
+        help="run: rows of the typed ingest and data-load measurement (0 skips it; default 1,000,000)",
+    )
     args = parser.parse_args(argv)
-    runner = run_bench if args.mode == "run" else run_compare
-    runner(args.rounds, args.seconds, args.out, args.keep_labs)
+    if args.mode == "run":
+        run_bench(args.rounds, args.seconds, args.out, args.keep_labs, args.typed_rows)
+    else:
+        run_compare(args.rounds, args.seconds, args.out, args.keep_labs)
     return 0
 
 

@@ -7,6 +7,8 @@ Four labs, each a database and a models directory in a temporary directory:
 - `one`: one breast_cancer forest, for start-up with a single model.
 - `empty`: no model, the idle server of the memory target.
 - `train`: a 12,500-row synthetic dataset; Train fits a 100-tree forest on 10,000 rows (20% held out).
+- `typed`: a churn table of 3 number and 2 string columns with empty cells (issue 23), and two sets trained on
+  it: imputer + scaler + one-hot + LogisticRegression, and HistGradientBoosting. MLServer serves them too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +35,10 @@ FOREST_MODEL = "bc_forest_01"
 HGB_MODEL = "bc_hgb_01"
 TRAIN_ROWS = 12_500  # the Train scenario fits on 80% of them: 10,000 rows
 TRAIN_FEATURES = 20
+TYPED_DATASET = "churn"
+TYPED_LR_MODEL = "churn_lr"
+TYPED_HGB_MODEL = "churn_hgb"
+TYPED_ROWS = 5_000
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,36 @@ def feature_rows(dataset: str) -> np.ndarray:
     return np.asarray([features for features, _ in rows], dtype=np.float64)
 
 
+def churn_frame(rows: int, seed: int) -> Any:
+    """3 number and 2 string columns, a number or a string missing in about one row in ten, and `churned`."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, rows).astype(float),
+            "income": rng.normal(50, 15, rows).round(2),
+            "tenure": rng.integers(0, 120, rows).astype(float),
+            "plan": pd.Series(rng.choice(["basic", "pro", "team"], rows), dtype=object),
+            "country": pd.Series(rng.choice(["fr", "de", "us", "jp"], rows), dtype=object),
+        }
+    )
+    frame.loc[::7, "income"] = np.nan
+    frame.loc[::13, "plan"] = np.nan
+    noise = rng.random(rows) < 0.1
+    frame["churned"] = (((frame["plan"] == "basic") & (frame["age"] > 40)) | (frame["tenure"] < 12) | noise).astype(int)
+    return frame
+
+
+def typed_request_frame(rows: int) -> Any:
+    """What callers send the typed sets: a missing income in one row in seven, an unseen country in one in five
+    (every string present: a BYTES tensor has no missing element, in MLServer's codec as in Triton's)."""
+    frame = churn_frame(rows, seed=99).drop(columns="churned")
+    frame["plan"] = frame["plan"].fillna("pro")
+    frame.loc[::5, "country"] = "nz"
+    return frame
+
+
 class Labs:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or Path(tempfile.mkdtemp(prefix="predserve-bench-"))
@@ -111,9 +148,10 @@ class Labs:
         self.one = Lab("one", self.root / "one")
         self.empty = Lab("empty", self.root / "empty")
         self.train = Lab("train", self.root / "train")
+        self.typed = Lab("typed", self.root / "typed")
 
     def prepare(self) -> None:
-        for lab in (self.twenty, self.one, self.empty, self.train):
+        for lab in (self.twenty, self.one, self.empty, self.train, self.typed):
             lab.root.mkdir(parents=True, exist_ok=True)
         with serving(self.twenty.server()) as client:
             _ingest(client, "iris")
@@ -129,6 +167,10 @@ class Labs:
         with serving(self.train.server()) as client:
             names, rows = _synthetic()
             client.ingest("synthetic", rows, names)
+        with serving(self.typed.server()) as client:
+            client.ingest_table(TYPED_DATASET, churn_frame(TYPED_ROWS, seed=1), "churned")
+            client.train(TYPED_LR_MODEL, TYPED_DATASET, "logistic_regression", random_seed=1)
+            client.train(TYPED_HGB_MODEL, TYPED_DATASET, "hist_gradient_boosting", random_seed=1)
         logger.info("labs ready under %s", self.root)
 
     def remove(self) -> None:

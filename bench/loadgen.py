@@ -39,12 +39,35 @@ def channel(target: str) -> grpc.Channel:
     return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
-def infer_request(model_name: str, rows: np.ndarray, outputs: Sequence[str] = ("predict",)) -> pb.ModelInferRequest:
-    """FP64 rows in raw_input_contents, as tritonclient sends them; only the outputs named are asked for."""
+def infer_request(model_name: str, rows: Any, outputs: Sequence[str] = ("predict",)) -> pb.ModelInferRequest:
+    """FP64 rows in raw_input_contents, as tritonclient sends them, or a DataFrame one input per column (see
+    `table_request`); only the outputs named are asked for."""
+    if hasattr(rows, "columns"):
+        return table_request(model_name, rows, outputs)
     matrix = np.ascontiguousarray(rows, dtype="<f8")
     request = pb.ModelInferRequest(model_name=model_name)
     request.inputs.add(name="features", datatype="FP64", shape=list(matrix.shape))
     request.raw_input_contents.append(matrix.tobytes())
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+def table_request(model_name: str, frame: Any, outputs: Sequence[str] = ("predict",)) -> pb.ModelInferRequest:
+    """A DataFrame as MLServer's pandas codec takes it, and predserve too: the request's content_type "pd", one
+    input per column, shape [rows, 1], FP64 for numbers (NaN: missing) and BYTES for strings, all raw as
+    tritonclient sends them (a BYTES element is its 4-byte little-endian length, then its UTF-8 bytes)."""
+    request = pb.ModelInferRequest(model_name=model_name)
+    request.parameters["content_type"].string_param = "pd"
+    for name in frame.columns:
+        values = frame[name].to_numpy()
+        if values.dtype == object:
+            request.inputs.add(name=name, datatype="BYTES", shape=[len(values), 1])
+            encoded = [str(value).encode() for value in values]
+            request.raw_input_contents.append(b"".join(len(e).to_bytes(4, "little") + e for e in encoded))
+        else:
+            request.inputs.add(name=name, datatype="FP64", shape=[len(values), 1])
+            request.raw_input_contents.append(np.ascontiguousarray(values, dtype="<f8").tobytes())
     for name in outputs:
         request.outputs.add(name=name)
     return request

@@ -29,6 +29,12 @@ C8_VS_MLSERVER = {"iris_1row_c8": 2.5, "forest_1row_c8": 10.0}
 ROWS_1000_VS_INPROCESS = {"iris_1000": 0.8, "forest_1000": 2.0}
 STARTUP_VS_FLOOR = 1.2
 ONE_ROW_KEYS = ("iris_1row", "forest_1row", "hgb_1row")
+# Issue 23's limits for the typed sets (3 number + 2 string columns), on predserve's typed lab.
+TYPED_ONE_ROW_KEYS = ("churn_lr_1row", "churn_hgb_1row")
+TYPED_1000_KEYS = ("churn_lr_1000", "churn_hgb_1000")
+TYPED_C8_VS_MLSERVER = {"churn_lr_1row_c8": 5.0, "churn_hgb_1row_c8": 5.0}
+TYPED_INGEST_VS_NUMBERS = 1.0
+TYPED_DATA_LOAD_ROWS_PER_S = 1_000_000
 
 
 def _report(name: str, ratio: float, detail: str) -> dict[str, Any]:
@@ -158,6 +164,7 @@ def targets(results: dict[str, Any], peer_rps: dict[str, float], measured_peer: 
             f"{memory['idle_rss_mib']:.0f} + {memory['models_in_process_mib']:.0f} MiB",
         )
     )
+    found += _typed_targets(s, results.get("typed_data"))
     found += _runtime_rows(s)
     for key in ("iris_1row_c8", "forest_1row_c8"):
         if not _has(s, f"predserve_workers2/{key}", f"predserve/{key}"):
@@ -192,24 +199,85 @@ def targets(results: dict[str, Any], peer_rps: dict[str, float], measured_peer: 
     return found
 
 
+def _typed_targets(s: dict[str, Any], typed_data: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue 23: typed sets served one row and 1,000 rows a call, typed ingest, and Train's typed data load."""
+    found = []
+    for key in TYPED_ONE_ROW_KEYS:
+        if not _has(s, f"predserve_typed/{key}_c1", "predserve_typed/empty_c1"):
+            continue
+        served_cpu, empty_cpu = _cpu(s[f"predserve_typed/{key}_c1"]), _cpu(s["predserve_typed/empty_c1"])
+        found.append(
+            _target(
+                f"(typed) {key} server CPU per call at c1 vs empty V2 call",
+                served_cpu,
+                empty_cpu,
+                CPU_PER_CALL_VS_EMPTY,
+                True,
+                f"{served_cpu:.0f} vs {empty_cpu:.0f} µs per call",
+            )
+        )
+    for key in TYPED_1000_KEYS:
+        if not _has(s, f"predserve_typed/{key}_c1", f"inprocess/{key}"):
+            continue
+        rows, floor = s[f"predserve_typed/{key}_c1"]["rows_per_s"], s[f"inprocess/{key}"]["rows_per_s"]
+        found.append(
+            _target(
+                f"(typed) {key} rows/s vs in-process pipeline.predict(df)",
+                rows,
+                floor,
+                1.0,
+                False,
+                f"{rows:,.0f} vs {floor:,.0f} rows/s",
+            )
+        )
+    if typed_data:
+        numbers, typed = typed_data["ingest"]["numbers"], typed_data["ingest"]["typed"]
+        found.append(
+            _target(
+                f"(typed) ingest --csv of {typed_data['rows']:,} rows, 5 numbers + 3 strings with 5% empty, vs "
+                "the same width all numbers",
+                typed["rows_per_second"],
+                numbers["rows_per_second"],
+                TYPED_INGEST_VS_NUMBERS,
+                False,
+                f"{typed['rows_per_second']:,.0f} vs {numbers['rows_per_second']:,.0f} rows/s; CPU per row: CLI "
+                f"{typed['cli_cpu_us_per_row']:.2f} vs {numbers['cli_cpu_us_per_row']:.2f} µs, server "
+                f"{typed['server_cpu_us_per_row']:.2f} vs {numbers['server_cpu_us_per_row']:.2f} µs",
+            )
+        )
+        load = typed_data["data_load"]
+        found.append(
+            _target(
+                f"(typed) Train data load of {load['rows']:,} typed rows into its DataFrame, rows/s vs 1M",
+                load["rows_per_second"],
+                TYPED_DATA_LOAD_ROWS_PER_S,
+                1.0,
+                False,
+                f"{load['rows_per_second']:,.0f} rows/s (best of the runs: {load['best_s']:.3f} s)",
+            )
+        )
+    return found
+
+
 def _runtime_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
     """The compiled runtimes (default) against --runtime sklearn on the same artifacts, each beside its baselines:
     the empty call of the same concurrency on the default server, and the pipeline's predict in process."""
     found = []
     for name in s:
-        if not name.startswith("predserve_sklearn/"):
+        server, scenario = name.split("/", 1)
+        if not server.endswith("_sklearn"):
             continue
-        scenario = name.split("/", 1)[1]
-        if f"predserve/{scenario}" not in s:
+        default = server.removesuffix("_sklearn")
+        if f"{default}/{scenario}" not in s:
             continue
-        auto, sklearn = s[f"predserve/{scenario}"], s[name]
+        auto, sklearn = s[f"{default}/{scenario}"], s[name]
         key, concurrency = scenario.rsplit("_c", 1)
         parts = [
             f"{auto['requests_per_s']:.0f} vs {sklearn['requests_per_s']:.0f} req/s",
             f"p50 {auto['p50_ms']:.3f} vs {sklearn['p50_ms']:.3f} ms",
             f"server CPU {_cpu(auto):.0f} vs {_cpu(sklearn):.0f} µs per call",
         ]
-        empty = s.get(f"predserve/empty_c{concurrency}")
+        empty = s.get(f"{default}/empty_c{concurrency}")
         if empty and key.endswith("_1row"):
             p50, cpu = empty["p50_ms"], _cpu(empty)
             parts.append(
@@ -224,12 +292,15 @@ def _runtime_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
             )
         found.append(
             _report(
-                f"(runtime) {scenario}: runtime auto vs --runtime sklearn",
+                f"(runtime) {scenario}: runtime auto vs --runtime sklearn" + (" (typed)" if "typed" in server else ""),
                 auto["requests_per_s"] / sklearn["requests_per_s"],
                 "; ".join(parts),
             )
         )
     return found
+
+
+OURS = ("predserve", "predserve_workers2", "predserve_sklearn", "predserve_typed", "predserve_typed_sklearn")
 
 
 def compare_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -246,7 +317,14 @@ def compare_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         "iris_1000_c1",
         "forest_1000_c1",
         "hgb_1000_c1",
+        "churn_lr_1row_c1",
+        "churn_lr_1row_c8",
+        "churn_hgb_1row_c1",
+        "churn_hgb_1row_c8",
+        "churn_lr_1000_c1",
+        "churn_hgb_1000_c1",
     )
+    limits = {**C8_VS_MLSERVER, **TYPED_C8_VS_MLSERVER}
     for key in keys:
         if not _has(s, f"mlserver_default/{key}", f"mlserver_inprocess/{key}"):
             continue
@@ -256,11 +334,11 @@ def compare_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{name.split('_')[1]} {f['requests_per_s']:.0f} req/s (p50 {f['p50_ms']:.2f} ms)"
             for name, f in peers.items()
         )
-        for ours in ("predserve", "predserve_workers2", "predserve_sklearn"):
+        for ours in OURS:
             if f"{ours}/{key}" not in s:
                 continue
-            # The issue's limits hold for the server as shipped; --runtime sklearn is shown for scale.
-            limit = None if ours == "predserve_sklearn" else C8_VS_MLSERVER.get(key)
+            # The issues' limits hold for the server as shipped; --runtime sklearn is shown for scale.
+            limit = None if ours.endswith("_sklearn") else limits.get(key)
             figures = s[f"{ours}/{key}"]
             ratio = figures["requests_per_s"] / best["requests_per_s"]
             found.append(

@@ -13,8 +13,18 @@ from typing import Any
 import joblib
 import numpy as np
 
-from bench import mlserver, report, scenarios
-from bench.labs import FOREST_MODEL, HGB_MODEL, IRIS_MODEL, Labs, feature_rows, stop
+from bench import mlserver, report, scenarios, typed_data
+from bench.labs import (
+    FOREST_MODEL,
+    HGB_MODEL,
+    IRIS_MODEL,
+    TYPED_HGB_MODEL,
+    TYPED_LR_MODEL,
+    Labs,
+    feature_rows,
+    stop,
+    typed_request_frame,
+)
 from bench.procstats import CORES
 
 logger = logging.getLogger(__name__)
@@ -23,21 +33,38 @@ logger = logging.getLogger(__name__)
 ISSUE_MLSERVER_BEST_RPS = {"iris_1row_c8": 466.0, "forest_1row_c8": 60.0}
 
 
-class Workload:
-    """The rows each scenario sends, and the pipelines for the in-process floor."""
+TYPED_PREFIX = "churn_"  # the workloads of typed sets (issue 23): DataFrames sent one input per column
 
-    def __init__(self, artifacts: dict[str, Path]) -> None:
+
+def serves(server: str, workload_key: str) -> bool:
+    """Whether a server holds a workload's model: predserve's typed lab the typed sets, MLServer every one."""
+    if server.startswith("mlserver"):
+        return True
+    return ("_typed" in server) == workload_key.startswith(TYPED_PREFIX)
+
+
+class Workload:
+    """The rows each scenario sends (a matrix, or a DataFrame for a typed set), and the pipelines for the
+    in-process floor: pipeline.predict of the very rows or DataFrame."""
+
+    def __init__(self, artifacts: dict[str, Path], typed_artifacts: dict[str, Path]) -> None:
         iris, cancer = feature_rows("iris"), feature_rows("breast_cancer")
-        self.rows: dict[str, tuple[str, np.ndarray]] = {
+        one, thousand = typed_request_frame(1), typed_request_frame(1000)
+        self.rows: dict[str, tuple[str, Any]] = {
             "iris_1row": (IRIS_MODEL, iris[:1]),
             "forest_1row": (FOREST_MODEL, cancer[:1]),
             "iris_1000": (IRIS_MODEL, np.resize(iris, (1000, iris.shape[1]))),
             "forest_1000": (FOREST_MODEL, np.resize(cancer, (1000, cancer.shape[1]))),
             "hgb_1row": (HGB_MODEL, cancer[:1]),
             "hgb_1000": (HGB_MODEL, np.resize(cancer, (1000, cancer.shape[1]))),
+            "churn_lr_1row": (TYPED_LR_MODEL, one),
+            "churn_hgb_1row": (TYPED_HGB_MODEL, one),
+            "churn_lr_1000": (TYPED_LR_MODEL, thousand),
+            "churn_hgb_1000": (TYPED_HGB_MODEL, thousand),
         }
         self.probes = {model: iris[:1] if model.startswith("iris") else cancer[:1] for model in artifacts}
         self.pipelines = {model: joblib.load(artifacts[model]) for model in (IRIS_MODEL, FOREST_MODEL, HGB_MODEL)}
+        self.pipelines.update({model: joblib.load(path) for model, path in typed_artifacts.items()})
 
     def expected(self, key: str) -> np.ndarray:
         model, rows = self.rows[key]
@@ -91,13 +118,15 @@ def _inprocess(recorder: Recorder, workload: Workload, seconds: float) -> None:
         recorder.add(f"inprocess/{key}", scenarios.inprocess_summary(latencies, len(rows)))
 
 
-def run_bench(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = False) -> dict[str, Any]:
+def run_bench(
+    rounds: int, seconds: float, out_dir: Path, keep_labs: bool = False, typed_rows: int = 1_000_000
+) -> dict[str, Any]:
     started = time.time()
     labs = Labs()
     try:
         labs.prepare()
         artifacts = labs.twenty.artifacts()
-        workload = Workload(artifacts)
+        workload = Workload(artifacts, labs.typed.artifacts())
         startup_artifacts = (list(labs.one.artifacts().values()), list(artifacts.values()))
         recorder = Recorder()
         servers = {
@@ -107,19 +136,24 @@ def run_bench(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fals
             # The same artifacts answered by the pipelines themselves: what the compiled runtimes change.
             "predserve_sklearn": labs.twenty.server(("--runtime", "sklearn")),
             "predserve_sklearn_nobatch": labs.twenty.server(("--runtime", "sklearn", "--batch-max-rows", "0")),
+            # The typed sets (issue 23), compiled and as pipelines answering a DataFrame per call.
+            "predserve_typed": labs.typed.server(),
+            "predserve_typed_sklearn": labs.typed.server(("--runtime", "sklearn")),
         }
         for process in servers.values():
             process.start()
         try:
             for name, process in servers.items():
                 for key, (checked_model, checked_rows) in workload.rows.items():
-                    scenarios.check_labels(process.target, checked_model, checked_rows, workload.expected(key))
+                    if serves(name, key):
+                        scenarios.check_labels(process.target, checked_model, checked_rows, workload.expected(key))
                 logger.info("%s answers as the pipelines do in process (pid %d)", name, process.process.pid)  # type: ignore[union-attr]
             plan = _load_plan()
             for round_index in range(rounds):
                 logger.info("round %d of %d", round_index + 1, rounds)
                 for name, server, workload_key, concurrency in plan:
-                    model, rows = workload.rows[workload_key] if workload_key else ("", np.empty(0))
+                    rows: Any
+                    model, rows = workload.rows[workload_key] if workload_key else ("", None)
                     if server is None:
                         latencies = scenarios.inprocess_latencies(workload.pipelines[model], rows, 5000, seconds)
                         recorder.add(name, scenarios.inprocess_summary(latencies, len(rows)))
@@ -142,6 +176,8 @@ def run_bench(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fals
         logger.info("train: %s", train)
         memory = scenarios.memory(labs.twenty, labs.empty, artifacts, workload.probes)
         logger.info("memory: %s", memory)
+        typed = typed_data.measure(typed_rows, repeats=max(rounds, 3)) if typed_rows else None
+        logger.info("typed data: %s", typed)
         results = {
             "kind": "bench",
             "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
@@ -152,6 +188,7 @@ def run_bench(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fals
             "scenarios": recorder.medians(),
             "train": train,
             "memory": memory,
+            "typed_data": typed,
         }
         results["targets"] = report.targets(results, ISSUE_MLSERVER_BEST_RPS, measured_peer=False)
         report.write(results, out_dir, "bench")
@@ -201,6 +238,22 @@ def _load_plan() -> list[tuple[str, str | None, str | None, int]]:
         ("inprocess/hgb_1000", None, "hgb_1000", 1),
         ("predserve/hgb_1000_c1", "predserve", "hgb_1000", 1),
         ("predserve_sklearn/hgb_1000_c1", "predserve_sklearn", "hgb_1000", 1),
+        ("predserve_typed/empty_c1", "predserve_typed", None, 1),
+        ("inprocess/churn_lr_1row", None, "churn_lr_1row", 1),
+        ("predserve_typed/churn_lr_1row_c1", "predserve_typed", "churn_lr_1row", 1),
+        ("predserve_typed_sklearn/churn_lr_1row_c1", "predserve_typed_sklearn", "churn_lr_1row", 1),
+        ("inprocess/churn_hgb_1row", None, "churn_hgb_1row", 1),
+        ("predserve_typed/churn_hgb_1row_c1", "predserve_typed", "churn_hgb_1row", 1),
+        ("predserve_typed_sklearn/churn_hgb_1row_c1", "predserve_typed_sklearn", "churn_hgb_1row", 1),
+        ("predserve_typed/empty_c8", "predserve_typed", None, 8),
+        ("predserve_typed/churn_lr_1row_c8", "predserve_typed", "churn_lr_1row", 8),
+        ("predserve_typed/churn_hgb_1row_c8", "predserve_typed", "churn_hgb_1row", 8),
+        ("inprocess/churn_lr_1000", None, "churn_lr_1000", 1),
+        ("predserve_typed/churn_lr_1000_c1", "predserve_typed", "churn_lr_1000", 1),
+        ("predserve_typed_sklearn/churn_lr_1000_c1", "predserve_typed_sklearn", "churn_lr_1000", 1),
+        ("inprocess/churn_hgb_1000", None, "churn_hgb_1000", 1),
+        ("predserve_typed/churn_hgb_1000_c1", "predserve_typed", "churn_hgb_1000", 1),
+        ("predserve_typed_sklearn/churn_hgb_1000_c1", "predserve_typed_sklearn", "churn_hgb_1000", 1),
     ]
 
 
@@ -229,14 +282,18 @@ def run_compare(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fa
     try:
         labs.prepare()
         artifacts = labs.twenty.artifacts()
-        workload = Workload(artifacts)
+        typed_artifacts = labs.typed.artifacts()
+        workload = Workload(artifacts, typed_artifacts)
         recorder = Recorder()
         serving = {model: artifacts[model] for model in (IRIS_MODEL, FOREST_MODEL, HGB_MODEL)}
+        serving.update(typed_artifacts)
         predserves = {
             "predserve": labs.twenty.server(),
             "predserve_workers2": labs.twenty.server(("--workers", "2")),
             # The same artifacts answered by the pipelines themselves: what the compiled runtimes change.
             "predserve_sklearn": labs.twenty.server(("--runtime", "sklearn")),
+            "predserve_typed": labs.typed.server(),
+            "predserve_typed_sklearn": labs.typed.server(("--runtime", "sklearn")),
         }
         for process in predserves.values():
             process.start()
@@ -253,6 +310,8 @@ def run_compare(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fa
                 targets[setup] = (peer.target, peer_process.pid)
             for name, (target, _) in targets.items():
                 for key in workload.rows:
+                    if not serves(name, key):
+                        continue
                     model, rows = workload.rows[key]
                     scenarios.check_labels(target, model, rows, workload.expected(key))
                 logger.info("%s answers as the pipelines do in process", name)
@@ -262,6 +321,8 @@ def run_compare(rounds: int, seconds: float, out_dir: Path, keep_labs: bool = Fa
                 for key, concurrency in _COMPARED:
                     model, rows = workload.rows[key]
                     for name, (target, pid) in targets.items():
+                        if not serves(name, key):
+                            continue
                         figures = scenarios.load_run(target, model, rows, concurrency, pid, seconds)
                         recorder.add(f"{name}/{key}_c{concurrency}", figures)
                 _compare_startups(recorder, executable, labs, workload, artifacts)
@@ -302,6 +363,12 @@ _COMPARED = [
     ("iris_1000", 1),
     ("forest_1000", 1),
     ("hgb_1000", 1),
+    ("churn_lr_1row", 1),
+    ("churn_lr_1row", 8),
+    ("churn_hgb_1row", 1),
+    ("churn_hgb_1row", 8),
+    ("churn_lr_1000", 1),
+    ("churn_hgb_1000", 1),
 ]
 
 

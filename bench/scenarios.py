@@ -23,7 +23,7 @@ from harness.waiting import wait_until
 from protos import grpc_predict_v2_pb2_grpc as pb_grpc
 
 
-def inprocess_latencies(pipeline: Any, rows: np.ndarray, max_calls: int, max_seconds: float) -> np.ndarray:
+def inprocess_latencies(pipeline: Any, rows: Any, max_calls: int, max_seconds: float) -> np.ndarray:
     """pipeline.predict(rows) timed call by call in this process: the floor no server can go under."""
     pipeline.predict(rows)
     latencies: list[float] = []
@@ -47,7 +47,7 @@ def inprocess_summary(latencies: np.ndarray, rows: int) -> dict[str, Any]:
     }
 
 
-def check_labels(target: str, model: str, rows: np.ndarray, expected: np.ndarray) -> None:
+def check_labels(target: str, model: str, rows: Any, expected: np.ndarray) -> None:
     """One call before a run: the server's labels must be the in-process pipeline's, or the figures mean nothing."""
     with loadgen.channel(target) as ch:
         answer = pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(loadgen.infer_request(model, rows), timeout=60)
@@ -59,7 +59,7 @@ def check_labels(target: str, model: str, rows: np.ndarray, expected: np.ndarray
 def load_run(
     target: str,
     model: str | None,
-    rows: np.ndarray | None,
+    rows: Any,
     concurrency: int,
     server_pid: int | None,
     max_seconds: float,

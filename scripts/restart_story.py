@@ -44,6 +44,8 @@ def churn_csv() -> str:
         churned = int((plan == "pro" and age > 40) or i % 5 == 0)
         lines.append(f"{age},{income},{'' if i % 13 == 0 else plan},{('fr', 'de', 'us')[(i // 3) % 3]},{churned}")
     return "\n".join(lines) + "\n"
+
+
 LOAD_LINE = re.compile(r"loaded model type=(\S+) set=(\d+) path=(\S+) load_time=([\d.]+)s")
 READY_LINE = re.compile(r"predserve ready on \S+ \(.*start-up ([\d.]+)s\)")
 

@@ -53,7 +53,6 @@ MAX_GRPC_INT = 2**31 - 1
 MIN_RELOAD_INTERVAL_SECONDS = 0.05
 
 
-
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(ServerConfig)}
 
 
@@ -291,7 +290,8 @@ OPTIONS: tuple[Option, ...] = (
         "--runtime-tolerance",
         "PREDSERVE_RUNTIME_TOLERANCE",
         NUMBER,
-        "largest absolute difference of a probability or regression value a compiled form may show in its proof",
+        "largest difference of a probability or regression value a compiled form may show in its proof "
+        "(absolute up to magnitude 1, relative beyond)",
         Within(0, 1),
     ),
     Option(

@@ -17,6 +17,7 @@ from server.storage.postgres import DEFAULT_POOL_SIZE
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS_DIR = PROJECT_ROOT / "db" / "migrations"
 
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -105,4 +106,3 @@ class ServerConfig:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:  # any other host name may resolve to a routable address
             return False
-

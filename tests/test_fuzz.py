@@ -52,9 +52,7 @@ param_names = st.one_of(st.sampled_from(["C", "alpha", "n_estimators", "max_dept
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pb_grpc.PredserveStub]:
     workdir: Path = tmp_path_factory.mktemp("fuzz")
-    config = dataclasses.replace(
-        ServerConfig(), port=0, db_path=workdir / "fuzz.db", models_dir=workdir / "models"
-    )
+    config = dataclasses.replace(ServerConfig(), port=0, db_path=workdir / "fuzz.db", models_dir=workdir / "models")
     services = build_services(config)
     server, port, _ = build_server(config, services)
     names_, iris = iris_rows()

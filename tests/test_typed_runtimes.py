@@ -18,8 +18,9 @@ from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, S
 
 from server.runtimes.base import Refusal
 from server.runtimes.domain import OutsideDomain
+from server.runtimes.tables import Block, Impute, TableProgram
 from server.runtimes.typed import TableRuntime, compile_typed
-from server.runtimes.typed_proof import columns_of, prove_typed, typed_proof_frame
+from server.runtimes.typed_proof import columns_of, pipeline_frame, program_matches, prove_typed, typed_proof_frame
 
 NUMBERS, TEXT = ["age", "income", "tenure"], ["plan", "country"]
 
@@ -205,3 +206,44 @@ def test_damaged_stored_bytes_are_value_errors(fitted: dict[str, Any]) -> None:
     for damaged in (data[: len(data) // 2], b"not a runtime"):
         with pytest.raises(ValueError):
             TableRuntime.from_bytes(damaged)
+
+
+@pytest.mark.parametrize("name", ["boosting_ordinal", "forest_ordinal", "forest_regressor_ordinal"])
+def test_large_calls_go_to_the_estimator_on_the_proven_matrix(name: str, fitted: dict[str, Any]) -> None:
+    """Past the tree form's most_rows, the pipeline's estimator answers on the program's matrix, which the proof
+    found equal to what the pipeline's own steps give; answers and refusals stay the pipeline's."""
+    pipeline = fitted[name]
+    compiled = compile_typed(pipeline, set(TEXT))
+    assert isinstance(compiled, TableRuntime), compiled
+    runtime = TableRuntime.from_bytes(compiled.to_bytes())
+    frame, _ = churn(900, seed=3)
+    frame.loc[5, "plan"] = "enterprise"  # unseen: the ordinal encoder's unknown_value
+    assert program_matches(pipeline, runtime, typed_proof_frame(frame.iloc[:50], TEXT), TEXT)
+    large = runtime.with_estimator(pipeline[-1])
+    assert large.most_rows is None and runtime.most_rows is not None
+    columns = columns_of(pipeline_frame(frame, TEXT), TEXT)
+    expected = pipeline.predict(frame)
+    assert np.array_equal(large.predict(columns), expected)
+    labels, proba = large.predict_both(columns)
+    assert np.array_equal(labels, expected)
+    if hasattr(pipeline, "predict_proba"):
+        assert np.array_equal(proba, pipeline.predict_proba(frame))
+    if "forest" in name:  # the forest's float32 cast refuses 1e308, in a large call as in the pipeline
+        frame.loc[700, "income"] = 1e308
+        with pytest.raises(ValueError):
+            pipeline.predict(frame)
+        with pytest.raises(OutsideDomain, match="row 700, column 'income'"):
+            large.predict(columns_of(pipeline_frame(frame, TEXT), TEXT))
+
+
+def test_a_program_that_differs_from_the_pipelines_steps_does_not_match(fitted: dict[str, Any]) -> None:
+    pipeline = fitted["boosting_ordinal"]
+    compiled = compile_typed(pipeline, set(TEXT))
+    assert isinstance(compiled, TableRuntime)
+    frame = typed_proof_frame(churn(50, seed=4)[0], TEXT)
+    assert program_matches(pipeline, compiled, frame, TEXT)
+    numbers, text = compiled.program.blocks
+    (impute,) = numbers.steps
+    skewed = Block(numbers.columns, numbers.kinds, (Impute(impute.fill + 1e-9),))
+    other = TableRuntime(TableProgram((skewed, text), compiled.program.inputs), compiled.inner, compiled.check)
+    assert not program_matches(pipeline, other, frame, TEXT)

@@ -72,4 +72,3 @@ def locate_refusal(pipeline: Any, rows: np.ndarray) -> OutsideDomain | None:
             except OutsideDomain as refusal:
                 return refusal
     return None
-

@@ -13,7 +13,8 @@ Every other step leaves the set to the pipeline, and the refusal says which step
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,12 @@ class Unsupported(ValueError):
     """A step or a setting the program cannot replay exactly; the message names it."""
 
 
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def _missing_text(values: np.ndarray) -> np.ndarray:
-    return np.fromiter((v is None or (isinstance(v, float) and v != v) for v in values), bool, len(values))
+    return np.fromiter(map(_is_missing, values), bool, len(values))
 
 
 @dataclass(frozen=True)
@@ -89,37 +94,49 @@ class Encode:
     ignore_unknown: bool
     unknown_value: float  # ordinal only
     missing_value: float  # ordinal only: what a missing value becomes when it is no category
+    # Per input column, each category's index by its text: built once, since a one-row call would spend more on
+    # building it than on everything else the block does.
+    lookups: tuple[dict[str, int], ...] = field(init=False, repr=False, compare=False)
 
-    def apply(self, block: np.ndarray, names: Sequence[str]) -> np.ndarray:
-        parts = [self._column(block[:, j], j, names[j]) for j in range(block.shape[1])]
-        return np.hstack(parts) if parts else np.empty((len(block), 0))
-
-    def _column(self, values: np.ndarray, j: int, name: str) -> np.ndarray:
-        at = self.missing_at[j]
-        lookup = {str(category): index for index, category in enumerate(self.categories[j]) if index != at}
-        missing = _missing_text(values)
-        codes = np.fromiter(
-            (_MISSING if gone else lookup.get(str(v), _UNKNOWN) for v, gone in zip(values, missing, strict=True)),
-            dtype=np.int64,
-            count=len(values),
+    def __post_init__(self) -> None:
+        lookups = tuple(
+            {str(category): index for index, category in enumerate(categories) if index != at}
+            for categories, at in zip(self.categories, self.missing_at, strict=True)
         )
-        if self.missing_at[j] < 0:  # missing was no category in training: scikit-learn calls it unknown
-            codes[codes == _MISSING] = _UNKNOWN
-        elif self.kind == "onehot":
-            codes[codes == _MISSING] = self.missing_at[j]
-        unknown = codes == _UNKNOWN
-        if unknown.any() and not self.ignore_unknown:
-            row = int(np.flatnonzero(unknown)[0])
+        object.__setattr__(self, "lookups", lookups)
+
+    def apply(self, block: np.ndarray | Sequence[Sequence[Any]], names: Sequence[str]) -> np.ndarray:
+        """The encoded matrix of a block: an object array, or one sequence of values per column."""
+        given: Sequence[Sequence[Any]] = (
+            [block[:, j].tolist() for j in range(block.shape[1])] if isinstance(block, np.ndarray) else block
+        )
+        parts = [self._column(values, j, names[j]) for j, values in enumerate(given)]
+        if len(parts) == 1:
+            return parts[0]
+        return np.hstack(parts) if parts else np.empty((0, 0))
+
+    def _column(self, values: Sequence[Any], j: int, name: str) -> np.ndarray:
+        # In Python, not numpy: a call's columns are short, and each numpy operation costs a microsecond.
+        lookup, at = self.lookups[j], self.missing_at[j]
+        # A missing value never seen in training is unknown to scikit-learn; one seen is its own category to a
+        # OneHotEncoder, and encoded_missing_value to an OrdinalEncoder.
+        if at < 0:
+            if_missing = _UNKNOWN
+        else:
+            if_missing = at if self.kind == "onehot" else _MISSING
+        codes = [
+            if_missing if _is_missing(v) else lookup.get(v if type(v) is str else str(v), _UNKNOWN) for v in values
+        ]
+        if not self.ignore_unknown and _UNKNOWN in codes:
+            row = codes.index(_UNKNOWN)
             raise OutsideDomain(row, name, values[row], f"category {values[row]!r} was not seen in training")
         if self.kind == "onehot":
-            out = np.zeros((len(values), len(self.categories[j])))
-            known = codes >= 0
-            out[np.flatnonzero(known), codes[known]] = 1.0
+            width = len(self.categories[j])
+            out = np.zeros((len(codes), width))
+            out.put([row * width + code for row, code in enumerate(codes) if code >= 0], 1.0)
             return out
-        out = codes.astype(np.float64)
-        out[unknown] = self.unknown_value
-        out[codes == _MISSING] = self.missing_value
-        return out.reshape(-1, 1)
+        meaning = {_UNKNOWN: self.unknown_value, _MISSING: self.missing_value}
+        return np.array([meaning.get(code, code) for code in codes], dtype=np.float64).reshape(-1, 1)
 
 
 _UNKNOWN = -1
@@ -143,6 +160,8 @@ class Block:
         return not any(isinstance(step, Encode) and step.kind == "onehot" for step in self.steps)
 
     def apply(self, columns: Columns, n_rows: int) -> np.ndarray:
+        if self._text_then_encoded:
+            return self._apply_to_text(columns)
         text = any(kind == TEXT_IN for kind in self.kinds)
         block = np.empty((n_rows, len(self.columns)), dtype=object if text else np.float64)
         for j, name in enumerate(self.columns):
@@ -156,6 +175,34 @@ class Block:
             block = step.apply(block)
         if block.dtype == object:
             block = _as_numbers(block, self.columns)
+        return block
+
+    @cached_property
+    def _text_then_encoded(self) -> bool:
+        """Text columns only, imputed then encoded: worked as Python lists until the encoder, since numpy gains
+        nothing on objects and costs a one-row call most of its time."""
+        first = next((i for i, step in enumerate(self.steps) if isinstance(step, Encode)), None)
+        return (
+            first is not None
+            and all(kind == TEXT_IN for kind in self.kinds)
+            and all(isinstance(step, Impute) for step in self.steps[:first])
+        )
+
+    def _apply_to_text(self, columns: Columns) -> np.ndarray:
+        values: list[Sequence[Any]] = [columns[name].tolist() for name in self.columns]
+        steps = iter(self.steps)
+        for step in steps:
+            if isinstance(step, Impute):
+                values = [
+                    [fill if _is_missing(v) else v for v in column]
+                    for column, fill in zip(values, step.fill, strict=True)
+                ]
+                continue
+            assert isinstance(step, Encode)  # the first step that is no Impute (_text_then_encoded)
+            block = step.apply(values, self.columns)
+            break
+        for step in steps:  # after the encoder, numbers
+            block = step.apply(block, self.columns) if isinstance(step, Encode) else step.apply(block)
         return block
 
 
@@ -287,5 +334,3 @@ def _encoder(kind: str, step: Any, ignore: bool, unknown: float, missing: float)
         categories.append(np.array([str(v) if i != at else "" for i, v in enumerate(values)], dtype=object))
         missing_at.append(at)
     return Encode(kind, tuple(categories), tuple(missing_at), ignore, unknown, missing)
-
-

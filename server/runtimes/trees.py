@@ -92,12 +92,20 @@ class TreeliteRuntime:
         given = x
         if self._standardization is not None:
             x = self._standardization.apply(x)
-        if self._family == FOREST:  # refused where scikit-learn's cast gives infinity, as it refuses there
-            with np.errstate(over="ignore"):
-                narrowed = x.astype(np.float32)
-            require_finite(narrowed, given, PAST_FLOAT32, allow_nan=True)  # scikit-learn's forests take NaN
+        narrowed = self.require_in_domain(x, given)
+        if narrowed is not None:
             x = narrowed.astype(np.float64)
         return self._predict(x).reshape(x.shape[0], -1)
+
+    def require_in_domain(self, x: np.ndarray, given: np.ndarray) -> np.ndarray | None:
+        """OutsideDomain for a row the estimator refuses: a forest where scikit-learn's float32 cast gives
+        infinity (NaN it takes); boosting takes every value. Returns a forest's float32 rows."""
+        if self._family != FOREST:
+            return None
+        with np.errstate(over="ignore"):
+            narrowed = x.astype(np.float32)
+        require_finite(narrowed, given, PAST_FLOAT32, allow_nan=True)
+        return narrowed
 
     def _answer(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         out = self._outputs(rows)

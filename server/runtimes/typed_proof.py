@@ -103,6 +103,27 @@ def prove_typed(
     return Proof(n, deviation, True)
 
 
+def program_matches(pipeline: Any, runtime: Any, frame: pd.DataFrame, text_columns: Sequence[str]) -> bool:
+    """Whether the form's program gives, on the rows of `frame` the pipeline answers, exactly the dense matrix the
+    pipeline's steps before its estimator give (NaN where they give NaN): then the estimator, given that matrix,
+    answers as the pipeline does, and may answer calls too large for the estimator's compiled form."""
+    import scipy.sparse
+
+    answered = frame.drop(index=_refused_rows(pipeline, frame)).reset_index(drop=True)
+    if answered.empty:
+        return False
+    try:
+        with np.errstate(all="ignore"):
+            expected = pipeline[:-1].transform(answered)
+            got = runtime.program.matrix(columns_of(answered, text_columns))
+    except Exception:  # a refusal of a row the pipeline answers: no match
+        return False
+    if scipy.sparse.issparse(expected):  # the estimator is given a sparse matrix inside the pipeline
+        return False
+    expected = np.asarray(expected)
+    return expected.dtype == got.dtype and expected.shape == got.shape and np.array_equal(expected, got, equal_nan=True)
+
+
 def _refused_rows(pipeline: Any, frame: pd.DataFrame) -> list[int]:
     """The rows the pipeline refuses alone: one call for all, then halves of a refused part, down to single rows."""
     refused: list[int] = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,8 @@ from server.errors import PredserveError
 from server.runtimes import Refusal, Runtime, compile_pipeline, load_runtime, proof_rows, prove
 from server.runtimes.fidelity import prove_against, prove_recording, split_reference, with_reference
 from server.runtimes.stored import UnstorableClasses
-from server.runtimes.typed import compile_typed
-from server.runtimes.typed_proof import prove_typed, typed_proof_frame
+from server.runtimes.typed import TableRuntime, compile_typed
+from server.runtimes.typed_proof import program_matches, prove_typed, typed_proof_frame
 from server.services.pipeline_inputs import frame_of_rows
 from server.storage.artifacts import ArtifactStore
 
@@ -162,11 +163,9 @@ class RuntimeBuilder:
             logger.warning("%s: the %s form failed its proof (%s); the pipeline answers", model_type, form.name, why)
             return None, dataclasses.replace(record, note=f"the {form.name} form failed its proof: {proof.reason}")
         file = self.artifacts.write_runtime(artifact, runtime.name, data, model_type)
-        return runtime, dataclasses.replace(record, file=file)
+        return _answering_large_calls(pipeline, runtime, frame, text), dataclasses.replace(record, file=file)
 
-    def _load_typed(
-        self, record: PredictionSetRecord, pipeline: Any, file: ArtifactInfo, name: str
-    ) -> tuple[Any, str]:
+    def _load_typed(self, record: PredictionSetRecord, pipeline: Any, file: ArtifactInfo, name: str) -> tuple[Any, str]:
         """A typed set's form, verified, and proven again on its self-check rows and their edges."""
         schema = record.schema
         try:
@@ -177,10 +176,11 @@ class RuntimeBuilder:
         if rows is None:
             return None, "compiled form not proven (no self-check rows): the pipeline answers"
         text = _text_columns(schema)
-        proof = prove_typed(pipeline, runtime, typed_proof_frame(rows, text), text, self.tolerance)
+        frame = typed_proof_frame(rows, text)
+        proof = prove_typed(pipeline, runtime, frame, text, self.tolerance)
         if not proof.passed:
             return None, f"compiled form fails its proof again ({proof.reason}): the pipeline answers"
-        return runtime, ""
+        return _answering_large_calls(pipeline, runtime, frame, text), ""
 
     def load(
         self, record: PredictionSetRecord, pipeline: Any, same_environment: bool = False
@@ -221,6 +221,15 @@ class RuntimeBuilder:
         if not proof.passed:
             return None, f"compiled form fails its proof again ({proof.reason}): the pipeline answers"
         return runtime, ""
+
+
+def _answering_large_calls(pipeline: Any, runtime: TableRuntime, frame: Any, text: Sequence[str]) -> Any:
+    """A typed tree form answers calls past its `most_rows` with the pipeline's estimator on the program's matrix,
+    where the program is proven to give the very matrix the pipeline's steps give; else such calls go to the
+    pipeline, a DataFrame each."""
+    if runtime.inner.most_rows is None or not program_matches(pipeline, runtime, frame, text):
+        return runtime
+    return runtime.with_estimator(pipeline[-1])
 
 
 def _inputs(self_check: SelfCheck | None) -> np.ndarray | None:

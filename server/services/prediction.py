@@ -330,9 +330,7 @@ def _compiled_answer(
     except Exception:  # whatever else a runtime raises, the pipeline still answers the call
         runtime_fallbacks.add()
         telemetry.runtime_failed(model.record.model_type)
-        logger.exception(
-            "the %s form of set %d raised; the pipeline answers this call", runtime.name, model.record.id
-        )
+        logger.exception("the %s form of set %d raised; the pipeline answers this call", runtime.name, model.record.id)
         return None
 
 

@@ -42,6 +42,8 @@ def check_feature_name(what: str, name: str) -> None:
             f"{what} {_shown(name, 0)} is too long: feature names are at most {MAX_FEATURE_NAME_CHARS} characters "
             "of printable text"
         )
+    if name.isprintable():  # the whole name at once: a Predict by name checks each column's
+        return
     unprintable = next((character for character in name if not character.isprintable()), None)
     if unprintable is not None:
         raise InvalidArgument(

@@ -324,13 +324,9 @@ def _check_file(relative_path: str, found: os.stat_result, size: int | None, lim
             "anyone could have replaced it"
         )
     if size is not None and found.st_size != size:
-        raise ArtifactRejected(
-            f"artifact {relative_path} has {found.st_size} bytes, the database recorded {size}"
-        )
+        raise ArtifactRejected(f"artifact {relative_path} has {found.st_size} bytes, the database recorded {size}")
     if limit is not None and found.st_size > limit:
-        raise ArtifactRejected(
-            f"artifact {relative_path} has {found.st_size} bytes, over the import limit of {limit}"
-        )
+        raise ArtifactRejected(f"artifact {relative_path} has {found.st_size} bytes, over the import limit of {limit}")
 
 
 def _read_exactly(fd: int, relative_path: str, size: int) -> bytes:

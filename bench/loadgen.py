@@ -55,14 +55,17 @@ def infer_request(model_name: str, rows: Any, outputs: Sequence[str] = ("predict
 
 def table_request(model_name: str, frame: Any, outputs: Sequence[str] = ("predict",)) -> pb.ModelInferRequest:
     """A DataFrame as MLServer's pandas codec takes it, and predserve too: the request's content_type "pd", one
-    input per column, shape [rows, 1], FP64 for numbers (NaN: missing) and BYTES for strings, all raw as
-    tritonclient sends them (a BYTES element is its 4-byte little-endian length, then its UTF-8 bytes)."""
+    input per column, shape [rows, 1], FP64 for numbers (NaN: missing) and BYTES for strings (content_type
+    "str"), all raw as tritonclient sends them (a BYTES element is its 4-byte little-endian length, then its
+    UTF-8 bytes)."""
     request = pb.ModelInferRequest(model_name=model_name)
     request.parameters["content_type"].string_param = "pd"
     for name in frame.columns:
         values = frame[name].to_numpy()
         if values.dtype == object:
-            request.inputs.add(name=name, datatype="BYTES", shape=[len(values), 1])
+            # content_type "str": MLServer's codec then gives the pipeline str, not bytes its encoders never saw.
+            tensor = request.inputs.add(name=name, datatype="BYTES", shape=[len(values), 1])
+            tensor.parameters["content_type"].string_param = "str"
             encoded = [str(value).encode() for value in values]
             request.raw_input_contents.append(b"".join(len(e).to_bytes(4, "little") + e for e in encoded))
         else:

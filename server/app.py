@@ -34,13 +34,21 @@ from server.api.tls import server_credentials
 from server.api.v2_servicer import InferenceServicer
 from server.config import ServerConfig, parse_config
 from server.domain import RuntimeChoice, VersionPolicy
+from server.errors import DatabaseUnreachable, Unavailable
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.observability.logs import configure_logging
 from server.observability.metrics import MetricsEndpoint
 from server.observability.telemetry import Telemetry
 from server.preflight import StartupCheckFailed, check_startup
 from server.publishing import MODEL_HEALTH_PREFIX as MODEL_HEALTH_PREFIX
-from server.publishing import SERVICE_NAME, V2_SERVICE_NAME, publish_health, publish_metrics
+from server.publishing import (
+    SERVICE_NAME,
+    V2_SERVICE_NAME,
+    publish_health,
+    publish_metrics,
+    publish_train_health,
+)
+from server.retrying import until_it_works
 from server.security import security_summary, security_warnings
 from server.services.admission import FitCores, WorkSlots
 from server.services.batching import MicroBatcher
@@ -101,7 +109,26 @@ def build_services(
     """
     telemetry = telemetry or Telemetry()
     # The one place that picks the backend: a postgresql:// URL, or the SQLite file.
-    database = open_database(config.database_url or config.db_path, config.busy_timeout_seconds, config.db_pool_size)
+    database = open_database(
+        config.database_url or config.db_path,
+        config.busy_timeout_seconds,
+        config.db_pool_size,
+        config.registry_timeout_seconds,
+    )
+    try:
+        return _services_on(database, config, artifacts, store, telemetry)
+    except BaseException:
+        database.close()  # a start-up that failed (and may be tried again) leaves no pool behind
+        raise
+
+
+def _services_on(
+    database: RegistryDatabase,
+    config: ServerConfig,
+    artifacts: ArtifactStore | None,
+    store: ModelStore | None,
+    telemetry: Telemetry,
+) -> Services:
     database.prepare(check_integrity=config.integrity_check)
     applied = MigrationRunner(database).apply(migrations_for(database, config.migrations_dir))
     logger.info(
@@ -270,7 +297,9 @@ def run(config: ServerConfig) -> int:
     store = ModelStore()
     telemetry = metrics.telemetry(store.knows) if metrics is not None else Telemetry()
     try:
-        services = build_services(config, store=store, telemetry=telemetry)
+        services = _services_once_the_database_answers(config, store, telemetry)
+        if services is None:  # stopped while waiting
+            return 0
         if config.workers > 1:
             # Pooled connections must not cross a fork; each worker opens its own on first use.
             services.database.close()
@@ -289,6 +318,40 @@ def run(config: ServerConfig) -> int:
     finally:
         if metrics is not None:
             metrics.close()
+
+
+def _services_once_the_database_answers(
+    config: ServerConfig, store: ModelStore, telemetry: Telemetry
+) -> Services | None:
+    """build_services, tried again while the registry database cannot be reached (a PostgreSQL down, frozen,
+    restarting or not provisioned yet), with a backoff from 0.1 s to 0.5 s (server/retrying.py); the port is
+    bound only after. A replica started during an outage thus waits, never exits: under Kubernetes its
+    startupProbe says how long it may (deploy/kubernetes/deployment.yaml). None if SIGTERM or SIGINT came first.
+    Any other failure (a bad migration, a lost registry) still stops start-up with one line."""
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def report(exc: BaseException, waited: float) -> None:
+        logger.warning(
+            "waiting for the registry database before listening (%.0fs so far): %s",
+            waited,
+            exc,
+            extra={"event": "database_wait", "waited_s": round(waited, 1)},
+        )
+
+    try:
+        services = until_it_works(
+            lambda: build_services(config, store=store, telemetry=telemetry),
+            (DatabaseUnreachable, Unavailable),
+            stop,
+            report,
+        )
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if services is None:
+        logger.info("stopped while waiting for the registry database", extra={"event": "stopped"})
+    return services
 
 
 def _start_metrics(
@@ -345,24 +408,28 @@ def serve(
     stop_requested = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop_requested.set())
-    # Before the port is bound, so no call meets the models as they were at the fork. If the database
-    # cannot be reached the port is bound all the same, NOT_SERVING, and the reloader keeps trying.
-    synced = services.reloader.sync_before_serving()
+    # Before the port is bound, so no call meets the models as they were at the fork, and no connection meets a
+    # process that cannot answer: with --workers the port is shared, and the kernel would hand a share of new
+    # connections to a worker that is NOT_SERVING. So a process that cannot sync waits, unbound, until it has.
+    synced = services.reloader.sync_until(stop_requested)
+    if not synced:
+        logger.info("stopped before it could sync with the database", extra={"event": "stopped"})
+        return 0
     publish_metrics(services.telemetry, services.store)
     server, bound_port, health_servicer = build_server(dataclasses.replace(config, port=port), services, share_port)
     services.reloader.start()
+    publish_train_health(health_servicer, config.models_dir, stop_requested)
     on_ready(bound_port)
     elapsed = "" if started is None else f", start-up {time.perf_counter() - started:.2f}s"
     logger.info(
-        "predserve %s on %s:%d (%d model type(s)%s, pid %d)",
-        "ready" if synced else "listening but NOT_SERVING until it syncs with the database",
+        "predserve ready on %s:%d (%d model type(s)%s, pid %d)",
         config.host,
         bound_port,
         len(services.store.slots()),
         elapsed,
         os.getpid(),
         extra={
-            "event": "ready" if synced else "listening_not_serving",
+            "event": "ready",
             "port": bound_port,
             "model_types": len(services.store.slots()),
             "duration_ms": None if started is None else round((time.perf_counter() - started) * 1000, 1),

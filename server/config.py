@@ -270,6 +270,15 @@ OPTIONS: tuple[Option, ...] = (
         " (their code runs at every load)",
     ),
     Option(
+        "registry_timeout_seconds",
+        "--registry-timeout",
+        "PREDSERVE_REGISTRY_TIMEOUT",
+        NUMBER,
+        "the longest a call that needs a PostgreSQL registry waits on one that does not answer (stopped, frozen, "
+        "partitioned) before it fails with UNAVAILABLE; Predict and health never wait on it",
+        POSITIVE_SECONDS,
+    ),
+    Option(
         "db_pool_size",
         "--db-pool-size",
         "PREDSERVE_DB_POOL_SIZE",

@@ -62,6 +62,18 @@ class StorageError(PredserveError):
     kind = ErrorKind.INTERNAL
 
 
+class ModelsDirectoryUnwritable(PredserveError):
+    """The models directory takes no file now (read-only, no permission, gone): this replica cannot train or
+    import until it does; it still serves what it loaded."""
+
+    kind = ErrorKind.UNAVAILABLE
+
+
+class DatabaseUnreachable(StorageError):
+    """The registry database did not answer a new connection: down, frozen, restarting, or not there yet.
+    At start-up the server waits for it rather than exiting (server/app.py)."""
+
+
 class ArtifactRejected(PredserveError):
     """An artifact that must not be loaded: missing, outside the store, or not the recorded bytes."""
 

@@ -150,6 +150,11 @@ class ModelStore:
         with self._lock:
             return list(self._pinned)
 
+    def evict_pinned(self, set_ids: Iterable[int]) -> list[int]:
+        """Drops sets from the cache of pinned sets (retention archived them); returns those that were there."""
+        with self._lock:
+            return [set_id for set_id in set_ids if self._pinned.pop(set_id, None) is not None]
+
 
 def _footprint(models: Iterable[LoadedModel]) -> int:
     return sum(m.record.artifact.size_bytes for m in models if m.record.artifact)

@@ -6,16 +6,27 @@ Predict answers with.
 
 from __future__ import annotations
 
+import logging
+import threading
+from pathlib import Path
+
 from grpc_health.v1 import health, health_pb2
 
 from protos import grpc_predict_v2_pb2, predserve_pb2
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.observability.telemetry import ServedSlot, Telemetry
+from server.storage.artifacts import unwritable_reason
+
+logger = logging.getLogger(__name__)
 
 SERVICE_NAME = predserve_pb2.DESCRIPTOR.services_by_name["Predserve"].full_name
 # The Open Inference Protocol (KServe V2) data plane, served on the same port.
 V2_SERVICE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 MODEL_HEALTH_PREFIX = "predserve.model."
+# SERVING while this process can write to its models directory, so can Train and import; NOT_SERVING while
+# it cannot (read-only, no permission, gone), checked every TRAIN_HEALTH_SECONDS. Predict is not affected.
+TRAIN_HEALTH_SERVICE = "predserve.train"
+TRAIN_HEALTH_SECONDS = 1.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -37,6 +48,30 @@ def publish_health(health_servicer: health.HealthServicer, store: ModelStore) ->
     store.add_listener(publish_model)
     store.add_sync_listener(publish_server)
     publish_server(store.not_synced_reason is None)
+
+
+def publish_train_health(
+    health_servicer: health.HealthServicer, models_dir: Path, stop: threading.Event
+) -> threading.Thread:
+    """Keeps TRAIN_HEALTH_SERVICE in line with whether the models directory takes files; logs each change."""
+
+    def watch() -> None:
+        previous: str | None = ""
+        while True:
+            reason = unwritable_reason(models_dir)
+            if reason != previous:
+                health_servicer.set(TRAIN_HEALTH_SERVICE, SERVING if reason is None else NOT_SERVING)
+                if reason is not None:
+                    logger.warning("this replica cannot train or import: its models directory %s", reason)
+                elif previous:
+                    logger.info("the models directory %s takes files again: Train and import work", models_dir)
+                previous = reason
+            if stop.wait(TRAIN_HEALTH_SECONDS):
+                return
+
+    thread = threading.Thread(target=watch, name="train-health", daemon=True)
+    thread.start()
+    return thread
 
 
 def publish_metrics(telemetry: Telemetry, store: ModelStore) -> None:

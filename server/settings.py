@@ -12,7 +12,7 @@ from pathlib import Path
 
 from server.domain import RuntimeChoice, VersionPolicy
 from server.observability.logs import LogFormat, LogLevel
-from server.storage.postgres import DEFAULT_POOL_SIZE
+from server.storage.postgres import DEFAULT_POOL_SIZE, DEFAULT_REGISTRY_TIMEOUT_SECONDS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS_DIR = PROJECT_ROOT / "db" / "migrations"
@@ -74,6 +74,7 @@ class ServerConfig:
     # Most pooled PostgreSQL connections one serving process holds; it holds one more to LISTEN. The default
     # lets 3 replicas of 2 workers use 30 of PostgreSQL's default 100 slots (README: Running several replicas).
     db_pool_size: int = DEFAULT_POOL_SIZE
+    registry_timeout_seconds: float = DEFAULT_REGISTRY_TIMEOUT_SECONDS
     # Which form answers Predict: a compiled one proven faithful to the pipeline, or the pipeline itself.
     runtime: RuntimeChoice = RuntimeChoice.AUTO
     # Largest difference of a probability or regression value a compiled form may show in its proof.

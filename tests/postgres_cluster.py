@@ -14,8 +14,10 @@ import pwd
 import random
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,9 +70,11 @@ class Databases:
 
 
 class PostgresCluster(Databases):
-    def __init__(self, bindir: Path, max_connections: int = 200) -> None:
+    def __init__(self, bindir: Path, max_connections: int = 200, durable: bool = False) -> None:
         self.bindir = bindir
         self.max_connections = max_connections
+        # Off by default, for speed: a crash (kill) may then lose commits a client was told of.
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="predserve-pg-"))
         self.data = self.root / "data"
         self.log_path = self.root / "postgres.log"
@@ -115,8 +119,8 @@ class PostgresCluster(Databases):
             self.port = random.randint(20000, 60000)
             settings = (
                 f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
-                "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
-                f"-c max_connections={self.max_connections}"
+                + ("" if self.durable else "-c fsync=off -c full_page_writes=off -c synchronous_commit=off ")
+                + f"-c max_connections={self.max_connections}"
             )
             started = self._pg_ctl_start(settings)
             if started.returncode == 0:
@@ -140,7 +144,47 @@ class PostgresCluster(Databases):
         if started.returncode != 0:
             raise RuntimeError(f"PostgreSQL did not start again:\n{self.log()}")
 
+    def freeze(self) -> None:
+        """SIGSTOP to the server and every process of it, as a frozen VM or a partition: sockets stay open, the
+        kernel keeps accepting connections, and nothing answers."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def kill(self) -> None:
+        """SIGKILL to the server and every process of it, as a crash; resume() starts it again."""
+        pids = self._processes()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Reparented to a process that may never reap it, the dead postmaster can stay a zombie whose pid
+        # PostgreSQL would take for a live server: its lock file goes, as an operator would remove it.
+        (self.data / "postmaster.pid").unlink(missing_ok=True)
+        for lock in self.root.glob(".s.PGSQL.*.lock"):
+            lock.unlink(missing_ok=True)
+
+    def thaw(self) -> None:
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
+
+    def _processes(self) -> list[int]:
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = [
+            int(entry.name)
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and _parent_of(entry) == postmaster
+        ]
+        return [postmaster, *children]
+
     def stop(self) -> None:
+        try:
+            self.thaw()  # a frozen server would not act on pg_ctl's signal
+        except (OSError, ValueError):  # not running
+            pass
         if self.port:
             self._run(["pg_ctl", "--pgdata", str(self.data), "--mode", "immediate", "stop"], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -156,6 +200,21 @@ class PostgresCluster(Databases):
         if check and completed.returncode != 0:
             raise RuntimeError(f"{command[0]} failed ({completed.returncode}):\n{completed.stdout}{completed.stderr}")
         return completed
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _parent_of(proc_entry: Path) -> int | None:
+    try:
+        return int((proc_entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):  # gone meanwhile
+        return None
 
 
 class ExistingCluster(Databases):

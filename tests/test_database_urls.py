@@ -17,7 +17,7 @@ from server.errors import StorageError
 from server.storage.databases import open_database
 from server.storage.postgres import PostgresChangeFeed, PostgresDatabase, _translate_postgres
 from server.storage.urls import DatabaseLocationError, postgres_url, redact_url, scrub
-from tests.support import PROJECT_ROOT
+from tests.support import PROJECT_ROOT, ServerProcess
 
 MARKER = "S3cretMarker"
 ERROR = "predserve-server: error: "
@@ -210,12 +210,77 @@ def test_the_server_refuses_a_bad_url_creating_nothing(
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg"])
 def test_an_unreachable_server_is_reported_without_the_password(tmp_path: Path, scheme: str) -> None:
-    result = run_server(tmp_path, f"{scheme}://u:{MARKER}@127.0.0.1:1/db")
-    assert result.returncode == 1
-    output = result.stdout + result.stderr
-    assert "cannot connect to the database postgresql://u@127.0.0.1:1/db" in output
+    """It waits for the database, never exits for it (issue 24, item 8), and says why without the password."""
+    replica = ServerProcess(tmp_path, db=f"{scheme}://u:{MARKER}@127.0.0.1:1/db").start(wait=False)
+    try:
+        replica.wait_for_log("cannot connect to the database postgresql://u@127.0.0.1:1/db", 60)
+    finally:
+        replica.stop(timeout=30)
+    output = replica.log()
+    assert "waiting for the registry database before listening" in output
     assert all(MARKER not in line for line in output.splitlines())
     for path in tmp_path.rglob("*"):
         assert MARKER not in path.name
         if path.is_file():
             assert MARKER.encode() not in path.read_bytes()
+
+
+# Issue 24, item 5: libpq's keyword form is a PostgreSQL connection string too, never a SQLite file.
+KEYWORDS = f"host=127.0.0.1 port=5432 user=u password={MARKER} dbname=d"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [KEYWORDS, f"  dbname=d host=db.example password='{MARKER} x' sslmode=require", f"dbname = d password = {MARKER}"],
+)
+def test_a_libpq_keyword_string_is_a_postgres_connection_string(given: str) -> None:
+    for config in (parse_config(["--db", given], env={}), parse_config([], env={"PREDSERVE_DB": given})):
+        assert (config.database_url, config.db_path) == (given, ServerConfig().db_path)
+    database = open_database(given)
+    assert isinstance(database, PostgresDatabase) and database.url == given
+    assert MARKER not in database.name and database.name.startswith("postgresql://")
+    password = psycopg.conninfo.conninfo_to_dict(given)["password"]
+    message = scrub(f"connection failed: {given!r}; password {password}", given)
+    assert MARKER not in message
+
+
+@pytest.mark.parametrize(
+    ("given", "line"),
+    [
+        (f"host=h passwrd={MARKER}", "the libpq keyword string (key=value ...) cannot be parsed"),
+        (f"host=h password='{MARKER}", "the libpq keyword string (key=value ...) cannot be parsed"),
+        (f"x={MARKER}.db", "the libpq keyword string (key=value ...) cannot be parsed"),
+        (f"host=h port=99999 password={MARKER}", "the libpq keyword string's port must be a number from 1 to 65535"),
+    ],
+)
+def test_a_bad_keyword_string_is_refused_without_any_of_it(
+    capsys: pytest.CaptureFixture[str], given: str, line: str
+) -> None:
+    for argv, env, source in [(["--db", given], {}, "--db"), ([], {"PREDSERVE_DB": given}, "PREDSERVE_DB")]:
+        shown = refusal(capsys, argv, env)
+        assert shown.startswith(f"{ERROR}{source}: {line}") and MARKER not in shown
+
+
+def test_an_unterminated_quote_still_gives_up_its_password() -> None:
+    given = f"host=h password='{MARKER} and more"
+    assert MARKER not in scrub(f"bad conninfo: {given[7:]}", given)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_server_serves_a_keyword_string_registry_and_never_shows_its_password(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    params = psycopg.conninfo.conninfo_to_dict(postgres_url)
+    password = str(params["password"])
+    keywords = " ".join(f"{key}={value}" for key, value in params.items())
+    process = ServerProcess(tmp_path, db=keywords).start()
+    try:
+        with process.client() as client:
+            assert client.health() == "SERVING"
+    finally:
+        process.stop()
+    log = process.log()
+    assert password not in log and f"database postgresql://predserve@127.0.0.1:{params['port']}/" in log
+    for root in (tmp_path, PROJECT_ROOT):  # no SQLite file named after the string
+        assert not [entry.name for entry in root.iterdir() if password in entry.name or "host=" in entry.name]

@@ -101,7 +101,7 @@ def test_migration_files_are_numbered_contiguously_from_one() -> None:
 
 def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
     db = tmp_path / "blank.db"
-    assert migrate(db) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert migrate(db) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
     assert [name for name, _ in schema(db)] == [
         "data_history",
         "data_segments",
@@ -134,6 +134,7 @@ def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
         (8, "add_ingest_batches"),
         (9, "add_ingest_batch_checksum"),
         (10, "add_schemas"),
+        (11, "refuse_late_commits"),
     ]
 
 
@@ -154,7 +155,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(tmp_path: Path) -> 
             "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets"
         ).fetchall()
 
-    assert migrate(db) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert migrate(db) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
 
     with sqlite3.connect(db) as conn:
         promotions = conn.execute("SELECT model_type, prediction_set_id, reason FROM promotions").fetchall()

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
@@ -41,7 +42,7 @@ def own_cluster() -> Iterator[Callable[..., PostgresCluster]]:
         pytest.skip(message)
     clusters: list[PostgresCluster] = []
 
-    def start(**settings: int) -> PostgresCluster:
+    def start(**settings: Any) -> PostgresCluster:
         cluster = PostgresCluster(bindir, **settings).start()
         clusters.append(cluster)
         return cluster

@@ -98,7 +98,7 @@ def test_the_backend_is_chosen_by_the_database_url() -> None:
 
 
 def test_blank_database_gets_the_exact_schema(database: PostgresDatabase, postgres_url: str) -> None:
-    assert migrate(database) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert migrate(database) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
     assert schema(postgres_url) == [
         ("data_history", "r"),
         ("data_history_pkey", "i"),
@@ -137,6 +137,7 @@ def test_blank_database_gets_the_exact_schema(database: PostgresDatabase, postgr
         (8, "add_ingest_batches"),
         (9, "add_ingest_batch_checksum"),
         (10, "add_schemas"),
+        (11, "refuse_late_commits"),
     ]
     before = schema(postgres_url)
     assert migrate(database) == []
@@ -168,7 +169,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(database: PostgresD
     sets_sql = "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets ORDER BY id"
     sets_before = query(postgres_url, sets_sql)
 
-    assert migrate(database) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert migrate(database) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
 
     assert query(postgres_url, "SELECT * FROM data_history ORDER BY id") == history_before
     assert query(postgres_url, sets_sql) == sets_before
@@ -252,7 +253,7 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
         thread.join(timeout=60)
     assert errors == []
     # Each migration applied exactly once, in order, whichever replica got to it first.
-    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
     assert all(versions == sorted(versions) for versions in applied)
     assert [MigrationRunner(d).applied_versions() for d in databases] == [{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}] * 4
     for database in databases:

@@ -76,8 +76,11 @@ class RecordingDatabase:
     def reading(self) -> Any:
         return self._recorded(self.database.reading)
 
-    def writing(self) -> Any:
-        return self._recorded(self.database.writing)
+    def writing(self, commit_by: float | None = None) -> Any:
+        return self._recorded(lambda: self.database.writing(commit_by))
+
+    def changing_sets(self, commit_by: float | None = None) -> Any:
+        return self._recorded(lambda: self.database.changing_sets(commit_by))
 
     def snapshot(self) -> Any:
         return self._recorded(self.database.snapshot)

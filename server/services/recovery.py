@@ -41,7 +41,18 @@ class ArtifactRecoveryService:
         return sorted(stored - self.sets.known_paths(stored))
 
     def recover(self) -> list[Recovery]:
-        return [self._recover(name) for name in self.orphans()]
+        unsettled = self.artifacts.unsettled()
+        return [
+            self._settle(name, unsettled[name]) if name in unsettled else self._recover(name) for name in self.orphans()
+        ]
+
+    def _settle(self, stored_name: str, files: list[str]) -> Recovery:
+        """A Train that failed at its commit left it: no one was told of a set, so none is made of it."""
+        self.artifacts.settle(stored_name, files, recorded=False)
+        logger.info("recover: deleted %s: its Train never committed", ", ".join(files))
+        return Recovery(
+            stored_name, model_type_of(stored_name), problem="left by a Train that never committed: deleted"
+        )
 
     def _recover(self, stored_name: str) -> Recovery:
         model_type = model_type_of(stored_name)

@@ -98,6 +98,9 @@ class SetRegistrar:
         self._loader = loader
         self._store = store
         self._runtimes = runtimes
+        # Whether unsettled files (a Train that could not learn if it committed) may be in the models directory:
+        # looked for once at start-up, then after each marking.
+        self._unsettled = True
         self._lock = threading.Lock()
 
     def register(
@@ -106,8 +109,10 @@ class SetRegistrar:
         description: SetDescription,
         policy: PromotionPolicy,
         still_wanted: Callable[[], bool] = lambda: True,
+        commit_by: float | None = None,
     ) -> Registration:
-        """Write, verify, record, promote by policy, swap; on any failure the written file is deleted."""
+        """Write, verify, record, promote by policy, swap; on any failure the written file is deleted. With
+        `commit_by` (time.monotonic()), the set is recorded only if its transaction commits before then."""
         artifact, data = self._write(candidate, description.model_type)
         recording = False
         companion: ArtifactInfo | None = None  # the compiled form's file, once written
@@ -127,7 +132,9 @@ class SetRegistrar:
                 new_set = NewPredictionSet.of(description, artifact, self._loader.environment, runtime_record)
                 decision = _Decision(policy, description)
                 recording = True
-                record = self._sets.insert(new_set, reason=_promotion_reason(description), promote_if=decision)
+                record = self._sets.insert(
+                    new_set, reason=_promotion_reason(description), promote_if=decision, commit_by=commit_by
+                )
                 promote, reason = decision.promote, decision.reason
                 failpoints.reach(failpoints.AFTER_COMMIT)
                 model = LoadedModel(record=record, pipeline=pipeline, load_seconds=0.0, runtime=runtime)
@@ -166,21 +173,38 @@ class SetRegistrar:
             self._store.put(model_type, model)
             return model
 
+    def settle_unrecorded(self) -> list[str]:
+        """Deletes the files of Trains that could not learn whether they committed, now that the database can
+        say that no row names them; keeps those it names. Looks at the models directory only while some may be
+        left (once at start, then after a marking). Returns the artifacts deleted."""
+        if not self._unsettled:
+            return []
+        deleted = []
+        for name, files in sorted(self._artifacts.unsettled().items()):
+            recorded = self._sets.records_artifact(name)
+            self._artifacts.settle(name, files, recorded)
+            if not recorded:
+                deleted.append(name)
+                logger.info("deleted %s: its Train never committed (no set names it)", ", ".join(files))
+        self._unsettled = False
+        return deleted
+
     def retire(self, records: Sequence[PredictionSetRecord]) -> list[PredictionSetRecord]:
-        """Deletes the artifacts of sets that are not current, and marks them archived; the rows stay.
-        A row whose path or signature the artifact store refuses is skipped, logged and left as it is:
-        it is never followed. Returns the sets retired."""
-        retired = []
-        for record in records:
+        """Marks sets that are not current archived (the rows stay), drops them from this process's cache of
+        pinned sets, then deletes their artifacts. Archived first: from that commit on, every replica answers a
+        pinned call for them alike (each drops them on the announcement, and the loader refuses archived rows),
+        whatever a deletion does next. A set promoted meanwhile is left whole. The caller checked each row's
+        paths (`ArtifactStore.locate`); a file refused now is logged and left. Returns the sets retired."""
+        archived = self._sets.archive([record.id for record in records])
+        self._store.evict_pinned(archived)
+        retired = [record for record in records if record.id in archived]
+        for record in retired:
             compiled = record.runtime.file if record.runtime is not None else None
             try:
                 for file in filter(None, (record.artifact, compiled)):
                     self._artifacts.discard_recorded(file, record.model_type)
             except ArtifactRejected as exc:
                 log_refused_collection(record, exc)
-                continue
-            retired.append(record)
-        self._sets.archive([record.id for record in retired])
         return retired
 
     def scratch_copy(self, data: bytes) -> AbstractContextManager[Path]:
@@ -195,15 +219,21 @@ class SetRegistrar:
     def _discard_unrecorded(self, artifact: ArtifactInfo, companion: ArtifactInfo | None, ask_database: bool) -> None:
         """Deletes a file this registration wrote and no row names. Once the insert was attempted only
         the database knows whether it committed (a connection can drop during COMMIT): if it cannot
-        say, the file stays, and start-up reports it as an orphan."""
+        say, the files are marked unsettled, and deleted by `settle_unrecorded` once it can and no row
+        names them; `recover` never makes a set of them."""
         if ask_database:
             try:
                 if self._sets.records_artifact(artifact.relative_path):
                     return
             except PredserveError as exc:
                 logger.warning(
-                    "keeping artifact %s: cannot tell whether it was recorded (%s)", artifact.relative_path, exc
+                    "artifact %s: cannot tell whether it was recorded (%s); it is deleted once the database "
+                    "answers that no set names it",
+                    artifact.relative_path,
+                    exc,
                 )
+                self._artifacts.mark_unsettled([file for file in (artifact, companion) if file is not None])
+                self._unsettled = True
                 return
         for written in filter(None, (artifact, companion)):
             try:

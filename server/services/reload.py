@@ -20,6 +20,7 @@ import threading
 from server.errors import ArtifactMissing, PredserveError
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.observability.telemetry import Telemetry
+from server.retrying import until_it_works
 from server.services.registration import SetRegistrar
 from server.storage.repositories import PredictionSetRepository
 
@@ -62,7 +63,7 @@ class LiveReloader:
         try:
             self.sync_once()
         except Exception as exc:  # unreachable, busy or broken: anything but agreement keeps calls refused
-            reason = str(exc) if isinstance(exc, PredserveError) else f"{type(exc).__name__} (see the server log)"
+            reason = _reason(exc)
             self.store.mark_not_synced(reason)
             logger.log(
                 logging.WARNING if isinstance(exc, PredserveError) else logging.ERROR,
@@ -72,6 +73,29 @@ class LiveReloader:
             )
             return False
         return True
+
+    def sync_until(self, stop: threading.Event) -> bool:
+        """sync_once, tried again with a backoff (server/retrying.py) until it succeeds (True) or `stop` is set
+        (False); the store is marked not synced, with the reason, meanwhile, and the reason logged."""
+
+        def attempt() -> bool:
+            self.store.mark_not_synced("not yet compared with the database")
+            try:
+                self.sync_once()
+            except Exception as exc:  # unreachable, busy or broken: anything but agreement keeps it unbound
+                self.store.mark_not_synced(_reason(exc))
+                raise
+            return True
+
+        def report(exc: BaseException, waited: float) -> None:
+            logger.warning(
+                "not listening until this process has synced with the database (%.0fs so far): %s",
+                waited,
+                _reason(exc),
+                exc_info=not isinstance(exc, PredserveError),
+            )
+
+        return until_it_works(attempt, (Exception,), stop, report) is not None
 
     def start(self) -> None:
         if self.interval <= 0 and self.store.not_synced_reason is None:
@@ -152,8 +176,20 @@ class LiveReloader:
             )
             self.telemetry.reloaded(model_type)
             changed.append(model_type)
+        self._evict_archived_pins()
+        self.registrar.settle_unrecorded()
         self.store.mark_synced()
         return changed
+
+    def _evict_archived_pins(self) -> None:
+        """Pinned sets that retention archived (on any replica) leave the cache before they are asked again."""
+        evicted = self.store.evict_pinned(self.sets.archived_among(self.store.pinned_ids()))
+        if evicted:
+            logger.info("live reload: dropped archived pinned set(s) %s from the cache", evicted)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, PredserveError) else f"{type(exc).__name__} (see the server log)"
 
 
 def _served_set(slot: LoadedModel | UnavailableModel | None) -> int | None:

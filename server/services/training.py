@@ -53,6 +53,9 @@ MIN_TRAINING_ROWS = 10
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_SEED = 42
 SELF_CHECK_ROWS = 5
+# What a Train leaves between its commit and its caller's deadline, for the answer to get back: a set committed
+# later could reach a caller who already has DEADLINE_EXCEEDED, and who would train again.
+COMMIT_MARGIN_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,11 @@ class TrainDeadline:
     def check(self, stage: str) -> None:
         if time.monotonic() > self.expires_at:
             raise ResourceExhausted(f"Train ran past {self.description} {stage}; nothing was recorded")
+
+    @property
+    def commit_by(self) -> float:
+        """When the set's transaction must have committed: early enough for the answer to reach the caller."""
+        return self.expires_at - COMMIT_MARGIN_SECONDS
 
 
 @dataclass(frozen=True)
@@ -182,7 +190,8 @@ class ModelTrainingService:
                 if data.schema is not None
                 else ProofEvidence.of(np.asarray(split.x_test), np.asarray(split.x_train))
             )
-            return self._register(command, FittedPipeline(pipeline, evidence), description)
+            commit_by = deadline.commit_by if deadline is not None else None
+            return self._register(command, FittedPipeline(pipeline, evidence), description, commit_by)
 
     def _fit(
         self, recipe: Recipe, params: dict[str, Any], seed: int, split: _Split, data: _TrainingData
@@ -200,9 +209,13 @@ class ModelTrainingService:
             raise FailedPrecondition(f"algorithm {recipe.name} cannot fit dataset {dataset}: {exc}") from exc
         return pipeline, time.perf_counter() - started
 
-    def _register(self, command: TrainCommand, fitted: FittedPipeline, description: SetDescription) -> TrainOutcome:
+    def _register(
+        self, command: TrainCommand, fitted: FittedPipeline, description: SetDescription, commit_by: float | None
+    ) -> TrainOutcome:
         started = time.perf_counter()
-        registration = self.registrar.register(fitted, description, command.promotion, command.still_wanted)
+        registration = self.registrar.register(
+            fitted, description, command.promotion, command.still_wanted, commit_by=commit_by
+        )
         persist_seconds = time.perf_counter() - started
         record = registration.model.record
         logger.info(

@@ -28,7 +28,7 @@ import socket
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,14 @@ import joblib
 
 from server import failpoints
 from server.domain import ArtifactInfo
-from server.errors import ArtifactMissing, ArtifactRejected, ResourceExhausted, StorageError
+from server.errors import (
+    ArtifactMissing,
+    ArtifactRejected,
+    ModelsDirectoryUnwritable,
+    PredserveError,
+    ResourceExhausted,
+    StorageError,
+)
 from server.storage.permissions import warn_if_others_can_write
 from server.storage.safe_pickle import load_restricted
 
@@ -46,6 +53,9 @@ TEMP_PREFIX = ".tmp-"
 SUFFIX = ".joblib"
 # A compiled form's file (server/runtimes/), named after its artifact.
 RUNTIME_SUFFIX = ".runtime"
+# Beside an artifact whose Train could not learn whether its commit happened (the database went away during
+# it): the names of the Train's files, deleted once the database says no row names them (issue 24).
+UNSETTLED_SUFFIX = ".unsettled"
 # Imports' temporary copies (up to the import limit, 1 GiB by default): inside the store, so that a crash leaves them
 # where start-up sweeps, never in the system temp dir. Named like the writes' temporary files, minus the prefix.
 SCRATCH_DIR = ".tmp"
@@ -87,7 +97,7 @@ class ArtifactStore:
         try:
             scratch.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise _storage_error(exc, "create the directory of temporary copies") from exc
+            raise _storage_error(exc, "create the directory of temporary copies", self.root) from exc
         if not _is_real_directory(scratch):
             raise StorageError(f"{scratch} is not a directory predserve made (a symlink?); refusing to write there")
         path = self.resolve(f"{SCRATCH_DIR}/{_owner()}~{uuid.uuid4().hex}{SUFFIX}")
@@ -95,7 +105,7 @@ class ArtifactStore:
             try:
                 self._write_durably(path, data, sync=False)  # read once by the probe, never kept: no fsync
             except OSError as exc:
-                raise _storage_error(exc, "write the temporary copy of the artifact") from exc
+                raise _storage_error(exc, "write the temporary copy of the artifact", self.root) from exc
             yield path
         finally:
             path.unlink(missing_ok=True)
@@ -126,10 +136,10 @@ class ArtifactStore:
             os.replace(temp, final)
             _fsync_directory(self.root)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
-            raise _storage_error(exc, "write the model artifact") from exc
+            _remove_quietly(temp)
+            raise _storage_error(exc, "write the model artifact", self.root) from exc
         except BaseException:
-            temp.unlink(missing_ok=True)
+            _remove_quietly(temp)
             raise
         failpoints.reach(failpoints.AFTER_RENAME)
         info = ArtifactInfo(name, hashlib.sha256(data).hexdigest(), len(data))
@@ -223,6 +233,32 @@ class ArtifactStore:
             raise ArtifactRejected(f"artifact path {relative_path!r} leads outside the models directory")
         return root / candidate
 
+    def mark_unsettled(self, files: Sequence[ArtifactInfo]) -> None:
+        """Notes, durably, that these files of one Train wait for the database to say whether a row names them."""
+        marker = self.resolve(files[0].relative_path + UNSETTLED_SUFFIX)
+        with contextlib.suppress(FileExistsError):
+            self._write_durably(marker, json.dumps([file.relative_path for file in files]).encode())
+
+    def unsettled(self) -> dict[str, list[str]]:
+        """Each artifact marked unsettled, with the names of its Train's files (itself first)."""
+        found = {}
+        for marker in self.root.glob(f"*{SUFFIX}{UNSETTLED_SUFFIX}"):
+            name = marker.name.removesuffix(UNSETTLED_SUFFIX)
+            try:
+                files = [str(file) for file in json.loads(marker.read_text())]
+            except (OSError, ValueError):  # torn or unreadable: at least the artifact itself
+                files = [name]
+            found[name] = files
+        return found
+
+    def settle(self, artifact_name: str, files: Sequence[str], recorded: bool) -> None:
+        """A Train's files once the database has answered: kept with their set when a row names the artifact,
+        else deleted; the marker goes either way."""
+        if not recorded:
+            for file in files:
+                self.discard(file)
+        self.discard(artifact_name + UNSETTLED_SUFFIX)
+
     def stored_names(self) -> set[str]:
         """The artifacts' names; not recursive, so the temporary copies in SCRATCH_DIR are never among them."""
         return {p.name for p in self.root.glob(f"*{SUFFIX}") if not p.name.startswith(TEMP_PREFIX)}
@@ -253,10 +289,45 @@ def _is_real_directory(path: Path) -> bool:
         return False
 
 
-def _storage_error(exc: OSError, what: str) -> StorageError | ResourceExhausted:
+# A models directory that cannot take a file now, though nothing is wrong with the file: remounted read-only,
+# permissions taken away, the directory (or its mount) gone. Another replica, or this one later, can train.
+_UNWRITABLE_ERRORS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.ESTALE}
+
+
+def _remove_quietly(path: Path) -> None:
+    """Removes a file of a failed write, if it can: on a read-only file system it cannot, nor need it."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def _storage_error(exc: OSError, what: str, root: Path | None = None) -> PredserveError:
     if exc.errno in _SPACE_ERRORS:
         return ResourceExhausted(f"no space left to {what} ({exc.strerror})")
+    if root is not None and exc.errno in _UNWRITABLE_ERRORS:
+        return ModelsDirectoryUnwritable(
+            f"this replica cannot {what}: its models directory {root} {_why_unwritable(exc)} ({exc.strerror})"
+        )
     return StorageError(f"could not {what}: {exc.strerror or exc}")
+
+
+def _why_unwritable(exc: OSError) -> str:
+    if exc.errno == errno.EROFS:
+        return "is on a read-only file system"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "does not let this process write"
+    return "is gone"
+
+
+def unwritable_reason(root: Path) -> str | None:
+    """Why nothing can be written in the models directory now, or None: what health says before a Train."""
+    try:
+        if os.statvfs(root).f_flag & os.ST_RDONLY:
+            return f"{root} is on a read-only file system"
+    except OSError as exc:
+        return f"{root} is gone ({exc.strerror})"
+    if not os.access(root, os.W_OK | os.X_OK):
+        return f"{root} does not let this process write"
+    return None
 
 
 def _abandoned(temp: Path, prefix: str) -> bool:

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from server.storage.postgres import DEFAULT_POOL_SIZE, PostgresDatabase
+from server.storage.postgres import DEFAULT_POOL_SIZE, DEFAULT_REGISTRY_TIMEOUT_SECONDS, PostgresDatabase
 from server.storage.sqlite import SqliteDatabase
 from server.storage.urls import postgres_url
 
@@ -62,7 +62,16 @@ class RegistryDatabase(Protocol):
         """Several reads that see one committed state."""
         ...
 
-    def writing(self) -> AbstractContextManager[Connection]: ...
+    def writing(self, commit_by: float | None = None) -> AbstractContextManager[Connection]:
+        """One transaction; with `commit_by` (time.monotonic()), committed only before then, else rolled back
+        with Cancelled."""
+        ...
+
+    def changing_sets(self, commit_by: float | None = None) -> AbstractContextManager[Connection]:
+        """A transaction that records, promotes or archives prediction sets: `writing`, committed by `commit_by`
+        and, on a registry a frozen server can hold (PostgreSQL), within --registry-timeout of its start, so that
+        a change whose caller was told it failed never takes effect later."""
+        ...
 
     def migrating(self) -> AbstractContextManager[Connection]: ...
 
@@ -80,11 +89,14 @@ class RegistryDatabase(Protocol):
 
 
 def open_database(
-    location: str | Path, busy_timeout_seconds: float = 5.0, pool_size: int = DEFAULT_POOL_SIZE
+    location: str | Path,
+    busy_timeout_seconds: float = 5.0,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    registry_timeout_seconds: float = DEFAULT_REGISTRY_TIMEOUT_SECONDS,
 ) -> SqliteDatabase | PostgresDatabase:
     """The registry a --db value names: a PostgreSQL URL, or else the path of a SQLite file. Any other URL
     raises DatabaseLocationError (parse_config refuses it first): it must never become a file."""
     url = postgres_url(location) if isinstance(location, str) else None
     if url is not None:
-        return PostgresDatabase(url, busy_timeout_seconds, pool_size)  # pool_size: --db-pool-size
+        return PostgresDatabase(url, busy_timeout_seconds, pool_size, registry_timeout_seconds)
     return SqliteDatabase(Path(location), busy_timeout_seconds)

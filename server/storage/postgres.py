@@ -16,14 +16,15 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from server.errors import ResourceExhausted, StorageError, Unavailable
+from server.errors import Cancelled, DatabaseUnreachable, ResourceExhausted, StorageError, Unavailable
+from server.storage.postgres_liveness import CallGuard, answers, probe_target
 from server.storage.urls import redact_url, scrub
 
 if TYPE_CHECKING:
@@ -42,6 +43,14 @@ DEFAULT_POOL_SIZE = 4
 # How long a new connection may take (libpq's least is 2 s): a stopped server refuses at once, so only a
 # silent host makes a call wait this long before UNAVAILABLE.
 CONNECT_TIMEOUT_SECONDS = 2
+# The longest a registry call waits on a PostgreSQL that does not answer (--registry-timeout): frozen, stopped
+# with SIGSTOP, partitioned. See postgres_liveness.py for how it is kept.
+DEFAULT_REGISTRY_TIMEOUT_SECONDS = 2.0
+# What a live but slow server may spend on one statement: a frozen one is bounded by the registry timeout.
+STATEMENT_TIMEOUT_SECONDS = 60
+# Kernel-level checks of an idle pooled connection, so that one whose peer vanished is found before it is used;
+# and how long sent data may stay unacknowledged (a partition) before the kernel gives up on the connection.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2}
 # While its connection is down, how often the change feed tries to LISTEN again.
 FEED_RECONNECT_SECONDS = 0.25
 # SQLSTATE 53300 (too_many_connections), which libpq's connection errors report only in their text.
@@ -58,10 +67,17 @@ class PostgresDatabase:
     timestamp_type = "TIMESTAMPTZ"
     migrations_subdir = "postgresql"
 
-    def __init__(self, url: str, busy_timeout_seconds: float = 5.0, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+    def __init__(
+        self,
+        url: str,
+        busy_timeout_seconds: float = 5.0,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        registry_timeout_seconds: float = DEFAULT_REGISTRY_TIMEOUT_SECONDS,
+    ) -> None:
         self.url = url
         self.busy_timeout_seconds = busy_timeout_seconds
         self.pool_size = pool_size
+        self.registry_timeout_seconds = registry_timeout_seconds
         # None until the first call, and again from the moment a connection is found dead until one succeeds.
         self._pool: ConnectionPool | None = None
         self._unreachable = False  # so that an outage is logged once, and its end once
@@ -84,7 +100,7 @@ class PostgresDatabase:
             if _no_free_slot(exc):
                 raise StorageError(self._no_slot_message()) from exc
             message = scrub(_first_line(exc), self.url)
-            raise StorageError(f"cannot connect to the database {self.name}: {message}") from exc
+            raise DatabaseUnreachable(f"cannot connect to the database {self.name}: {message}") from exc
 
     def _no_slot_message(self) -> str:
         return (
@@ -129,19 +145,34 @@ class PostgresDatabase:
                         "autocommit": True,
                         "application_name": "predserve",
                         "row_factory": _row_factory,
-                        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                        **self._connect_options(),
                     },
                     configure=self._configure,
-                    timeout=self.busy_timeout_seconds,
+                    # Waiting for a free connection is bounded like any other wait on the registry.
+                    timeout=min(self.busy_timeout_seconds, self.registry_timeout_seconds),
                     name="predserve",
                     open=True,
                 )
                 self._pool_pid = os.getpid()
             return self._pool
 
+    def _connect_options(self) -> dict[str, Any]:
+        return {
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "tcp_user_timeout": int(self.registry_timeout_seconds * 1000),
+            **KEEPALIVES,
+        }
+
     def _prove_reachable(self) -> None:
+        # First the quick question every PostgreSQL answers before authentication: a frozen server is found in a
+        # fraction of the registry timeout, where libpq's connect_timeout cannot be under 2 s.
+        target = probe_target(self.url)
+        if target is not None and not answers(*target, self.registry_timeout_seconds / 4):
+            raise self._unreachable_error(
+                psycopg.OperationalError(f"no answer within {self.registry_timeout_seconds / 4:g}s")
+            )
         try:
-            with psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_SECONDS, application_name="predserve"):
+            with psycopg.connect(self.url, application_name="predserve", **self._connect_options()):
                 pass
         except psycopg.Error as exc:
             raise self._unreachable_error(exc) from exc
@@ -168,8 +199,8 @@ class PostgresDatabase:
         # Closing waits for the pool's threads, which may be in a connect: never in the caller's time.
         threading.Thread(target=pool.close, name="predserve-pool-close", daemon=True).start()
 
-    def _checkout(self) -> tuple[ConnectionPool, psycopg.Connection[Any]]:
-        """A working connection, or UNAVAILABLE at once when the database cannot be reached."""
+    def _checkout(self, deadline: float | None) -> tuple[ConnectionPool, psycopg.Connection[Any], CallGuard]:
+        """A working connection with its guard on, or UNAVAILABLE at once when the database cannot be reached."""
         failure: Exception = PoolClosed("the pool was closed")
         for _ in range(2):  # a dead pool is dropped once, then a new one tried
             pool = self._connections()
@@ -188,33 +219,48 @@ class PostgresDatabase:
                     f"the registry database {self.name} is busy: no free connection among this process's "
                     f"{self.pool_size} (--db-pool-size) after {self.busy_timeout_seconds:g}s"
                 ) from exc
+            guard = CallGuard(conn, self.registry_timeout_seconds, deadline).__enter__()
             try:
                 # One round trip (an empty query): a connection the server closed while it sat idle fails
-                # here, before any statement of the caller ran on it.
+                # here, before any statement of the caller ran on it; one to a frozen server is cut.
                 conn.execute("")
             except psycopg.Error as exc:
-                failure = exc
+                guard.__exit__()
+                failure = self._cut_error(guard, exc)
                 self._drop(pool, exc)
                 pool.putconn(conn)
+                if guard.cut_reason is not None:
+                    raise failure from exc  # frozen: another connection would only wait as long
                 continue
-            return pool, conn
+            return pool, conn, guard
         raise self._unreachable_error(failure) from failure
 
+    def _cut_error(self, guard: CallGuard, exc: Exception) -> Exception:
+        if guard.cut_reason is None:
+            return exc
+        return Unavailable(f"the registry database {self.name} cannot be reached: {guard.cut_reason}")
+
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        pool, conn = self._checkout()
+    def _connection(self, deadline: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection for one call, watched by a CallGuard (postgres_liveness.py) until it is put back."""
+        pool, conn, guard = self._checkout(deadline)
         try:
             yield conn
         except psycopg.OperationalError as exc:
             if conn.broken or conn.closed:
                 self._drop(pool, exc)
+            cut = self._cut_error(guard, exc)
+            if cut is not exc:
+                raise cut from exc
             raise
         finally:
+            guard.__exit__()
             pool.putconn(conn)
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         # SQLite's busy timeout, here: a write waiting longer than this for a lock fails as UNAVAILABLE.
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(self.busy_timeout_seconds * 1000)}ms",))
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{STATEMENT_TIMEOUT_SECONDS}s",))
 
     @contextmanager
     def reading(self) -> Iterator[PostgresConnection]:
@@ -235,13 +281,29 @@ class PostgresDatabase:
             raise _translate_postgres(exc, self.url, self.name) from exc
 
     @contextmanager
-    def writing(self) -> Iterator[PostgresConnection]:
-        """One transaction; PostgreSQL locks rows as they are written, and lock_model_type serialises promotions."""
+    def writing(self, commit_by: float | None = None) -> Iterator[PostgresConnection]:
+        """One transaction; PostgreSQL locks rows as they are written, and lock_model_type serialises promotions.
+
+        With `commit_by` (time.monotonic()), the transaction commits only before then: each statement and lock
+        wait is bounded by the time left, the connection is cut when it passes, and PostgreSQL itself refuses
+        the COMMIT once its clock is past it (migration 0011's deferred trigger on prediction_sets), so that a
+        server frozen during the commit and resumed later records nothing for a caller who was told it failed.
+        """
         try:
-            with self._connection() as conn, conn.transaction():
+            with self._connection(commit_by) as conn, conn.transaction():
+                if commit_by is not None:
+                    _bound_by(conn, commit_by)
                 yield PostgresConnection(conn)
+        except psycopg.errors.RaiseException as exc:
+            if LATE_COMMIT not in str(exc):
+                raise
+            raise Cancelled("the caller's deadline passed before PostgreSQL committed; nothing was recorded") from exc
         except psycopg.OperationalError as exc:
             raise _translate_postgres(exc, self.url, self.name) from exc
+
+    def changing_sets(self, commit_by: float | None = None) -> AbstractContextManager[PostgresConnection]:
+        bound = time.monotonic() + self.registry_timeout_seconds
+        return self.writing(bound if commit_by is None else min(commit_by, bound))
 
     @contextmanager
     def migrating(self) -> Iterator[PostgresConnection]:
@@ -279,6 +341,23 @@ class PostgresDatabase:
 
     def change_feed(self) -> PostgresChangeFeed:
         return PostgresChangeFeed(self.url)
+
+
+# The deferred trigger's message (db/migrations/postgresql/0011_refuse_late_commits.sql).
+LATE_COMMIT = "commit refused: the caller's deadline has passed"
+
+
+def _bound_by(conn: psycopg.Connection[Any], commit_by: float) -> None:
+    """Statements and lock waits bounded by the time left, and the wall-clock time PostgreSQL must not commit
+    after (this host's clock: replicas and the database keep time with NTP, far closer than the margin Train
+    leaves before the caller's own deadline)."""
+    left_ms = max(1, int((commit_by - time.monotonic()) * 1000))
+    wall = dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=left_ms)
+    conn.execute(
+        "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
+        "set_config('predserve.commit_by', %s, true)",
+        (f"{left_ms}ms", f"{left_ms}ms", wall.isoformat()),
+    )
 
 
 class PostgresConnection:

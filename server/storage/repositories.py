@@ -53,6 +53,7 @@ class PredictionSetRepository:
         make_current: bool = False,
         reason: str = "train",
         promote_if: Callable[[PredictionSetRecord | None], bool] | None = None,
+        commit_by: float | None = None,
     ) -> PredictionSetRecord:
         """Records a prediction set and returns it as stored; if asked, it becomes the only current one
         of its type in the same transaction, and the promotion log gives `reason`.
@@ -60,8 +61,9 @@ class PredictionSetRepository:
         `promote_if` decides instead of `make_current`, from the current set as read inside this very
         transaction, under the model type's lock: no other writer can change it between the comparison
         and the switch, so a set that is told it was promoted really is current when this commits.
+        With `commit_by` (time.monotonic()), nothing is recorded unless the commit happens before then.
         """
-        with self.database.writing() as conn:
+        with self.database.changing_sets(commit_by) as conn:
             if promote_if is not None:
                 self.database.lock_model_type(conn, new.model_type)
                 make_current = promote_if(self._current(conn, new.model_type))
@@ -85,7 +87,7 @@ class PredictionSetRepository:
 
     def promote(self, set_id: int, reason: str) -> None:
         """Makes an existing set the only current one of its model type and logs the promotion."""
-        with self.database.writing() as conn:
+        with self.database.changing_sets() as conn:
             row = conn.execute("SELECT model_type FROM prediction_sets WHERE id = ?", (set_id,)).fetchone()
             if row is None:
                 raise StorageError(f"prediction set {set_id} vanished before its promotion")
@@ -133,13 +135,34 @@ class PredictionSetRepository:
             rows = conn.execute("SELECT model_type, id FROM prediction_sets WHERE is_current").fetchall()
         return {row[0]: int(row[1]) for row in rows}
 
-    def archive(self, set_ids: Sequence[int]) -> None:
-        """Marks sets whose artifacts retention deleted; the rows stay as history."""
-        with self.database.writing() as conn:
-            conn.executemany(
-                f"UPDATE prediction_sets SET archived_at = {self.database.now_sql} WHERE id = ? AND NOT is_current",
-                [(set_id,) for set_id in set_ids],
-            )
+    def archive(self, set_ids: Sequence[int]) -> set[int]:
+        """Marks sets retention removes (their artifacts are deleted next), unless one became current meanwhile;
+        the rows stay as history. Returns the sets archived now. Announced per model type, so that every replica
+        drops them from its cache of pinned sets at once."""
+        if not set_ids:
+            return set()
+        marks = ", ".join("?" for _ in set_ids)
+        with self.database.changing_sets() as conn:
+            rows = conn.execute(
+                f"""UPDATE prediction_sets SET archived_at = {self.database.now_sql}
+                    WHERE id IN ({marks}) AND NOT is_current AND archived_at IS NULL
+                    RETURNING id, model_type""",
+                tuple(set_ids),
+            ).fetchall()
+            for model_type in sorted({str(row[1]) for row in rows}):
+                self.database.announce_change(conn, model_type)
+        return {int(row[0]) for row in rows}
+
+    def archived_among(self, set_ids: Sequence[int]) -> set[int]:
+        """Those of the sets that are archived, or no longer recorded at all: one index read each."""
+        if not set_ids:
+            return set()
+        marks = ", ".join("?" for _ in set_ids)
+        with self.database.reading() as conn:
+            rows = conn.execute(
+                f"SELECT id FROM prediction_sets WHERE id IN ({marks}) AND archived_at IS NULL", tuple(set_ids)
+            ).fetchall()
+        return set(set_ids) - {int(row[0]) for row in rows}
 
     def current_sets(self) -> list[PredictionSetRecord]:
         with self.database.reading() as conn:

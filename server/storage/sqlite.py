@@ -11,12 +11,13 @@ import datetime as dt
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from server.errors import DataLoss, ResourceExhausted, StorageError, Unavailable
+from server.errors import Cancelled, DataLoss, ResourceExhausted, StorageError, Unavailable
 from server.storage.permissions import warn_if_others_can_write
 
 logger = logging.getLogger(__name__)
@@ -73,13 +74,16 @@ class SqliteDatabase:
                 _roll_back(conn)
 
     @contextmanager
-    def writing(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction that holds the write lock from its first statement."""
+    def writing(self, commit_by: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction that holds the write lock from its first statement; with `commit_by`
+        (time.monotonic()), rolled back instead of committed once it has passed."""
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                if commit_by is not None and time.monotonic() > commit_by:
+                    raise Cancelled("the caller's deadline passed before the commit; nothing was recorded")
             except BaseException:
                 _roll_back(conn)
                 raise
@@ -88,6 +92,10 @@ class SqliteDatabase:
             raise _translate(exc, self.path) from exc
         finally:
             conn.close()
+
+    def changing_sets(self, commit_by: float | None = None) -> AbstractContextManager[sqlite3.Connection]:
+        """`writing`: the file is on this host's disk, which stalls only with the server itself."""
+        return self.writing(commit_by)
 
     @contextmanager
     def migrating(self) -> Iterator[sqlite3.Connection]:

@@ -9,12 +9,18 @@ cannot reach a log or a terminal.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import unquote
 
 import psycopg
 import psycopg.conninfo
 
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# libpq's other form: whitespace-separated key=value pairs. A SQLite path never starts with a bare word and "="
+# (one that does, like "x=1.db", would be a keyword string psycopg refuses: refused here too, never a file).
+KEYWORD_STRING = re.compile(r"^\s*[A-Za-z_]+\s*=")
+# A keyword string's password, read loosely (a string libpq cannot parse still gives it up): quoted or bare.
+KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 # Lower-cased; postgresql+psycopg is SQLAlchemy's spelling, which operators paste from its configuration.
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
 LIBPQ_SCHEME = "postgresql"
@@ -38,9 +44,11 @@ def is_postgres_url(location: str) -> bool:
 
 
 def postgres_url(location: str) -> str | None:
-    """The libpq form of a PostgreSQL URL; None for a SQLite path. Raises DatabaseLocationError for any
-    other URL, one that cannot be parsed, or a path holding "://"."""
+    """The libpq form of a PostgreSQL URL, or a libpq keyword string as given; None for a SQLite path. Raises
+    DatabaseLocationError for any other URL, one that cannot be parsed, or a path holding "://"."""
     scheme = url_scheme(location)
+    if scheme is None and KEYWORD_STRING.match(location):
+        return _keyword_string(location)
     if scheme is None:
         if "://" in location:
             raise DatabaseLocationError("a SQLite file path cannot contain '://'; use a path or postgresql://...")
@@ -54,10 +62,27 @@ def postgres_url(location: str) -> str | None:
         raise DatabaseLocationError(
             "the postgresql:// URL cannot be parsed (check its host, port and percent-escapes)"
         ) from None
+    _check_ports(params, "the postgresql:// URL's port")
+    return url
+
+
+def _keyword_string(location: str) -> str:
+    """A libpq keyword string (`host=db port=5432 dbname=registry user=u password=...`), which psycopg takes as
+    it is: checked here, so that a misspelt keyword stops start-up rather than becoming a SQLite file."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(location)
+    except psycopg.Error:  # its message quotes the string, password included
+        raise DatabaseLocationError(
+            "the libpq keyword string (key=value ...) cannot be parsed: check each keyword's spelling and quotes"
+        ) from None
+    _check_ports(params, "the libpq keyword string's port")
+    return location
+
+
+def _check_ports(params: dict[str, Any], what: str) -> None:
     for port in str(params.get("port") or "").split(","):
         if port and not (port.isdigit() and 1 <= int(port) <= 65535):
-            raise DatabaseLocationError("the postgresql:// URL's port must be a number from 1 to 65535")
-    return url
+            raise DatabaseLocationError(f"{what} must be a number from 1 to 65535")
 
 
 def redact_url(url: str) -> str:
@@ -102,6 +127,10 @@ def _secrets(url: str) -> set[str]:
                 key, _, value = parameter.partition("=")
                 if unquote(key) == "password":
                     secrets |= {value, value.replace("+", " ")}
+    else:
+        for match in KEYWORD_PASSWORD.finditer(url):
+            quoted = match.group(1)
+            secrets |= {quoted, quoted.strip("'").replace("\\'", "'").replace("\\\\", "\\")}
     try:
         password = psycopg.conninfo.conninfo_to_dict(url).get("password")
     except psycopg.Error:

@@ -1,0 +1,4 @@
+-- PostgreSQL's 0011 refuses a Train's commit once its caller's deadline has passed, since a PostgreSQL server can
+-- be frozen in the middle of one and resumed later. A SQLite registry lives on the server's own disk: it stalls
+-- only with the server itself, and its transactions check the deadline before COMMIT (server/storage/sqlite.py).
+-- Nothing changes in its schema.

@@ -34,8 +34,7 @@ from server.api.tls import server_credentials
 from server.api.v2_servicer import InferenceServicer
 from server.config import ServerConfig, parse_config
 from server.domain import RuntimeChoice, VersionPolicy
-from server.errors import DatabaseUnreachable, Unavailable
-from server.model_store import LoadedModel, ModelStore, UnavailableModel
+from server.model_store import ModelStore
 from server.observability.logs import configure_logging
 from server.observability.metrics import MetricsEndpoint
 from server.observability.telemetry import Telemetry
@@ -48,7 +47,7 @@ from server.publishing import (
     publish_metrics,
     publish_train_health,
 )
-from server.retrying import until_it_works
+from server.retrying import until_the_registry_answers
 from server.security import security_summary, security_warnings
 from server.services.admission import FitCores, WorkSlots
 from server.services.batching import MicroBatcher
@@ -63,16 +62,13 @@ from server.services.registration import SetRegistrar
 from server.services.registry import ModelRegistryService
 from server.services.reload import LiveReloader
 from server.services.training import ModelTrainingService
+from server.startup_checks import refuse_a_lost_registry, refuse_unservable, report_orphans
 from server.storage.artifacts import ArtifactStore
 from server.storage.databases import RegistryDatabase, open_database
 from server.storage.migrations import MigrationRunner, migrations_for
 from server.storage.repositories import HistoryRepository, PredictionSetRepository
 
 logger = logging.getLogger(__name__)
-
-
-class StartupError(Exception):
-    """The server must not start (for instance --strict with a model that cannot be served)."""
 
 
 @dataclass
@@ -142,7 +138,7 @@ def _services_on(
     artifacts.prepare()
     sets = PredictionSetRepository(database)
     if not config.allow_empty_registry:
-        _refuse_a_lost_registry(database, sets, artifacts)
+        refuse_a_lost_registry(database, sets, artifacts)
     history_repository = HistoryRepository(database)
     runtimes = RuntimeBuilder(artifacts, RuntimeChoice(config.runtime), config.runtime_tolerance)
     loader = ModelLoader(
@@ -156,9 +152,9 @@ def _services_on(
     store = store or ModelStore()
     loader.load_current_models(store)
     store.mark_startup_loaded()
-    _report_orphans(artifacts, sets)
+    report_orphans(artifacts, sets)
     if config.strict:
-        _refuse_unservable(store)
+        refuse_unservable(store)
 
     registrar = SetRegistrar(sets, artifacts, loader, store, runtimes)
     heavy_work = WorkSlots(config.max_concurrent_trains, "Trains and imports", "--max-concurrent-trains")
@@ -323,35 +319,10 @@ def run(config: ServerConfig) -> int:
 def _services_once_the_database_answers(
     config: ServerConfig, store: ModelStore, telemetry: Telemetry
 ) -> Services | None:
-    """build_services, tried again while the registry database cannot be reached (a PostgreSQL down, frozen,
-    restarting or not provisioned yet), with a backoff from 0.1 s to 0.5 s (server/retrying.py); the port is
-    bound only after. A replica started during an outage thus waits, never exits: under Kubernetes its
-    startupProbe says how long it may (deploy/kubernetes/deployment.yaml). None if SIGTERM or SIGINT came first.
-    Any other failure (a bad migration, a lost registry) still stops start-up with one line."""
-    stop = threading.Event()
-    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
-
-    def report(exc: BaseException, waited: float) -> None:
-        logger.warning(
-            "waiting for the registry database before listening (%.0fs so far): %s",
-            waited,
-            exc,
-            extra={"event": "database_wait", "waited_s": round(waited, 1)},
-        )
-
-    try:
-        services = until_it_works(
-            lambda: build_services(config, store=store, telemetry=telemetry),
-            (DatabaseUnreachable, Unavailable),
-            stop,
-            report,
-        )
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if services is None:
-        logger.info("stopped while waiting for the registry database", extra={"event": "stopped"})
-    return services
+    """build_services, tried again while the registry database cannot be reached (server/retrying.py): a replica
+    started during an outage waits before it binds, never exits; None if SIGTERM or SIGINT came first. Any
+    other failure (a bad migration, a lost registry) still stops start-up with one line."""
+    return until_the_registry_answers(lambda: build_services(config, store=store, telemetry=telemetry))
 
 
 def _start_metrics(
@@ -450,41 +421,6 @@ def serve(
     server.stop(config.grace_seconds).wait()
     logger.info("stopped", extra={"event": "stopped"})
     return 0
-
-
-def _report_orphans(artifacts: ArtifactStore, sets: PredictionSetRepository) -> None:
-    """Files no row points at come from a Train that died before its commit; they are never loaded."""
-    stored = artifacts.stored_names()
-    orphans = stored - sets.known_paths(stored)
-    if orphans:
-        logger.warning("ignoring %d artifact(s) that no prediction set records: %s", len(orphans), sorted(orphans))
-
-
-def _refuse_a_lost_registry(
-    database: RegistryDatabase, sets: PredictionSetRepository, artifacts: ArtifactStore
-) -> None:
-    """An empty registry beside stored artifacts is most likely a lost or wrong database (a deleted file, a
-    typo in --db): starting would serve nothing and bury the artifacts as orphans."""
-    stored = artifacts.stored_names()
-    if stored and sets.is_empty():
-        raise StartupError(
-            f"database {database.name} records no prediction set, but {artifacts.root} holds {len(stored)} "
-            "artifact(s): the registry was probably lost; restore it, or pass --allow-empty-registry "
-            "to start a new one beside them"
-        )
-
-
-def _refuse_unservable(store: ModelStore) -> None:
-    broken = [model_type for model_type, slot in store.slots().items() if _refused(slot)]
-    if broken:
-        raise StartupError(f"--strict: model type(s) not served from their current set: {', '.join(sorted(broken))}")
-
-
-def _refused(slot: LoadedModel | UnavailableModel) -> bool:
-    """A current artifact that exists in the database but could not be served (not merely untrained)."""
-    if isinstance(slot, LoadedModel):
-        return slot.is_fallback
-    return slot.record is not None and slot.record.artifact is not None
 
 
 def _write_port_file(config: ServerConfig, port: int) -> None:

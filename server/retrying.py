@@ -3,12 +3,17 @@ serving process's first sync before it binds its port (server/services/reload.py
 
 from __future__ import annotations
 
+import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from server.errors import DatabaseUnreachable, Unavailable
+
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 FIRST_DELAY_SECONDS = 0.1
 # The longest wait between two attempts: once the database answers, the process goes on within this.
@@ -37,3 +42,29 @@ def until_it_works(
         if stop.wait(delay):
             return None
         delay = min(delay * 2, MAX_DELAY_SECONDS)
+
+
+def until_the_registry_answers(attempt: Callable[[], T]) -> T | None:
+    """attempt(), tried again while the registry database cannot be reached (a PostgreSQL down, frozen,
+    restarting or not provisioned yet), logging why every REPORT_EVERY_SECONDS; None once SIGTERM or SIGINT
+    came. Under Kubernetes the startupProbe says how long a replica may wait (deploy/kubernetes/deployment.yaml).
+    """
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def report(exc: BaseException, waited: float) -> None:
+        logger.warning(
+            "waiting for the registry database before listening (%.0fs so far): %s",
+            waited,
+            exc,
+            extra={"event": "database_wait", "waited_s": round(waited, 1)},
+        )
+
+    try:
+        result = until_it_works(attempt, (DatabaseUnreachable, Unavailable), stop, report)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if result is None:
+        logger.info("stopped while waiting for the registry database", extra={"event": "stopped"})
+    return result

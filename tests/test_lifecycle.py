@@ -25,7 +25,7 @@ WEAK = {"n_estimators": 1, "max_depth": 1}
 
 @pytest.fixture
 def iris_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path, extra_args=["--import-timeout", "5", "--reload-interval", "0.2"]).start()
+    server = ServerProcess(tmp_path, extra_args=["--import-timeout", "30", "--reload-interval", "0.2"]).start()
     names, rows = iris_rows()
     with server.client() as client:
         client.ingest("iris", rows, names)

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import psycopg
@@ -25,46 +24,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.library import PredserveClientError
 from harness.waiting import wait_until
-from server.errors import Cancelled, Unavailable
-from server.settings import MIGRATIONS_DIR
-from server.storage.migrations import MigrationRunner, migrations_for
-from server.storage.postgres import LATE_COMMIT, PostgresDatabase
-from server.storage.sqlite import SqliteDatabase
+from tests.partitions import replica_with_iris, train_reporting
 from tests.postgres_cluster import PostgresCluster
 from tests.support import IRIS_PROBES, PROJECT_ROOT, ServerProcess, iris_rows
 from tests.test_postgres_outage import (
     RECOVERY_WAIT,
     own_cluster,
     served,
-    served_by_every_worker,
     start_replica,
     train,
-    train_or_none,
 )
-from tests.test_postgres_registry import migrate, query
 from tests.test_worker_sync import _children, predict_over_a_new_connection
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 __all__ = ["own_cluster"]  # a fixture, used by name
 
 OUTAGE_AT_START_SECONDS = 4.0
-
-
-def replica_with_iris(
-    own_cluster: Callable[..., PostgresCluster],
-    reap: Callable[[ServerProcess], ServerProcess],
-    root: Path,
-    workers: int = 1,
-    **cluster_settings: Any,
-) -> tuple[PostgresCluster, str, ServerProcess]:
-    """A cluster of the test's own, a database on it, and replica "a" serving it with the iris dataset ingested."""
-    cluster = own_cluster(**cluster_settings)
-    url = cluster.create_database()
-    replica = start_replica(reap, root, "a", url, workers=workers)
-    names, rows = iris_rows()
-    with replica.client() as client:
-        client.ingest("iris", rows, names)
-    return cluster, url, replica
 
 
 def replica_started_in_an_outage(
@@ -113,189 +88,6 @@ def test_a_replica_waiting_for_the_database_stops_on_sigterm(
 
 
 # The default --registry-timeout, as the README states it, and what a loaded 2-core test machine adds to it.
-REGISTRY_TIMEOUT = 2.0
-SLACK = 1.0
-
-
-class PredictLoad:
-    """Predicts on fresh connections from a thread of its own, counting anything but the expected set's answer."""
-
-    def __init__(self, replica: ServerProcess, expected: int) -> None:
-        self.replica, self.expected = replica, expected
-        self.answered, self.wrong = 0, []  # type: ignore[var-annotated]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PredictLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            got = served(self.replica)
-            if got == self.expected:
-                self.answered += 1
-            else:
-                self.wrong.append(got)
-
-
-def timed_code(call: Callable[[], object]) -> tuple[str, float]:
-    began = time.monotonic()
-    try:
-        call()
-        code = "OK"
-    except PredserveClientError as exc:
-        code = exc.code.name
-    return code, time.monotonic() - began
-
-
-@pytest.mark.parametrize("pause_seconds", [10, 30])
-def test_every_registry_call_is_bounded_while_the_database_is_frozen(
-    own_cluster: Callable[..., PostgresCluster],
-    reap: Callable[[ServerProcess], ServerProcess],
-    tmp_path: Path,
-    pause_seconds: int,
-) -> None:
-    cluster, url, replica = replica_with_iris(own_cluster, reap, tmp_path, workers=2)
-    names, rows = iris_rows()
-    first, current = train(replica), train(replica)
-    wait_until(lambda: served_by_every_worker(replica, current), RECOVERY_WAIT, f"both workers to serve {current}")
-    generous = 20.0  # each call's own deadline: the bound must come from the server, not from the client
-    results: list[tuple[str, str, float]] = []
-    with PredictLoad(replica, current) as load, replica.client(max_attempts=1) as client:
-        calls: dict[str, Callable[[], object]] = {
-            "ListPredictionSets": lambda: client.list_prediction_sets("iris_classifier", timeout=generous),
-            "Promote": lambda: client.promote(first, timeout=generous),
-            "Train": lambda: client.train("iris_classifier", "iris", "logistic_regression", timeout=generous),
-            "IngestHistory": lambda: client.ingest("iris", rows[:5], names, timeout=generous),
-        }
-        cluster.freeze()
-        try:
-            frozen_at = time.monotonic()
-            while time.monotonic() - frozen_at < pause_seconds - REGISTRY_TIMEOUT - SLACK:
-                for name, call in calls.items():
-                    results.append((name, *timed_code(call)))
-                assert client.health() == "SERVING"
-        finally:
-            cluster.thaw()
-        answered_in_pause = load.answered
-    print("\n".join(f"{name:20s} {code:12s} {seconds:.2f}s" for name, code, seconds in results))
-    assert {name for name, _, _ in results} == set(calls)
-    assert all(code == "UNAVAILABLE" for _, code, _ in results), results
-    assert max(seconds for _, _, seconds in results) < REGISTRY_TIMEOUT + SLACK, results
-    assert load.wrong == [] and answered_in_pause > 0  # Predict answered from memory all along
-    after = wait_until(lambda: train_or_none(replica), RECOVERY_WAIT, "a Train once PostgreSQL runs again")
-    assert after > current
-
-
-# Where in a Train PostgreSQL is frozen, as fractions of how long one takes: the data load, the fit, the artifact's
-# write and proof, the insert and the commit of the set.
-FREEZE_AT = [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95]
-TRAIN_DEADLINE = 3.0
-FROZEN_FOR = 6.0
-ALGORITHM = "random_forest"  # long enough (a few hundred ms with its compiled form) to be frozen at any stage
-
-
-def train_reporting(replica: ServerProcess, outcome: dict[str, object]) -> None:
-    try:
-        with replica.client(max_attempts=1) as client:
-            answer = client.train("iris_classifier", "iris", ALGORITHM, timeout=TRAIN_DEADLINE)
-        outcome["set"] = answer.prediction_set_id
-    except PredserveClientError as exc:
-        outcome["code"] = exc.code.name
-
-
-def registry_answers(replica: ServerProcess) -> bool:
-    try:
-        with replica.client(max_attempts=1) as client:
-            client.list_prediction_sets("iris_classifier", timeout=5)
-        return True
-    except PredserveClientError:
-        return False
-
-
-def test_a_train_whose_caller_was_told_it_failed_records_nothing(
-    own_cluster: Callable[..., PostgresCluster], reap: Callable[[ServerProcess], ServerProcess], tmp_path: Path
-) -> None:
-    cluster, url, replica = replica_with_iris(own_cluster, reap, tmp_path)
-    began = time.monotonic()
-    with replica.client() as client:
-        told = {client.train("iris_classifier", "iris", ALGORITHM).prediction_set_id}
-    duration = time.monotonic() - began
-    failed: list[tuple[int, str]] = []
-    for fraction in FREEZE_AT:
-        outcome: dict[str, object] = {}
-        caller = threading.Thread(target=train_reporting, args=(replica, outcome))
-        caller.start()
-        offset_ms = round(fraction * duration * 1000)
-        time.sleep(offset_ms / 1000)
-        cluster.freeze()
-        time.sleep(FROZEN_FOR)
-        cluster.thaw()
-        caller.join(timeout=30)
-        if "set" in outcome:
-            told.add(int(str(outcome["set"])))
-        else:
-            assert outcome["code"] in ("DEADLINE_EXCEEDED", "UNAVAILABLE", "CANCELLED"), outcome
-            failed.append((offset_ms, str(outcome["code"])))
-        wait_until(lambda: registry_answers(replica), RECOVERY_WAIT, "the registry to answer again")
-    time.sleep(TRAIN_DEADLINE)  # any Train still running on the server has given up or committed by now
-    with psycopg.connect(url) as conn:
-        recorded = {
-            row[0] for row in conn.execute("SELECT id FROM prediction_sets WHERE model_type = 'iris_classifier'")
-        }
-    print(f"a Train took {duration:.2f}s; told failed at (ms, code) {failed}")
-    print(f"told of sets {sorted(told)}; recorded {sorted(recorded)}")
-    assert len(failed) >= 5, f"the freezes did not catch enough Trains: {failed}"
-    assert recorded == told, f"recorded sets no caller was told of: {sorted(recorded - told)}"
-
-
-def insert_legacy_set(conn: Any) -> None:
-    conn.execute("INSERT INTO prediction_sets (model_type, dataset, is_current, metrics) VALUES (?, ?, FALSE, ?)",
-                 ("deadline_probe", "none", "{}"))  # fmt: skip
-
-
-def test_postgres_refuses_the_commit_itself_once_the_deadline_has_passed(postgres_url: str) -> None:
-    """Migration 0011's deferred trigger, alone: a transaction that carries a passed deadline is refused at COMMIT
-    by PostgreSQL's own clock (as one that a frozen server resumes after its caller gave up), one with time left
-    commits, and one without a deadline is untouched."""
-    database = PostgresDatabase(postgres_url)
-    migrate(database)
-    with psycopg.connect(postgres_url) as conn, pytest.raises(psycopg.errors.RaiseException, match=LATE_COMMIT):
-        with conn.transaction():
-            conn.execute("SELECT set_config('predserve.commit_by', %s, true)", ("2000-01-01T00:00:00+00:00",))
-            conn.execute("INSERT INTO prediction_sets (model_type, dataset, is_current) VALUES ('late', 'x', FALSE)")
-    with database.writing(commit_by=time.monotonic() + 30) as conn:
-        insert_legacy_set(conn)
-    with database.writing() as conn:
-        insert_legacy_set(conn)
-    assert query(postgres_url, "SELECT model_type, COUNT(*) FROM prediction_sets GROUP BY model_type") == [
-        ("deadline_probe", 2)
-    ]
-    database.close()
-
-
-def test_a_transaction_past_its_deadline_commits_nothing_in_either_backend(postgres_url: str, tmp_path: Path) -> None:
-    """PostgreSQL's connection is cut at the deadline (or its COMMIT refused); SQLite checks before COMMIT."""
-    databases: list[PostgresDatabase | SqliteDatabase] = [
-        PostgresDatabase(postgres_url),
-        SqliteDatabase(tmp_path / "registry.db"),
-    ]
-    for database in databases:
-        MigrationRunner(database).apply(migrations_for(database, MIGRATIONS_DIR))
-        with pytest.raises((Cancelled, Unavailable)), database.writing(time.monotonic() + 0.2) as conn:
-            insert_legacy_set(conn)
-            time.sleep(0.4)  # the commit comes after the deadline
-        with database.reading() as conn:
-            count = conn.execute("SELECT COUNT(*) FROM prediction_sets").fetchone()
-        assert count is not None and count[0] == 0
-        database.close()
-
-
 def pinned_answer(replica: ServerProcess, set_id: int) -> str:
     """How a replica answers a pinned Predict: the set's id, or the status code's name."""
     try:

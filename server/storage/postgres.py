@@ -24,35 +24,30 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from server.errors import Cancelled, DatabaseUnreachable, ResourceExhausted, StorageError, Unavailable
-from server.storage.postgres_liveness import CallGuard, answers, probe_target
-from server.storage.urls import redact_url, scrub
+from server.storage.postgres_feed import CHANGES_CHANNEL, PostgresChangeFeed
+from server.storage.postgres_liveness import (
+    DEFAULT_REGISTRY_TIMEOUT_SECONDS,
+    LATE_COMMIT,
+    STATEMENT_TIMEOUT_SECONDS,
+    CallGuard,
+    answers,
+    bound_by,
+    connect_options,
+    probe_target,
+)
+from server.storage.urls import first_line, redact_url, scrub
 
 if TYPE_CHECKING:
     from server.storage.databases import Connection
 
 logger = logging.getLogger(__name__)
 
-# NOTIFY channel on which a recorded or promoted prediction set is announced; the payload is the model type.
-CHANGES_CHANNEL = "predserve_prediction_sets"
 # Advisory lock keys (two int4 keys: a namespace, then a value), chosen not to meet other applications' keys.
 _MODEL_TYPE_LOCK = int.from_bytes(b"pred", "big")
 _MIGRATION_LOCK = int.from_bytes(b"migr", "big")
 _DATASET_LOCK = int.from_bytes(b"data", "big")
 # Pooled connections one serving process may hold (--db-pool-size); it holds one more to LISTEN.
 DEFAULT_POOL_SIZE = 4
-# How long a new connection may take (libpq's least is 2 s): a stopped server refuses at once, so only a
-# silent host makes a call wait this long before UNAVAILABLE.
-CONNECT_TIMEOUT_SECONDS = 2
-# The longest a registry call waits on a PostgreSQL that does not answer (--registry-timeout): frozen, stopped
-# with SIGSTOP, partitioned. See postgres_liveness.py for how it is kept.
-DEFAULT_REGISTRY_TIMEOUT_SECONDS = 2.0
-# What a live but slow server may spend on one statement: a frozen one is bounded by the registry timeout.
-STATEMENT_TIMEOUT_SECONDS = 60
-# Kernel-level checks of an idle pooled connection, so that one whose peer vanished is found before it is used;
-# and how long sent data may stay unacknowledged (a partition) before the kernel gives up on the connection.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2}
-# While its connection is down, how often the change feed tries to LISTEN again.
-FEED_RECONNECT_SECONDS = 0.25
 # SQLSTATE 53300 (too_many_connections), which libpq's connection errors report only in their text.
 _NO_SLOT_TEXTS = ("too many clients already", "remaining connection slots are reserved")
 
@@ -99,7 +94,7 @@ class PostgresDatabase:
         except psycopg.Error as exc:
             if _no_free_slot(exc):
                 raise StorageError(self._no_slot_message()) from exc
-            message = scrub(_first_line(exc), self.url)
+            message = scrub(first_line(exc), self.url)
             raise DatabaseUnreachable(f"cannot connect to the database {self.name}: {message}") from exc
 
     def _no_slot_message(self) -> str:
@@ -111,7 +106,7 @@ class PostgresDatabase:
     def _unreachable_error(self, exc: Exception) -> Unavailable:
         if _no_free_slot(exc):
             return Unavailable(self._no_slot_message())
-        message = scrub(_first_line(exc), self.url)
+        message = scrub(first_line(exc), self.url)
         return Unavailable(f"the registry database {self.name} cannot be reached: {message}")
 
     def close(self) -> None:
@@ -145,7 +140,7 @@ class PostgresDatabase:
                         "autocommit": True,
                         "application_name": "predserve",
                         "row_factory": _row_factory,
-                        **self._connect_options(),
+                        **connect_options(self.registry_timeout_seconds),
                     },
                     configure=self._configure,
                     # Waiting for a free connection is bounded like any other wait on the registry.
@@ -156,13 +151,6 @@ class PostgresDatabase:
                 self._pool_pid = os.getpid()
             return self._pool
 
-    def _connect_options(self) -> dict[str, Any]:
-        return {
-            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            "tcp_user_timeout": int(self.registry_timeout_seconds * 1000),
-            **KEEPALIVES,
-        }
-
     def _prove_reachable(self) -> None:
         # First the quick question every PostgreSQL answers before authentication: a frozen server is found in a
         # fraction of the registry timeout, where libpq's connect_timeout cannot be under 2 s.
@@ -172,7 +160,9 @@ class PostgresDatabase:
                 psycopg.OperationalError(f"no answer within {self.registry_timeout_seconds / 4:g}s")
             )
         try:
-            with psycopg.connect(self.url, application_name="predserve", **self._connect_options()):
+            with psycopg.connect(
+                self.url, application_name="predserve", **connect_options(self.registry_timeout_seconds)
+            ):
                 pass
         except psycopg.Error as exc:
             raise self._unreachable_error(exc) from exc
@@ -194,7 +184,7 @@ class PostgresDatabase:
                 "the registry database %s cannot be reached (%s): calls that need it fail with UNAVAILABLE "
                 "until a new connection succeeds",
                 self.name,
-                scrub(_first_line(exc), self.url),
+                scrub(first_line(exc), self.url),
             )
         # Closing waits for the pool's threads, which may be in a connect: never in the caller's time.
         threading.Thread(target=pool.close, name="predserve-pool-close", daemon=True).start()
@@ -292,7 +282,7 @@ class PostgresDatabase:
         try:
             with self._connection(commit_by) as conn, conn.transaction():
                 if commit_by is not None:
-                    _bound_by(conn, commit_by)
+                    bound_by(conn, commit_by, self.busy_timeout_seconds)
                 yield PostgresConnection(conn)
         except psycopg.errors.RaiseException as exc:
             if LATE_COMMIT not in str(exc):
@@ -315,7 +305,7 @@ class PostgresDatabase:
                 conn.execute("SELECT pg_advisory_xact_lock(?::integer, 0)", (_MIGRATION_LOCK,))
                 yield conn
         except psycopg.Error as exc:
-            raise StorageError(scrub(_first_line(exc), self.url)) from exc
+            raise StorageError(scrub(first_line(exc), self.url)) from exc
 
     def lock_model_type(self, conn: Connection, model_type: str) -> None:
         """Serialises every change of one model type's current set across hosts until the transaction ends.
@@ -341,23 +331,6 @@ class PostgresDatabase:
 
     def change_feed(self) -> PostgresChangeFeed:
         return PostgresChangeFeed(self.url)
-
-
-# The deferred trigger's message (db/migrations/postgresql/0011_refuse_late_commits.sql).
-LATE_COMMIT = "commit refused: the caller's deadline has passed"
-
-
-def _bound_by(conn: psycopg.Connection[Any], commit_by: float) -> None:
-    """Statements and lock waits bounded by the time left, and the wall-clock time PostgreSQL must not commit
-    after (this host's clock: replicas and the database keep time with NTP, far closer than the margin Train
-    leaves before the caller's own deadline)."""
-    left_ms = max(1, int((commit_by - time.monotonic()) * 1000))
-    wall = dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=left_ms)
-    conn.execute(
-        "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
-        "set_config('predserve.commit_by', %s, true)",
-        (f"{left_ms}ms", f"{left_ms}ms", wall.isoformat()),
-    )
 
 
 class PostgresConnection:
@@ -403,57 +376,6 @@ def _row_factory(cursor: Any) -> Any:
     return lambda values: _Row(names, values)
 
 
-class PostgresChangeFeed:
-    """LISTEN on a connection of its own; wait() returns as soon as a NOTIFY arrives."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._conn: psycopg.Connection[Any] | None = None
-        self._broken = False
-
-    def wait(self, timeout: float) -> bool:
-        """While the connection is down, tries to LISTEN again every FEED_RECONNECT_SECONDS, however long
-        the polling interval: the replica must follow changes again as soon as the database returns."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if self._conn is None:
-                    self._conn = psycopg.connect(
-                        self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS, application_name="predserve"
-                    )
-                    self._conn.execute(f"LISTEN {CHANGES_CHANNEL}")
-                    if self._broken:
-                        logger.info("live reload: listening for changes again")
-                    self._broken = False
-                    return True  # announcements made while nobody listened are lost: look once now
-                remaining = max(0.0, deadline - time.monotonic())
-                return any(True for _ in self._conn.notifies(timeout=remaining, stop_after=1))
-            except psycopg.Error as exc:
-                if not self._broken:
-                    logger.warning(
-                        "live reload: no notifications from the database (%s); polling meanwhile",
-                        scrub(_first_line(exc), self.url),
-                    )
-                self._broken = True
-                self.close()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            time.sleep(min(FEED_RECONNECT_SECONDS, remaining))
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 _POSTGRES_BUSY = (
     psycopg.errors.LockNotAvailable,
     psycopg.errors.SerializationFailure,
@@ -467,7 +389,7 @@ def _no_free_slot(exc: Exception) -> bool:
 
 
 def _translate_postgres(exc: psycopg.OperationalError, url: str = "", name: str = "") -> Exception:
-    message = scrub(_first_line(exc), url)
+    message = scrub(first_line(exc), url)
     if isinstance(exc, psycopg.errors.DiskFull):
         return ResourceExhausted(f"no space left in the database: {message}")
     if isinstance(exc, _POSTGRES_BUSY):

@@ -14,6 +14,7 @@ is merely slow (a long ingest) is left alone: its own statement_timeout and lock
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
@@ -28,6 +29,19 @@ import psycopg.conninfo
 logger = logging.getLogger(__name__)
 
 _SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+# The longest a registry call waits on a PostgreSQL that does not answer (--registry-timeout): frozen, stopped
+# with SIGSTOP, partitioned. See postgres_liveness.py for how it is kept.
+DEFAULT_REGISTRY_TIMEOUT_SECONDS = 2.0
+# What a live but slow server may spend on one statement: a frozen one is bounded by the registry timeout.
+STATEMENT_TIMEOUT_SECONDS = 60
+# Kernel-level checks of an idle pooled connection, so that one whose peer vanished is found before it is used;
+# and how long sent data may stay unacknowledged (a partition) before the kernel gives up on the connection.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2}
+# How long a new connection may take (libpq's least is 2 s): a stopped server refuses at once, so only a
+# silent host makes a call wait this long before UNAVAILABLE.
+CONNECT_TIMEOUT_SECONDS = 2
+# The deferred trigger's message (db/migrations/postgresql/0011_refuse_late_commits.sql).
+LATE_COMMIT = "commit refused: the caller's deadline has passed"
 
 
 def probe_target(url: str) -> tuple[str, int] | None:
@@ -124,3 +138,26 @@ class CallGuard:
                 except OSError:
                     pass
         logger.warning("cut a registry call's connection: %s", reason)
+
+
+def connect_options(registry_timeout_seconds: float) -> dict[str, Any]:
+    """libpq's options for every connection: a bounded connect, keepalives, and tcp_user_timeout."""
+    return {
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "tcp_user_timeout": int(registry_timeout_seconds * 1000),
+        **KEEPALIVES,
+    }
+
+
+def bound_by(conn: Any, commit_by: float, lock_timeout_seconds: float) -> None:
+    """A transaction's statements bounded by the time left, its lock waits too (never longer than the busy
+    timeout), and the wall-clock time PostgreSQL must not commit after (this host's clock: replicas and the
+    database keep time with NTP, far closer than the margin Train leaves before the caller's own deadline)."""
+    left_ms = max(1, int((commit_by - time.monotonic()) * 1000))
+    lock_ms = max(1, min(left_ms, int(lock_timeout_seconds * 1000)))
+    wall = dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=left_ms)
+    conn.execute(
+        "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
+        "set_config('predserve.commit_by', %s, true)",
+        (f"{left_ms}ms", f"{lock_ms}ms", wall.isoformat()),
+    )

@@ -85,6 +85,11 @@ def _check_ports(params: dict[str, Any], what: str) -> None:
             raise DatabaseLocationError(f"{what} must be a number from 1 to 65535")
 
 
+def first_line(exc: Exception) -> str:
+    """The first line of an error's message (libpq's run over several), or its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def redact_url(url: str) -> str:
     """The URL without its password (user info or ?password=) and without unknown parameters, for logs and
     messages; the user name stays, as it is not a secret and tells which role connects."""

@@ -404,7 +404,12 @@ def _stated_types(statements: Sequence[str]) -> dict[str, str]:
 
 def _schema_document(columns: Sequence[pb.ColumnSpec]) -> list[dict[str, str]]:
     """An input schema as JSON: its columns in order, each a name and "number" or "string"."""
-    return [{"name": c.name, "type": pb.ColumnType.Name(c.type).lower()} for c in columns]
+    return [{"name": c.name, "type": _type_name(c.type)} for c in columns]
+
+
+def _type_name(column_type: int) -> str:
+    """A ColumnType as the CLI shows it: "number" or "string"."""
+    return pb.ColumnType.Name(column_type).lower()
 
 
 def _gc(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -651,10 +656,7 @@ def _datasets(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[s
                 "name": d.name,
                 "rows": d.rows,
                 "target_type": d.target_type,
-                "columns": [
-                    {"name": c.name, "type": pb.ColumnType.Name(c.type).lower(), "missing": c.missing}
-                    for c in d.columns
-                ],
+                "columns": [{"name": c.name, "type": _type_name(c.type), "missing": c.missing} for c in d.columns],
             }
             for d in datasets
         ]
@@ -667,7 +669,7 @@ def _datasets(client: PredserveClient, args: argparse.Namespace) -> tuple[dict[s
                 d.rows,
                 d.target_type,
                 ", ".join(
-                    f"{c.name}: {pb.ColumnType.Name(c.type).lower()}" + (f" ({c.missing} missing)" if c.missing else "")
+                    f"{c.name}: {_type_name(c.type)}" + (f" ({c.missing} missing)" if c.missing else "")
                     for c in d.columns
                 ),
             ]

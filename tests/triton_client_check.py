@@ -12,6 +12,7 @@ InferenceServerClient.infer always sends raw bytes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import traceback
 from collections.abc import Callable, Sequence
@@ -219,28 +220,39 @@ def errors(context: Context) -> None:
         raise AssertionError("a short raw input was accepted")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def target_and_expected(description: str | None) -> tuple[str, dict[str, Any]]:
+    """--target and the answers the test computed (--expected, a JSON file), as tests/support.py passes them."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--target", required=True)
     parser.add_argument("--expected", required=True)
     args = parser.parse_args()
     with open(args.expected) as file:
-        expected = json.load(file)
+        return args.target, json.load(file)
+
+
+def run_checks(checks: Sequence[tuple[str, Callable[[], None]]]) -> int:
+    """Each check in turn, "ok NAME" or "FAILED NAME" and its traceback, then the count; 1 if any failed."""
     failed = 0
-    client = triton.InferenceServerClient(args.target)
-    with grpc.insecure_channel(args.target) as channel:
-        context = Context(client, service_pb2_grpc.GRPCInferenceServiceStub(channel), expected)
-        for function in CHECKS:
-            try:
-                function(context)
-            except Exception:
-                failed += 1
-                print(f"FAILED {function.__name__}:\n{traceback.format_exc()}")
-            else:
-                print(f"ok {function.__name__}")
-    client.close()
-    print(f"{len(CHECKS) - failed} passed, {failed} failed")
+    for name, check in checks:
+        try:
+            check()
+        except Exception:
+            failed += 1
+            print(f"FAILED {name}:\n{traceback.format_exc()}")
+        else:
+            print(f"ok {name}")
+    print(f"{len(checks) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def main() -> int:
+    target, expected = target_and_expected(__doc__)
+    client = triton.InferenceServerClient(target)
+    with grpc.insecure_channel(target) as channel:
+        context = Context(client, service_pb2_grpc.GRPCInferenceServiceStub(channel), expected)
+        code = run_checks([(function.__name__, functools.partial(function, context)) for function in CHECKS])
+    client.close()
+    return code
 
 
 if __name__ == "__main__":

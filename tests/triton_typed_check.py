@@ -5,14 +5,14 @@ predserve's V2 bindings do). It imports nothing from predserve; the answers it m
 
 from __future__ import annotations
 
-import argparse
-import json
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import tritonclient.grpc as triton
+
+# Run as a script, with tests/ first on sys.path: the stock-client check of numbers shares its runner.
+from triton_client_check import run_checks, target_and_expected
 from tritonclient.utils import InferenceServerException
 
 NUMBERS, STRINGS = ("age", "income"), ("plan", "country")
@@ -35,14 +35,9 @@ def column_inputs(rows: list[dict[str, Any]], shape_2d: bool, number_dtype: Any 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--expected", required=True)
-    args = parser.parse_args()
-    with open(args.expected) as file:
-        expected = json.load(file)
+    target, expected = target_and_expected(__doc__)
     rows = expected["rows"]
-    client = triton.InferenceServerClient(args.target)
+    client = triton.InferenceServerClient(target)
     checks: list[tuple[str, Callable[[], None]]] = []
 
     def same_answers(result: Any) -> None:
@@ -82,18 +77,9 @@ def main() -> int:
         ], inputs
 
     checks.append(("metadata lists one input per column", metadata))
-    failed = 0
-    for name, check in checks:
-        try:
-            check()
-        except Exception:
-            failed += 1
-            print(f"FAILED {name}:\n{traceback.format_exc()}")
-        else:
-            print(f"ok {name}")
+    code = run_checks(checks)
     client.close()
-    print(f"{len(checks) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return code
 
 
 if __name__ == "__main__":

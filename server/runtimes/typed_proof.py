@@ -64,13 +64,19 @@ def columns_of(frame: pd.DataFrame, text_columns: Sequence[str]) -> Columns:
 
 
 def prove_typed(
-    pipeline: Any, runtime: Any, frame: pd.DataFrame, text_columns: Sequence[str], tolerance: float
+    pipeline: Any,
+    runtime: Any,
+    frame: pd.DataFrame,
+    text_columns: Sequence[str],
+    tolerance: float,
+    refused: Sequence[int] | None = None,
 ) -> Proof:
     """Row by row where the pipeline refuses some; the answered rows in one call. Labels identical, values within
-    the tolerance, and every row the pipeline refuses refused by the runtime (OutsideDomain)."""
+    the tolerance, and every row the pipeline refuses refused by the runtime (OutsideDomain). `refused`:
+    refused_rows(pipeline, frame), when the caller has it already."""
     is_classifier = hasattr(pipeline, "classes_")
     n = len(frame)
-    refused = _refused_rows(pipeline, frame)
+    refused = refused_rows(pipeline, frame) if refused is None else refused
     for index in refused:
         row = frame.iloc[[index]]
         try:
@@ -103,13 +109,21 @@ def prove_typed(
     return Proof(n, deviation, True)
 
 
-def program_matches(pipeline: Any, runtime: Any, frame: pd.DataFrame, text_columns: Sequence[str]) -> bool:
+def program_matches(
+    pipeline: Any,
+    runtime: Any,
+    frame: pd.DataFrame,
+    text_columns: Sequence[str],
+    refused: Sequence[int] | None = None,
+) -> bool:
     """Whether the form's program gives, on the rows of `frame` the pipeline answers, exactly the dense matrix the
     pipeline's steps before its estimator give (NaN where they give NaN): then the estimator, given that matrix,
-    answers as the pipeline does, and may answer calls too large for the estimator's compiled form."""
+    answers as the pipeline does, and may answer calls too large for the estimator's compiled form. `refused`:
+    refused_rows(pipeline, frame), when the caller has it already."""
     import scipy.sparse
 
-    answered = frame.drop(index=_refused_rows(pipeline, frame)).reset_index(drop=True)
+    refused = refused_rows(pipeline, frame) if refused is None else refused
+    answered = frame.drop(index=refused).reset_index(drop=True)
     if answered.empty:
         return False
     try:
@@ -124,7 +138,7 @@ def program_matches(pipeline: Any, runtime: Any, frame: pd.DataFrame, text_colum
     return expected.dtype == got.dtype and expected.shape == got.shape and np.array_equal(expected, got, equal_nan=True)
 
 
-def _refused_rows(pipeline: Any, frame: pd.DataFrame) -> list[int]:
+def refused_rows(pipeline: Any, frame: pd.DataFrame) -> list[int]:
     """The rows the pipeline refuses alone: one call for all, then halves of a refused part, down to single rows."""
     refused: list[int] = []
 

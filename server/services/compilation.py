@@ -33,7 +33,7 @@ from server.runtimes import Refusal, Runtime, compile_pipeline, load_runtime, pr
 from server.runtimes.fidelity import prove_against, prove_recording, split_reference, with_reference
 from server.runtimes.stored import UnstorableClasses
 from server.runtimes.typed import TableRuntime, compile_typed
-from server.runtimes.typed_proof import program_matches, prove_typed, typed_proof_frame
+from server.runtimes.typed_proof import program_matches, prove_typed, refused_rows, typed_proof_frame
 from server.services.pipeline_inputs import frame_of_rows
 from server.storage.artifacts import ArtifactStore
 
@@ -151,7 +151,8 @@ class RuntimeBuilder:
         import pandas as pd
 
         frame = typed_proof_frame(pd.concat(given, ignore_index=True), text)
-        proof = prove_typed(pipeline, runtime, frame, text, self.tolerance)
+        refused = refused_rows(pipeline, frame)  # once, for the proof and for the large calls' check
+        proof = prove_typed(pipeline, runtime, frame, text, self.tolerance, refused)
         record = RuntimeRecord(
             name=runtime.name,
             version=runtime.version,
@@ -163,7 +164,8 @@ class RuntimeBuilder:
             logger.warning("%s: the %s form failed its proof (%s); the pipeline answers", model_type, form.name, why)
             return None, dataclasses.replace(record, note=f"the {form.name} form failed its proof: {proof.reason}")
         file = self.artifacts.write_runtime(artifact, runtime.name, data, model_type)
-        return _answering_large_calls(pipeline, runtime, frame, text), dataclasses.replace(record, file=file)
+        large = _answering_large_calls(pipeline, runtime, frame, text, refused)
+        return large, dataclasses.replace(record, file=file)
 
     def _load_typed(self, record: PredictionSetRecord, pipeline: Any, file: ArtifactInfo, name: str) -> tuple[Any, str]:
         """A typed set's form, verified, and proven again on its self-check rows and their edges."""
@@ -177,10 +179,11 @@ class RuntimeBuilder:
             return None, "compiled form not proven (no self-check rows): the pipeline answers"
         text = _text_columns(schema)
         frame = typed_proof_frame(rows, text)
-        proof = prove_typed(pipeline, runtime, frame, text, self.tolerance)
+        refused = refused_rows(pipeline, frame)  # once, for the proof and for the large calls' check
+        proof = prove_typed(pipeline, runtime, frame, text, self.tolerance, refused)
         if not proof.passed:
             return None, f"compiled form fails its proof again ({proof.reason}): the pipeline answers"
-        return _answering_large_calls(pipeline, runtime, frame, text), ""
+        return _answering_large_calls(pipeline, runtime, frame, text, refused), ""
 
     def load(
         self, record: PredictionSetRecord, pipeline: Any, same_environment: bool = False
@@ -223,11 +226,13 @@ class RuntimeBuilder:
         return runtime, ""
 
 
-def _answering_large_calls(pipeline: Any, runtime: TableRuntime, frame: Any, text: Sequence[str]) -> Any:
+def _answering_large_calls(
+    pipeline: Any, runtime: TableRuntime, frame: Any, text: Sequence[str], refused: Sequence[int]
+) -> Any:
     """A typed tree form answers calls past its `most_rows` with the pipeline's estimator on the program's matrix,
     where the program is proven to give the very matrix the pipeline's steps give; else such calls go to the
     pipeline, a DataFrame each."""
-    if runtime.inner.most_rows is None or not program_matches(pipeline, runtime, frame, text):
+    if runtime.inner.most_rows is None or not program_matches(pipeline, runtime, frame, text, refused):
         return runtime
     return runtime.with_estimator(pipeline[-1])
 

@@ -6,9 +6,10 @@ failing any Predict, since a swap replaces one slot of the ModelStore whole. Whe
 announces changes (PostgreSQL's LISTEN/NOTIFY), the reloader looks as soon as one arrives; the
 polling stays as the safety net for an announcement lost with a dropped connection.
 
-Every serving process syncs once before it answers (sync_before_serving): a forked worker holds its
-parent's start-up copy of the models, which may be sets ago. Until a sync succeeds the store is
-marked not synced, and Predict refuses with UNAVAILABLE instead of answering from a stale set.
+Every serving process syncs before it binds its port (sync_until): a forked worker holds its parent's
+start-up copy of the models, which may be sets ago. Until a sync succeeds the store is marked not synced,
+and Predict refuses with UNAVAILABLE instead of answering from a stale set (sync_before_serving, one try,
+leaves a process in that state for the ticks to retry).
 """
 
 from __future__ import annotations
@@ -59,16 +60,13 @@ class LiveReloader:
         On False the store stays marked not synced, with the reason, and the ticks started by start()
         keep trying; the first one that succeeds lets the process answer.
         """
-        self.store.mark_not_synced("not yet compared with the database")
         try:
-            self.sync_once()
+            self._sync_or_mark_why_not()
         except Exception as exc:  # unreachable, busy or broken: anything but agreement keeps calls refused
-            reason = _reason(exc)
-            self.store.mark_not_synced(reason)
             logger.log(
                 logging.WARNING if isinstance(exc, PredserveError) else logging.ERROR,
                 "cannot sync with the database before serving (%s); NOT_SERVING until a sync succeeds",
-                reason,
+                _reason(exc),
                 exc_info=not isinstance(exc, PredserveError),
             )
             return False
@@ -79,12 +77,7 @@ class LiveReloader:
         (False); the store is marked not synced, with the reason, meanwhile, and the reason logged."""
 
         def attempt() -> bool:
-            self.store.mark_not_synced("not yet compared with the database")
-            try:
-                self.sync_once()
-            except Exception as exc:  # unreachable, busy or broken: anything but agreement keeps it unbound
-                self.store.mark_not_synced(_reason(exc))
-                raise
+            self._sync_or_mark_why_not()
             return True
 
         def report(exc: BaseException, waited: float) -> None:
@@ -96,6 +89,15 @@ class LiveReloader:
             )
 
         return until_it_works(attempt, (Exception,), stop, report) is not None
+
+    def _sync_or_mark_why_not(self) -> None:
+        """sync_once, the store marked not synced until it succeeds, with the reason when it raises."""
+        self.store.mark_not_synced("not yet compared with the database")
+        try:
+            self.sync_once()
+        except Exception as exc:  # unreachable, busy or broken: anything but agreement keeps it unsynced
+            self.store.mark_not_synced(_reason(exc))
+            raise
 
     def start(self) -> None:
         if self.interval <= 0 and self.store.not_synced_reason is None:

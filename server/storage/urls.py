@@ -9,7 +9,6 @@ cannot reach a log or a terminal.
 from __future__ import annotations
 
 import re
-from typing import Any
 from urllib.parse import unquote
 
 import psycopg
@@ -56,33 +55,34 @@ def postgres_url(location: str) -> str | None:
     if scheme.lower() not in POSTGRES_SCHEMES:
         raise DatabaseLocationError(f"unsupported URL scheme {scheme!r}; use a SQLite file path or postgresql://...")
     url = f"{LIBPQ_SCHEME}://{location[len(scheme) + 3 :]}"
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.Error:  # its message quotes the URL, password included
-        raise DatabaseLocationError(
-            "the postgresql:// URL cannot be parsed (check its host, port and percent-escapes)"
-        ) from None
-    _check_ports(params, "the postgresql:// URL's port")
-    return url
+    return _checked(
+        url,
+        "the postgresql:// URL cannot be parsed (check its host, port and percent-escapes)",
+        "the postgresql:// URL's port",
+    )
 
 
 def _keyword_string(location: str) -> str:
     """A libpq keyword string (`host=db port=5432 dbname=registry user=u password=...`), which psycopg takes as
     it is: checked here, so that a misspelt keyword stops start-up rather than becoming a SQLite file."""
+    return _checked(
+        location,
+        "the libpq keyword string (key=value ...) cannot be parsed: check each keyword's spelling and quotes",
+        "the libpq keyword string's port",
+    )
+
+
+def _checked(conninfo: str, unparsable: str, port_is: str) -> str:
+    """conninfo, once psycopg parses it and its ports are numbers from 1 to 65535; else DatabaseLocationError
+    with `unparsable` or `port_is ... must be`, never a part of conninfo."""
     try:
-        params = psycopg.conninfo.conninfo_to_dict(location)
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error:  # its message quotes the string, password included
-        raise DatabaseLocationError(
-            "the libpq keyword string (key=value ...) cannot be parsed: check each keyword's spelling and quotes"
-        ) from None
-    _check_ports(params, "the libpq keyword string's port")
-    return location
-
-
-def _check_ports(params: dict[str, Any], what: str) -> None:
+        raise DatabaseLocationError(unparsable) from None
     for port in str(params.get("port") or "").split(","):
         if port and not (port.isdigit() and 1 <= int(port) <= 65535):
-            raise DatabaseLocationError(f"{what} must be a number from 1 to 65535")
+            raise DatabaseLocationError(f"{port_is} must be a number from 1 to 65535")
+    return conninfo
 
 
 def first_line(exc: Exception) -> str:

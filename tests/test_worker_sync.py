@@ -29,7 +29,9 @@ from protos import predserve_pb2 as pb
 from protos import predserve_pb2_grpc as pb_grpc
 from server.app import MODEL_HEALTH_PREFIX, SERVICE_NAME, V2_SERVICE_NAME, Services, build_server, build_services
 from server.config import ServerConfig
+from server.domain import HistoryRow
 from server.errors import Unavailable
+from server.services.training import TrainCommand
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 pytestmark = [pytest.mark.slow]
@@ -237,3 +239,18 @@ def test_a_process_that_syncs_serves_at_once(tmp_path: Path) -> None:
     assert services.reloader.sync_before_serving() is True
     assert services.prediction.server_ready() is True
     assert services.prediction.is_ready("iris_classifier") is False  # merely unknown, not refused
+
+
+def test_a_set_this_process_made_current_meanwhile_is_not_adopted_again(tmp_path: Path) -> None:
+    """A live-reload tick can read the new current set between a Train's commit and its swap in the same
+    process; adopting it then must not load it a second time (nor count a reload)."""
+    services = build_services(ServerConfig(db_path=tmp_path / "registry.db", models_dir=tmp_path / "models"))
+    _, rows = iris_rows()
+    command = TrainCommand(
+        model_type="iris_classifier",
+        algorithm="logistic_regression",
+        rows=[HistoryRow(tuple(features), target) for features, target in rows],
+    )
+    trained = services.training.train(command).model
+    assert services.reloader.registrar.adopt("iris_classifier", trained.record.id) is None
+    assert services.store.slots()["iris_classifier"] is trained

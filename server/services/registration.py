@@ -164,6 +164,11 @@ class SetRegistrar:
             record = self._sets.current(model_type)
             if record is None or record.id != set_id:
                 return None  # it changed again meanwhile; the next look sees the newest
+            served = self._store.slots().get(model_type)
+            if isinstance(served, LoadedModel) and served.record.id == set_id:
+                # This process made it current while the caller was looking (a Train's commit, then its swap,
+                # under this lock): there is nothing to load again, nor a reload to count.
+                return None
             try:
                 model = self._loader.load(record)
             except PredserveError as exc:

@@ -144,6 +144,22 @@ def test_json_logs_and_the_access_log_carry_their_fields(observed: tuple[ServerP
 
 
 @pytest.mark.slow
+def test_a_metrics_file_still_being_created_does_not_fail_the_scrape(observed: tuple[ServerProcess, int, Path]) -> None:
+    """A starting worker creates its file empty, then sizes it: a scrape in between once answered 500."""
+    _, port, metrics_dir = observed
+    before = value(port, "predserve_requests_total", service=PREDSERVE, method="Predict", model_type="iris", code="OK")
+    being_created = metrics_dir / f"counter_{os.getpid()}.db"
+    being_created.write_bytes(b"")
+    try:
+        after = value(
+            port, "predserve_requests_total", service=PREDSERVE, method="Predict", model_type="iris", code="OK"
+        )
+    finally:
+        being_created.unlink()
+    assert after == before == PREDICTS
+
+
+@pytest.mark.slow
 def test_a_dead_worker_is_marked_dead_and_its_counts_stay(observed: tuple[ServerProcess, int, Path]) -> None:
     """Runs last in this module: it kills a worker. The endpoint was wiped of the stale file at start."""
     server, port, metrics_dir = observed

@@ -228,6 +228,15 @@ def test_a_worker_respawned_during_an_outage_takes_no_connection_until_it_has_sy
 ) -> None:
     cluster, url, replica = replica_with_iris(own_cluster, reap, tmp_path, workers=2)
     current = train(replica)
+    # The worker that did not train learns of the set by NOTIFY; frozen before it did, it would rightly go on
+    # answering what it knew, which is not what this test is about.
+    wait_until(
+        lambda: all(
+            predict_over_a_new_connection(replica.target, "iris_classifier").set_id == current for _ in range(8)
+        ),
+        30,
+        "both workers to serve the new set",
+    )
     assert replica.process is not None
     parent = replica.process.pid
     ready = replica.log().count("predserve ready on")

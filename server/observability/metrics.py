@@ -29,6 +29,8 @@ MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_FILE = re.compile(
     r"(?:counter|histogram|summary|gauge_(?:live)?(?:all|min|max|sum|mostrecent))_(?P<pid>[0-9]+)\.db"
 )
+# prometheus-client's file header (prometheus_client/mmap_dict.py): bytes used, then padding.
+METRICS_FILE_HEADER_BYTES = 8
 # The figures of the whole process tree; the others (start time, fd limit) are the endpoint process's own.
 SUMMED_PROCESS_METRICS = frozenset(
     {"process_cpu_seconds", "process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds"}
@@ -71,7 +73,7 @@ class MetricsEndpoint:
 
         self._worker_pids = worker_pids
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(self.directory))
+        registry.register(_settled_files_collector(MultiProcessCollector, self.directory))
         registry.register(_ProcessTree(lambda: (os.getpid(), *self._worker_pids())))
         try:
             self._http, _ = start_http_server(port, addr=host, registry=registry)
@@ -93,6 +95,28 @@ class MetricsEndpoint:
             self._http = None
         if self._made_here:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _settled_files_collector(base: Any, directory: Path) -> Any:
+    """prometheus-client's multiprocess collector, reading only files a worker has finished creating.
+
+    A worker creates its file empty and then sizes it; a scrape that reads it in between fails on the
+    missing header, and the whole scrape answers 500 (seen when a replacement worker started). A file
+    shorter than its 8-byte header holds no value yet, so leaving it out of this scrape loses nothing.
+    """
+
+    class SettledFilesCollector(base):  # type: ignore[misc, valid-type]
+        def collect(self) -> Any:
+            return self.merge([str(path) for path in directory.glob("*.db") if _has_header(path)], accumulate=True)
+
+    return SettledFilesCollector(None, path=str(directory))
+
+
+def _has_header(path: Path) -> bool:
+    try:
+        return path.stat().st_size >= METRICS_FILE_HEADER_BYTES
+    except FileNotFoundError:  # a dead worker's live gauges, removed since the glob
+        return False
 
 
 class _ProcessTree:

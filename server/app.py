@@ -64,6 +64,7 @@ from server.services.reload import LiveReloader
 from server.services.training import ModelTrainingService
 from server.startup_checks import refuse_a_lost_registry, refuse_unservable, report_orphans
 from server.storage.artifacts import ArtifactStore
+from server.storage.cached_artifacts import open_artifact_store
 from server.storage.databases import RegistryDatabase, open_database
 from server.storage.migrations import MigrationRunner, migrations_for
 from server.storage.repositories import HistoryRepository, PredictionSetRepository
@@ -133,9 +134,18 @@ def _services_on(
         len(applied),
         extra={"event": "database_ready", "migrations_applied": len(applied)},
     )
-
-    artifacts = artifacts or ArtifactStore(config.models_dir, config.artifact_hmac_key)
+    artifacts = artifacts or open_artifact_store(
+        config.models_dir,
+        config.artifact_store,
+        config.artifact_hmac_key,
+        cache_max_bytes=config.cache_max_bytes,
+        timeout_seconds=config.store_timeout_seconds,
+        retries=config.store_retries,
+        fetch_concurrency=config.fetch_concurrency,
+        telemetry=telemetry,
+    )
     artifacts.prepare()
+    artifacts.check_access()
     sets = PredictionSetRepository(database)
     if not config.allow_empty_registry:
         refuse_a_lost_registry(database, sets, artifacts)
@@ -150,6 +160,8 @@ def _services_on(
         telemetry=telemetry,
     )
     store = store or ModelStore()
+    artifacts.protect(store.served_files)
+    store.add_listener(lambda _model_type, _slot: artifacts.trim())  # a swap may leave files nobody serves
     loader.load_current_models(store)
     store.mark_startup_loaded()
     report_orphans(artifacts, sets)

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from server.domain import RuntimeChoice, VersionPolicy
 from server.observability.logs import LogFormat, LogLevel
 from server.option_kinds import (
+    ARTIFACT_STORE,
     BOOLEAN,
     INTEGER,
     MAX_SECONDS,
@@ -101,6 +102,10 @@ class Option:
         return value
 
 
+STORE_TIMEOUT = "connect and read timeout of one call to the object store"
+STORE_RETRIES = "times a failed call to the object store is tried again, with backoff"
+FETCHES = "fetches from the object store at once when the cache lacks the current sets at start-up"
+
 # db_path's value is a location: --db also takes a postgresql:// URL, which becomes database_url.
 OPTIONS: tuple[Option, ...] = (
     Option("host", "--host", "PREDSERVE_HOST", TEXT, "address to bind", metavar="HOST"),
@@ -113,7 +118,35 @@ OPTIONS: tuple[Option, ...] = (
         "SQLite database file, or a postgresql://user@host/db URL of a registry shared by several replicas",
         metavar="FILE|URL",
     ),
-    Option("models_dir", "--models-dir", "PREDSERVE_MODELS_DIR", PATH, "directory of joblib artifacts"),
+    Option(
+        "models_dir",
+        "--models-dir",
+        "PREDSERVE_MODELS_DIR",
+        PATH,
+        "directory of joblib artifacts; with an object store as --artifact-store, this replica's verified cache",
+    ),
+    Option(
+        "artifact_store",
+        "--artifact-store",
+        "PREDSERVE_ARTIFACT_STORE",
+        ARTIFACT_STORE,
+        "where artifacts live: a directory (by default --models-dir itself), or s3://bucket/prefix on any "
+        "S3-compatible service (credentials and AWS_ENDPOINT_URL from the AWS environment)",
+    ),
+    Option(
+        "cache_max_bytes",
+        "--cache-max-bytes",
+        "PREDSERVE_CACHE_MAX_BYTES",
+        INTEGER,
+        "most bytes the cache of an object store keeps, least recently used evicted first; 0 for no bound. "
+        "The sets served now are never evicted",
+        NOT_NEGATIVE,
+    ),
+    Option(
+        "store_timeout_seconds", "--store-timeout", "PREDSERVE_STORE_TIMEOUT", NUMBER, STORE_TIMEOUT, POSITIVE_SECONDS
+    ),
+    Option("store_retries", "--store-retries", "PREDSERVE_STORE_RETRIES", INTEGER, STORE_RETRIES, Within(0, 10)),
+    Option("fetch_concurrency", "--fetch-concurrency", "PREDSERVE_FETCH_CONCURRENCY", INTEGER, FETCHES, Within(1, 64)),
     Option("port_file", "--port-file", "PREDSERVE_PORT_FILE", OPTIONAL_PATH, "write the bound port here once serving"),
     Option(
         "version_policy",

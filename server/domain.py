@@ -237,3 +237,9 @@ class PredictionSetRecord:
     @property
     def schema(self) -> Schema:
         return self.input_schema or Schema.numbers(self.feature_names)
+
+    @property
+    def files(self) -> tuple[ArtifactInfo, ...]:
+        """The set's files in the artifact store: its artifact, and its compiled form when it has one."""
+        runtime_file = self.runtime.file if self.runtime is not None else None
+        return tuple(file for file in (self.artifact, runtime_file) if file is not None)

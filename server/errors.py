@@ -82,3 +82,17 @@ class ArtifactRejected(PredserveError):
 
 class ArtifactMissing(ArtifactRejected):
     """No file at the recorded path. On a shared store it may merely not be visible here yet."""
+
+
+class ArtifactStoreUnreachable(ArtifactMissing):
+    """The object store did not answer in time (down, partitioned, throttling): the file may well be there. What
+    is cached still serves; a set that needs a fetch waits and is tried again."""
+
+    kind = ErrorKind.UNAVAILABLE
+
+
+class ArtifactStoreRefused(PredserveError):
+    """The object store answered but refused this server: wrong or missing credentials, no such bucket, no
+    permission. Retrying will not help; the operator must fix the configuration."""
+
+    kind = ErrorKind.FAILED_PRECONDITION

@@ -52,6 +52,8 @@ class UnavailableModel:
     model_type: str
     reason: str
     record: PredictionSetRecord | None = None
+    # The set could not be fetched (the object store did not answer): the live reloader tries it again.
+    waiting: bool = False
 
 
 Slot = LoadedModel | UnavailableModel
@@ -145,6 +147,13 @@ class ModelStore:
             self._pinned[model.record.id] = model
             while len(self._pinned) > 1 and _footprint(self._pinned.values()) > self._pinned_budget:
                 self._pinned.popitem(last=False)
+
+    def served_files(self) -> set[str]:
+        """The files of every set served or wanted now (current, fallback, pinned): a bounded cache keeps them."""
+        with self._lock:
+            records = [slot.record for slot in self._slots.values() if slot.record is not None]
+            records += [model.record for model in self._pinned.values()]
+        return {file.relative_path for record in records for file in record.files}
 
     def pinned_ids(self) -> list[int]:
         with self._lock:

@@ -90,6 +90,17 @@ def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
 
 
+def _artifact_store(text: str) -> str | None:
+    """A directory, or an object store's URL that server/storage/object_store.py can open (StoreUrlError says
+    why not, and is a ValueError)."""
+    from server.storage.object_store import store_location
+
+    if not text.strip():
+        return None
+    store_location(text)
+    return text
+
+
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -118,6 +129,7 @@ TEXT = Kind("non-empty", _text, "TEXT")
 PATH = Kind("a non-empty path", _path, "PATH")
 OPTIONAL_TEXT = Kind("any text", _optional_text, "TEXT")
 OPTIONAL_PATH = Kind("a path", _optional_path, "PATH")
+ARTIFACT_STORE = Kind("a directory or s3://bucket/prefix", _artifact_store, "DIR|URL")
 MODULE_NAMES = Kind("comma-separated module names such as mypackage.transformers", _module_names, "MODULE[,MODULE]")
 BOOLEAN = Kind(f"one of {', '.join(_TRUE + _FALSE)}", _boolean, "")
 POSITIVE = Within(0, low_open=True)

@@ -28,6 +28,12 @@ class ServerConfig:
     # so it stays out of repr() and the logs show it redacted.
     database_url: str | None = field(default=None, repr=False)
     models_dir: Path = PROJECT_ROOT / "models"
+    # None: the models directory is the store. An s3:// URL makes the models directory a cache of that bucket.
+    artifact_store: str | None = None
+    cache_max_bytes: int = 0
+    store_timeout_seconds: float = 10.0
+    store_retries: int = 2
+    fetch_concurrency: int = 8
     migrations_dir: Path = MIGRATIONS_DIR
     # Where to write the bound port once serving; lets tests and scripts ask for port 0.
     port_file: Path | None = None

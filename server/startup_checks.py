@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from server.errors import ArtifactStoreUnreachable
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.storage.artifacts import ArtifactStore
 from server.storage.databases import RegistryDatabase
@@ -18,7 +19,7 @@ class StartupError(Exception):
 
 def report_orphans(artifacts: ArtifactStore, sets: PredictionSetRepository) -> None:
     """Files no row points at come from a Train that died before its commit; they are never loaded."""
-    stored = artifacts.stored_names()
+    stored = _stored_names(artifacts)
     orphans = stored - sets.known_paths(stored)
     if orphans:
         logger.warning("ignoring %d artifact(s) that no prediction set records: %s", len(orphans), sorted(orphans))
@@ -27,13 +28,23 @@ def report_orphans(artifacts: ArtifactStore, sets: PredictionSetRepository) -> N
 def refuse_a_lost_registry(database: RegistryDatabase, sets: PredictionSetRepository, artifacts: ArtifactStore) -> None:
     """An empty registry beside stored artifacts is most likely a lost or wrong database (a deleted file, a
     typo in --db): starting would serve nothing and bury the artifacts as orphans."""
-    stored = artifacts.stored_names()
+    stored = _stored_names(artifacts)
     if stored and sets.is_empty():
         raise StartupError(
-            f"database {database.name} records no prediction set, but {artifacts.root} holds {len(stored)} "
+            f"database {database.name} records no prediction set, but {artifacts.describe()} holds {len(stored)} "
             "artifact(s): the registry was probably lost; restore it, or pass --allow-empty-registry "
             "to start a new one beside them"
         )
+
+
+def _stored_names(artifacts: ArtifactStore) -> set[str]:
+    """What the store holds; nothing, with a warning, when an object store does not answer: start-up serves
+    what the cache holds rather than wait for a check."""
+    try:
+        return artifacts.stored_names()
+    except ArtifactStoreUnreachable as exc:
+        logger.warning("could not list the artifact store (%s): its orphans are not checked at this start", exc)
+        return set()
 
 
 def refuse_unservable(store: ModelStore) -> None:

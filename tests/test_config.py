@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from client.cli import main as cli_main
 from client.library import TargetPortError, channel_target
 from server.config import (
+    ARTIFACT_STORE,
     BOOLEAN,
     INTEGER,
     MODULE_NAMES,
@@ -63,6 +64,8 @@ def samples(option: Option) -> tuple[str, str]:
         return "sklearn", "auto"
     if option.kind is MODULE_NAMES:
         return "env_pkg.sub,other", "flag_pkg"
+    if option.kind is ARTIFACT_STORE:
+        return "s3://env-bucket/models", "/srv/flag-models"
     candidates = ["7", "9", "1000"] if option.kind is INTEGER else ["0.5", "7.25", "9", "0.25"]
     valid = [text for text in candidates if option.within is None or option.within.allows(float(text))]
     valid = [text for text in valid if float(text) != option.default]
@@ -84,7 +87,7 @@ def expected(option: Option, text: str) -> Any:
         return LogLevel(text)
     if option.kind is MODULE_NAMES:
         return tuple(text.split(","))
-    return text if option.field in ("host", "metrics_host") else Path(text)
+    return text if option.field in ("host", "metrics_host", "artifact_store") else Path(text)
 
 
 VALUED = [option for option in OPTIONS if option.kind is not BOOLEAN]

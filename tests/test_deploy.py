@@ -1,5 +1,6 @@
 """deploy/kubernetes/: every manifest is valid for Kubernetes (kubernetes-validate ships the schemas, so this
-runs offline), and the manifests fit together: probes on the gRPC port, the shared volume, the Secret."""
+runs offline), and the manifests fit together: probes on the gRPC port, the object store and its Secret, and
+the older shared-directory alternative with its ReadWriteMany claim."""
 
 from __future__ import annotations
 
@@ -14,17 +15,18 @@ from client.library import HEALTH_SERVICE
 from server.config import MIN_HMAC_KEY_BYTES
 from tests.support import PROJECT_ROOT
 
-MANIFESTS = sorted((PROJECT_ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
+MANIFESTS = sorted(KUBERNETES.rglob("*.yaml"))
 # The oldest release with gRPC probes on by default (1.27, where they went GA), and the newest the validator knows.
 VERSIONS = ["1.27.0", kubernetes_validate.latest_version()]
 
 
-def documents() -> list[dict[str, Any]]:
-    return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+def documents(folder: Path = KUBERNETES) -> list[dict[str, Any]]:
+    return [doc for path in sorted(folder.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def by_kind(kind: str) -> list[dict[str, Any]]:
-    return [doc for doc in documents() if doc["kind"] == kind]
+def by_kind(kind: str, folder: Path = KUBERNETES) -> list[dict[str, Any]]:
+    return [doc for doc in documents(folder) if doc["kind"] == kind]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -41,10 +43,20 @@ def test_the_validator_rejects_a_broken_manifest() -> None:
         kubernetes_validate.validate(deployment, VERSIONS[-1], strict=True)
 
 
-def test_the_manifests_fit_together() -> None:
-    (deployment,) = by_kind("Deployment")
-    (claim,) = by_kind("PersistentVolumeClaim")
+def _secret_values(container: dict[str, Any]) -> dict[str, str]:
+    """Every variable the container takes from a Secret, resolved: one that names no Secret fails here."""
     secrets = {s["metadata"]["name"]: s["stringData"] for s in by_kind("Secret")}
+    references = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    values = {name: secrets[ref["name"]][ref["key"]] for name, ref in references.items()}
+    for source in container.get("envFrom", []):
+        values.update(secrets[source["secretRef"]["name"]])
+    return values
+
+
+def test_the_manifests_fit_together() -> None:
+    """The default layout: replicas that share nothing but PostgreSQL and a bucket, each with an emptyDir cache."""
+    assert not by_kind("PersistentVolumeClaim")  # no ReadWriteMany claim
+    (deployment,) = by_kind("Deployment")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     port = container["ports"][0]["containerPort"]
@@ -54,16 +66,19 @@ def test_the_manifests_fit_together() -> None:
     assert container["livenessProbe"]["grpc"] == {"port": port}
     assert pod["terminationGracePeriodSeconds"] > 30  # longer than --grace-seconds
 
-    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    artifacts = volumes[mounts["/var/lib/predserve/models"]]
-    assert artifacts["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    cache = volumes[mounts["/var/lib/predserve/models"]]
+    assert "emptyDir" in cache and "persistentVolumeClaim" not in cache
     assert "--models-dir=/var/lib/predserve/models" in container["args"]
+    assert any(arg.startswith("--artifact-store=s3://") for arg in container["args"])
+    (bound,) = [int(arg.split("=")[1]) for arg in container["args"] if arg.startswith("--cache-max-bytes=")]
+    assert bound < 10 * 2**30  # below the emptyDir's sizeLimit (10Gi), past which the kubelet evicts the pod
+    assert cache["emptyDir"]["sizeLimit"] == "10Gi"
 
-    references = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
-    assert {"PREDSERVE_DB", "PREDSERVE_ADMIN_TOKEN", "PREDSERVE_ARTIFACT_HMAC_KEY"} <= set(references)
-    values = {name: secrets[ref["name"]][ref["key"]] for name, ref in references.items()}  # every one resolves
+    values = _secret_values(container)
+    assert {"PREDSERVE_DB", "PREDSERVE_ADMIN_TOKEN", "PREDSERVE_ARTIFACT_HMAC_KEY"} <= set(values)
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(values)  # the object store's, from a Secret
     assert values["PREDSERVE_DB"].startswith("postgresql://")
     assert len(values["PREDSERVE_ARTIFACT_HMAC_KEY"].encode()) >= MIN_HMAC_KEY_BYTES
 
@@ -72,3 +87,18 @@ def test_the_manifests_fit_together() -> None:
         assert service["spec"]["selector"].items() <= labels.items()
         assert service["spec"]["ports"][0]["port"] == port
     assert any(s["spec"].get("clusterIP") == "None" for s in by_kind("Service"))  # for DNS round robin
+
+
+def test_the_shared_directory_alternative_mounts_one_read_write_many_claim() -> None:
+    folder = KUBERNETES / "shared-directory"
+    (deployment,) = by_kind("Deployment", folder)
+    (claim,) = by_kind("PersistentVolumeClaim", folder)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    artifacts = volumes[mounts["/var/lib/predserve/models"]]
+    assert artifacts["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert not any(arg.startswith("--artifact-store") for arg in container["args"])
+    assert {"PREDSERVE_DB", "PREDSERVE_ARTIFACT_HMAC_KEY"} <= set(_secret_values(container))

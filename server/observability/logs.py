@@ -60,3 +60,6 @@ def configure_logging(log_format: LogFormat, level: LogLevel) -> None:
     # A library's warning (numpy's overflow on a caller's extreme row, a deprecation) is a log line in the
     # chosen format, not a bare line on stderr that breaks a JSON log's one-document-per-line contract.
     logging.captureWarnings(True)
+    # boto3 logs where it found each setting at INFO; the artifact store logs what an operator needs itself.
+    for chatty in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

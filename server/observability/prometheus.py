@@ -78,6 +78,17 @@ TRAIN_SECONDS = Histogram(
     buckets=TRAIN_BUCKETS,
 )
 RELOADS = Counter("predserve_reloads_total", "Sets swapped in by the live reloader", ["model_type"])
+# The object store (--artifact-store s3://...): fetches into the models directory, which is its cache.
+FETCHES = Counter(
+    "predserve_store_fetches_total", "Fetches from the artifact store, by outcome: ok or failed", ["outcome"]
+)
+FETCH_BYTES = Counter("predserve_store_fetch_bytes_total", "Bytes fetched from the artifact store and verified")
+FETCH_SECONDS = Histogram(
+    "predserve_store_fetch_duration_seconds", "One verified fetch from the artifact store", buckets=LOAD_BUCKETS
+)
+CACHE_LOOKUPS = Counter(
+    "predserve_cache_lookups_total", "Files wanted from the cache of the artifact store: hit or miss", ["result"]
+)
 
 
 class PrometheusTelemetry(Telemetry):
@@ -120,3 +131,14 @@ class PrometheusTelemetry(Telemetry):
 
     def reloaded(self, model_type: str) -> None:
         RELOADS.labels(model_type).inc()
+
+    def cache_looked_up(self, hit: bool) -> None:
+        CACHE_LOOKUPS.labels("hit" if hit else "miss").inc()
+
+    def artifact_fetched(self, size_bytes: int, seconds: float) -> None:
+        FETCHES.labels("ok").inc()
+        FETCH_BYTES.inc(size_bytes)
+        FETCH_SECONDS.observe(seconds)
+
+    def artifact_fetch_failed(self) -> None:
+        FETCHES.labels("failed").inc()

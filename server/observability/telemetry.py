@@ -68,3 +68,12 @@ class Telemetry:
 
     def reloaded(self, model_type: str) -> None:
         """The live reloader swapped in a set that another process made current."""
+
+    def cache_looked_up(self, hit: bool) -> None:
+        """A set's file was wanted from the cache of an object store: there and verified (hit), or not (miss)."""
+
+    def artifact_fetched(self, size_bytes: int, seconds: float) -> None:
+        """A file came from the object store, verified, into the cache."""
+
+    def artifact_fetch_failed(self) -> None:
+        """A fetch from the object store failed: no answer, refused, or bytes that do not verify."""

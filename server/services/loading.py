@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from server.domain import PredictionSetRecord, Schema, SelfCheck, VersionPolicy
-from server.errors import ArtifactRejected, FailedPrecondition
+from server.errors import ArtifactRejected, ArtifactStoreUnreachable, FailedPrecondition
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.observability.telemetry import Telemetry
 from server.services.compilation import RuntimeBuilder
@@ -136,6 +136,8 @@ class ModelLoader:
     def load_current_models(self, store: ModelStore) -> None:
         """Fills the store with the current set of every model type, falling back where one is broken."""
         current = {record.model_type: record for record in self.sets.current_sets()}
+        # From an object store, what the cache lacks comes side by side rather than one set after another.
+        self.artifacts.prefetch([file for record in current.values() for file in record.files])
         for model_type in self.sets.model_types():
             store.put(model_type, self._load_model_type(model_type, current.get(model_type)))
 
@@ -156,6 +158,15 @@ class ModelLoader:
             )
         try:
             model = self.load(current)
+        except ArtifactStoreUnreachable as exc:  # not refused: an older set would change the answers meanwhile
+            logger.error(
+                "model type %s is NOT_SERVING until set %d can be fetched: %s",
+                model_type,
+                current.id,
+                exc,
+                extra={"event": "fetch_waiting", "model_type": model_type, "prediction_set_id": current.id},
+            )
+            return UnavailableModel(model_type, f"set {current.id} waits for the artifact store: {exc}", current, True)
         except (ArtifactRejected, FailedPrecondition) as exc:
             logger.error("REFUSED current artifact of model type %s (set %d): %s", model_type, current.id, exc)
             return self._fall_back(model_type, current, str(exc))

@@ -21,7 +21,7 @@ from typing import Any
 
 from server import failpoints
 from server.domain import IMPORTED, ArtifactInfo, NewPredictionSet, PredictionSetRecord, SetDescription
-from server.errors import ArtifactRejected, Cancelled, PredserveError
+from server.errors import ArtifactRejected, ArtifactStoreUnreachable, Cancelled, PredserveError
 from server.model_store import LoadedModel, ModelStore, UnavailableModel
 from server.services.catalog import PRIMARY_METRIC
 from server.services.compilation import ProofEvidence, RuntimeBuilder
@@ -173,7 +173,8 @@ class SetRegistrar:
                 model = self._loader.load(record)
             except PredserveError as exc:
                 if model_type not in self._store.slots():
-                    self._store.put(model_type, UnavailableModel(model_type, str(exc), record))
+                    waiting = isinstance(exc, ArtifactStoreUnreachable)
+                    self._store.put(model_type, UnavailableModel(model_type, str(exc), record, waiting))
                 raise
             self._store.put(model_type, model)
             return model

@@ -197,6 +197,6 @@ def _reason(exc: BaseException) -> str:
 def _served_set(slot: LoadedModel | UnavailableModel | None) -> int | None:
     if isinstance(slot, LoadedModel):
         return slot.record.id
-    if isinstance(slot, UnavailableModel) and slot.record is not None:
+    if isinstance(slot, UnavailableModel) and slot.record is not None and not slot.waiting:
         return slot.record.id
     return None

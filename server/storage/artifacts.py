@@ -28,7 +28,7 @@ import socket
 import stat
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,18 @@ class ArtifactStore:
         elif scratch.is_symlink() or scratch.exists():
             logger.warning("%s is not a directory predserve made (a symlink or a file?); imports will fail", scratch)
 
+    def describe(self) -> str:
+        return str(self.root)
+
+    def check_access(self) -> None:
+        """Nothing to check before serving: prepare() made the directory (an object store overrides this)."""
+
+    # A directory that is the store has nothing to fetch and keeps every file: an object store's cache overrides
+    # these to fetch side by side, to learn which files the sets served need, and to trim itself to its bound.
+    def prefetch(self, files: Sequence[ArtifactInfo]) -> None: ...
+    def protect(self, names: Callable[[], Collection[str]]) -> None: ...
+    def trim(self) -> None: ...
+
     @contextlib.contextmanager
     def scratch_file(self, data: bytes) -> Iterator[Path]:
         """A private temporary copy of `data` inside the store (for the import probe), removed on exit;
@@ -100,7 +112,7 @@ class ArtifactStore:
             raise _storage_error(exc, "create the directory of temporary copies", self.root) from exc
         if not _is_real_directory(scratch):
             raise StorageError(f"{scratch} is not a directory predserve made (a symlink?); refusing to write there")
-        path = self.resolve(f"{SCRATCH_DIR}/{_owner()}~{uuid.uuid4().hex}{SUFFIX}")
+        path = self.resolve(f"{SCRATCH_DIR}/{writer_tag()}~{uuid.uuid4().hex}{SUFFIX}")
         try:
             try:
                 self._write_durably(path, data, sync=False)  # read once by the probe, never kept: no fsync
@@ -126,7 +138,7 @@ class ArtifactStore:
         return self._write_named(f"{stem}.{runtime_name}{RUNTIME_SUFFIX}", data, model_type)
 
     def _write_named(self, name: str, data: bytes, model_type: str) -> ArtifactInfo:
-        temp = self.resolve(f"{TEMP_PREFIX}{_owner()}~{name}")
+        temp = self.resolve(f"{TEMP_PREFIX}{writer_tag()}~{name}")
         final = self.resolve(name)
         try:
             self._write_durably(temp, data)
@@ -277,7 +289,7 @@ class ArtifactStore:
             os.close(fd)
 
 
-def _owner() -> str:
+def writer_tag() -> str:
     """How a temporary file names the process writing it, so that start-up removes only abandoned ones."""
     return f"{os.getpid()}@{socket.gethostname()}"
 

@@ -72,7 +72,8 @@ walkthrough: $(PROTO_OUT)
 report: $(PROTO_OUT)
 	$(PY) scripts/make_report.py
 
-# Predict requests/s against 1 and 2 replicas (shared PostgreSQL registry when installed), round robin.
+# Predict requests/s against 1 and 2 replicas that share only a PostgreSQL registry (when installed) and a bucket
+# on a local S3 server, round robin; then the object store's targets (bench/object_store.py).
 BENCH_REPLICAS_ARGS ?=
 bench-replicas: $(PROTO_OUT)
 	$(PY) -m bench.replicas $(BENCH_REPLICAS_ARGS)

@@ -1,8 +1,10 @@
 """Predict throughput against 1 and then 2 replicas, through the client's round-robin balancing.
 
-Replicas share a throw-away PostgreSQL registry (when PostgreSQL is installed; a shared SQLite file
-otherwise) and one artifact directory. Load comes from separate client processes, each with one
-PredserveClient over every replica's address, for a fixed time; only successful calls count.
+Replicas share nothing but a throw-away PostgreSQL registry (when PostgreSQL is installed; a shared SQLite
+file otherwise) and a bucket on a real S3 server (rclone serve s3): each has a models directory of its own, its
+cache. Load comes from separate client processes, each with one PredserveClient over every replica's address,
+for a fixed time; only successful calls count. Then bench/object_store.py measures the object store's targets
+(start-up, propagation between replicas, Predict), unless --no-object-store.
 
     python -m bench.replicas [--seconds 8] [--clients 4] [--rows 1]      (make bench-replicas)
 
@@ -20,8 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import object_store
 from client.library import PredserveClient
 from harness.launcher import ServerProcess
+from harness.s3_server import S3Server
 from tests.postgres_cluster import PostgresCluster, find_bindir
 from tests.support import IRIS_PROBES, iris_rows
 
@@ -54,9 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per configuration")
     parser.add_argument("--clients", type=int, default=4, help="client processes generating load")
     parser.add_argument("--rows", type=int, default=1, help="rows per Predict")
+    parser.add_argument("--no-object-store", action="store_true", help="skip bench/object_store.py's targets")
+    parser.add_argument("--out", type=Path, help="also write the object store's table to this file")
     args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="predserve-bench-replicas-"))
+    s3 = S3Server(root / "s3").start()
     bindir = find_bindir()
     cluster = PostgresCluster(bindir).start() if bindir else None
     registry = cluster.create_database() if cluster else str(root / "shared.db")
@@ -64,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in ("r1", "r2"):
             (root / name).mkdir()
-            replicas.append(ServerProcess(root / name, db=registry, models_dir=root / "artifacts"))
+            store_args = ["--artifact-store", object_store.STORE]
+            replicas.append(
+                ServerProcess(
+                    root / name, db=registry, models_dir=root / name / "cache", extra_args=store_args, env=s3.env()
+                )
+            )
         replicas[0].start()
         names, rows = iris_rows()
         with PredserveClient(replicas[0].target) as client:
@@ -73,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         replicas[1].start()  # loads the trained model at start-up, like any new replica
 
         print(
-            f"registry: {'PostgreSQL (throw-away cluster)' if cluster else 'shared SQLite file'}; "
+            f"registry: {'PostgreSQL (throw-away cluster)' if cluster else 'shared SQLite file'}; artifacts in a "
+            "bucket (rclone serve s3), each replica its own cache; "
             f"{os.cpu_count()} CPU(s); {args.clients} client processes; {args.rows} row(s) per Predict; "
             f"{args.seconds:.0f} s per run"
         )
@@ -88,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
                 replica.kill()
         if cluster:
             cluster.stop()
-    return 0
+        s3.kill()
+    if args.no_object_store:
+        return 0
+    print()
+    return object_store.main(["--out", str(args.out)] if args.out else [])
 
 
 if __name__ == "__main__":

@@ -126,14 +126,6 @@ def _services_on(
     store: ModelStore | None,
     telemetry: Telemetry,
 ) -> Services:
-    database.prepare(check_integrity=config.integrity_check)
-    applied = MigrationRunner(database).apply(migrations_for(database, config.migrations_dir))
-    logger.info(
-        "database %s ready (%d migration(s) applied now)",
-        database.name,
-        len(applied),
-        extra={"event": "database_ready", "migrations_applied": len(applied)},
-    )
     artifacts = artifacts or open_artifact_store(
         config.models_dir,
         config.artifact_store,
@@ -144,8 +136,15 @@ def _services_on(
         fetch_concurrency=config.fetch_concurrency,
         telemetry=telemetry,
     )
+    database.prepare(check_integrity=config.integrity_check)
+    applied = MigrationRunner(database).apply(migrations_for(database, config.migrations_dir))
+    logger.info(
+        "database %s ready (%d migration(s) applied now)",
+        database.name,
+        len(applied),
+        extra={"event": "database_ready", "migrations_applied": len(applied)},
+    )
     artifacts.prepare()
-    artifacts.check_access()
     sets = PredictionSetRepository(database)
     if not config.allow_empty_registry:
         refuse_a_lost_registry(database, sets, artifacts)
@@ -163,6 +162,7 @@ def _services_on(
     artifacts.protect(store.served_files)
     store.add_listener(lambda _model_type, _slot: artifacts.trim())  # a swap may leave files nobody serves
     loader.load_current_models(store)
+    artifacts.check_access()  # bad credentials stop the start; a store that does not answer does not
     store.mark_startup_loaded()
     report_orphans(artifacts, sets)
     if config.strict:

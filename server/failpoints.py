@@ -14,6 +14,7 @@ ENV_VAR = "PREDSERVE_FAILPOINT"
 
 AFTER_TEMP_WRITE = "after_temp_write"
 AFTER_RENAME = "after_rename"
+AFTER_UPLOAD = "after_upload"  # an object store holds the artifact; its compiled form and row are still to come
 AFTER_COMMIT = "after_commit"
 DURING_FIT = "during_fit"
 MID_MIGRATION = "mid_migration"

@@ -28,8 +28,10 @@ def report_orphans(artifacts: ArtifactStore, sets: PredictionSetRepository) -> N
 def refuse_a_lost_registry(database: RegistryDatabase, sets: PredictionSetRepository, artifacts: ArtifactStore) -> None:
     """An empty registry beside stored artifacts is most likely a lost or wrong database (a deleted file, a
     typo in --db): starting would serve nothing and bury the artifacts as orphans."""
+    if not sets.is_empty():
+        return
     stored = _stored_names(artifacts)
-    if stored and sets.is_empty():
+    if stored:
         raise StartupError(
             f"database {database.name} records no prediction set, but {artifacts.describe()} holds {len(stored)} "
             "artifact(s): the registry was probably lost; restore it, or pass --allow-empty-registry "

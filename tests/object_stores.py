@@ -51,6 +51,15 @@ def store_replica(
     )
 
 
+def trained_replica(
+    reap: Callable[[ServerProcess], ServerProcess], root: Path, s3: S3Server, **train_args: str
+) -> tuple[ServerProcess, int]:
+    """Replica "a", started, with iris ingested and one set trained; and that set's id."""
+    replica = store_replica(reap, root, "a", s3).start()
+    ingest_iris(replica)
+    return replica, train(replica, **train_args)
+
+
 def ingest_iris(replica: ServerProcess) -> None:
     names, rows = iris_rows()
     with replica.client() as client:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from client.library import PredserveClientError
 from harness.metrics import metrics_url, samples, scrape
 from harness.s3_server import S3Server, free_port
 from harness.waiting import wait_until
@@ -28,6 +29,7 @@ from tests.object_stores import (
     served,
     store_replica,
     train,
+    trained_replica,
 )
 from tests.support import PROJECT_ROOT, ServerProcess
 
@@ -83,9 +85,7 @@ def test_a_train_is_stored_first_and_a_replica_with_an_empty_cache_serves_it_ver
 def test_a_tampered_object_in_the_bucket_is_refused_and_the_older_set_serves_loudly(
     s3: S3Server, reap: Callable[[ServerProcess], ServerProcess], tmp_path: Path
 ) -> None:
-    a = store_replica(reap, tmp_path, "a", s3).start()
-    ingest_iris(a)
-    older = train(a, algorithm="logistic_regression")
+    a, older = trained_replica(reap, tmp_path, s3, algorithm="logistic_regression")
     before = bucket_objects(s3)
     newer = train(a)
     a.kill()
@@ -104,9 +104,7 @@ def test_a_tampered_object_in_the_bucket_is_refused_and_the_older_set_serves_lou
 def test_a_tampered_cached_file_is_fetched_again(
     s3: S3Server, reap: Callable[[ServerProcess], ServerProcess], tmp_path: Path
 ) -> None:
-    a = store_replica(reap, tmp_path, "a", s3).start()
-    ingest_iris(a)
-    set_id = train(a)
+    a, set_id = trained_replica(reap, tmp_path, s3)
     answer = served(a)
     a.kill()
     artifact = _artifact(cached(a))
@@ -118,22 +116,42 @@ def test_a_tampered_cached_file_is_fetched_again(
     assert (a.models_dir / artifact).read_bytes() == s3.object_path(BUCKET, f"{PREFIX}/{artifact}").read_bytes()
 
 
+@pytest.mark.parametrize("outage", ["killed", "frozen"])
 def test_a_train_while_the_store_is_down_records_nothing(
-    s3: S3Server, reap: Callable[[ServerProcess], ServerProcess], tmp_path: Path
+    s3: S3Server, reap: Callable[[ServerProcess], ServerProcess], tmp_path: Path, outage: str
 ) -> None:
-    a = store_replica(reap, tmp_path, "a", s3).start()
-    ingest_iris(a)
-    first = train(a)
+    """Killed, the store refuses connections; frozen (SIGSTOP), it takes them and never answers: --store-timeout
+    bounds the wait."""
+    a, first = trained_replica(reap, tmp_path, s3)
     files_before = cached(a)
-    s3.kill()
+    s3.kill() if outage == "killed" else s3.freeze()
     with a.client(max_attempts=1) as client:
-        with pytest.raises(Exception) as refused:
+        with pytest.raises(PredserveClientError) as refused:
             client.train("iris_classifier", "iris", "random_forest")
         assert "UNAVAILABLE" in str(refused.value) and STORE_URL in str(refused.value)
         sets = client.list_prediction_sets("iris_classifier").prediction_sets
     assert [s.id for s in sets] == [first]
     assert cached(a) == files_before  # the cache's copy of the failed Train is gone too
     assert served(a)[0] == first  # Predict never touches the store
+
+
+def test_a_replica_killed_between_its_upload_and_its_commit_records_nothing_and_recover_finds_the_object(
+    s3: S3Server, reap: Callable[[ServerProcess], ServerProcess], tmp_path: Path
+) -> None:
+    a, first = trained_replica(reap, tmp_path, s3)
+    a.stop()
+    before = bucket_objects(s3)
+    dying = store_replica(reap, tmp_path, "a", s3, env={"PREDSERVE_FAILPOINT": "after_upload"}).start()
+    with pytest.raises(PredserveClientError):
+        train(dying)
+    assert dying.wait_exit(30) == -signal.SIGKILL
+    (uploaded,) = bucket_objects(s3) - before  # the artifact is in the bucket; its compiled form never was
+
+    a.start()
+    with a.client() as client:
+        assert [s.id for s in client.list_prediction_sets("iris_classifier").prediction_sets] == [first]
+    assert served(a)[0] == first
+    assert "ignoring 1 artifact(s) that no prediction set records" in a.log() and uploaded in a.log()
 
 
 def test_a_start_while_the_store_is_down_serves_what_is_cached_and_fetches_the_rest_when_it_returns(
@@ -168,9 +186,7 @@ def test_a_reload_while_the_store_is_down_keeps_the_old_set_and_retries(
     s3: S3Server, reap: Callable[[ServerProcess], ServerProcess], tmp_path: Path
 ) -> None:
     """Two replicas on one SQLite registry, each with its own cache; B learns of A's Train while the store is down."""
-    a = store_replica(reap, tmp_path, "a", s3).start()
-    ingest_iris(a)
-    old = train(a)
+    a, old = trained_replica(reap, tmp_path, s3)
     b = store_replica(reap, tmp_path, "b", s3).start()
     assert served(b)[0] == old
     assert b.process is not None

@@ -140,6 +140,10 @@ class ObjectStore:
             client = self._new_client(min(self.timeout, CHECK_TIMEOUT_SECONDS), retries=0)
             client.list_objects_v2(Bucket=self.location.bucket, Prefix=self.location.prefix, MaxKeys=1)
 
+    def connect(self) -> None:
+        """Makes this process's client now rather than at the first fetch."""
+        self._s3()
+
     def _s3(self) -> Any:
         with self._lock:
             if self._client is None or self._client_pid != os.getpid():

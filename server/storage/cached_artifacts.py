@@ -25,7 +25,7 @@ from server.domain import ArtifactInfo
 from server.errors import ArtifactMissing, ArtifactRejected, ArtifactStoreUnreachable, PredserveError
 from server.observability.telemetry import Telemetry
 from server.storage.artifacts import RUNTIME_SUFFIX, SUFFIX, TEMP_PREFIX, ArtifactStore, writer_tag
-from server.storage.object_store import ObjectStore, directory_of, store_location
+from server.storage.object_store import ObjectStore, StartupListing, directory_of, store_location
 
 logger = logging.getLogger(__name__)
 
@@ -52,39 +52,35 @@ class CachedArtifactStore(ArtifactStore):
         self._evicting = threading.Lock()
         self._fresh: set[str] = set()
         self._down: tuple[float, str] | None = None  # until when the store is taken as down, and why
-        self._check: threading.Thread | None = None
-        self._check_failure: PredserveError | None = None
+        self._listing: StartupListing | None = None
+        self._listed: set[str] | ArtifactStoreUnreachable | None = None
+        self._listing_used = False
 
     def describe(self) -> str:
         return f"{self.remote.url} (cache {self.root})"
 
     def begin_check(self) -> None:
-        """Starts the check of the store's credentials beside the rest of start-up: boto3's import and its first
-        client cost about 0.25 s of CPU, which a start from a warm cache would otherwise add to its own."""
-        if self._check is None:
-            self._check = threading.Thread(target=self._run_check, name="store-check", daemon=True)
-            self._check.start()
-
-    def _run_check(self) -> None:
-        try:
-            self.remote.check_access()
-            self.remote.connect()
-        except PredserveError as exc:
-            self._check_failure = exc
+        """Starts the start-up listing of the store (StartupListing: a child process) beside the rest of start-up."""
+        if self._listing is None:
+            self._listing = self.remote.begin_listing()
 
     def check_access(self) -> None:
-        """Waits for the check begun by begin_check. Bad credentials or a missing bucket stop the start
-        (ArtifactStoreRefused); a store that does not answer does not: what the cache holds serves, and the
-        rest is fetched when the store answers."""
+        """Waits for the start-up listing. Bad credentials or a missing bucket stop the start (ArtifactStoreRefused);
+        a store that does not answer does not: what the cache holds serves, the rest is fetched once it answers."""
+        self._listed_at_start()
+
+    def _listed_at_start(self) -> set[str] | None:
+        """The names the start-up listing found; None when the store did not answer it."""
         self.begin_check()
-        assert self._check is not None
-        self._check.join()
-        failure = self._check_failure
-        if isinstance(failure, ArtifactStoreUnreachable):
-            self._mark_down(str(failure))
-            logger.warning("%s; serving what the cache holds, fetching the rest once it answers", failure)
-        elif failure is not None:
-            raise failure
+        assert self._listing is not None
+        if self._listed is None:
+            try:
+                self._listed = self._listing.result()
+            except ArtifactStoreUnreachable as exc:
+                self._mark_down(str(exc))
+                logger.warning("%s; serving what the cache holds, fetching the rest once it answers", exc)
+                self._listed = exc
+        return None if isinstance(self._listed, Exception) else self._listed
 
     def protect(self, names: Callable[[], Collection[str]]) -> None:
         self._protected = names
@@ -133,6 +129,7 @@ class CachedArtifactStore(ArtifactStore):
         wanted = [file for file in files if not self._cached_at_size(file)]
         if not wanted:
             return
+        self._listed_at_start()  # a store found down is then not waited on once per file
         with ThreadPoolExecutor(
             max_workers=min(self.fetch_concurrency, len(wanted)), thread_name_prefix="fetch"
         ) as pool:
@@ -150,7 +147,15 @@ class CachedArtifactStore(ArtifactStore):
             )
 
     def stored_names(self) -> set[str]:
-        return {name for name in self.remote.names() if name.endswith(SUFFIX) and "/" not in name}
+        """The artifacts in the bucket; the start-up listing's answer the first time (start-up's own checks)."""
+        if self._listing is not None and not self._listing_used:
+            self._listing_used = True
+            names = self._listed_at_start()
+            if names is None:
+                raise ArtifactStoreUnreachable(f"the artifact store {self.remote.url} did not answer at start-up")
+        else:
+            names = self.remote.names()
+        return {name for name in names if name.endswith(SUFFIX) and "/" not in name}
 
     def read_unrecorded(self, relative_path: str, limit: int) -> bytes:
         self.resolve(relative_path)

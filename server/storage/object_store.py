@@ -14,8 +14,11 @@ name the key and the store's URL, never a credential.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +33,8 @@ SCHEMES = ("s3",)
 # The start-up check of the credentials: a store that answers does so in milliseconds, and one that does not
 # must not hold the start (what is cached serves; the rest is fetched once the store answers).
 CHECK_TIMEOUT_SECONDS = 2.0
+# The whole listing at start-up, pages and all: past this the store counts as not answering.
+LISTING_TIMEOUT_SECONDS = 30.0
 # S3 error codes that say the configuration is wrong; a retry cannot help.
 _REFUSALS = {
     "AccessDenied",
@@ -133,16 +138,9 @@ class ObjectStore:
                 found.update(item["Key"][len(self.location.prefix) :] for item in page.get("Contents", ()))
         return found
 
-    def check_access(self) -> None:
-        """One cheap authenticated call, tried once within CHECK_TIMEOUT_SECONDS: raises ArtifactStoreRefused for
-        bad credentials or a missing bucket, ArtifactStoreUnreachable when the store does not answer at once."""
-        with self._calling("list", ""):
-            client = self._new_client(min(self.timeout, CHECK_TIMEOUT_SECONDS), retries=0)
-            client.list_objects_v2(Bucket=self.location.bucket, Prefix=self.location.prefix, MaxKeys=1)
-
-    def connect(self) -> None:
-        """Makes this process's client now rather than at the first fetch."""
-        self._s3()
+    def begin_listing(self) -> StartupListing:
+        """The start-up check, begun in a child process: see StartupListing."""
+        return StartupListing(self)
 
     def _s3(self) -> Any:
         with self._lock:
@@ -183,6 +181,56 @@ class ObjectStore:
             raise _mapped(exc, self.url, what, name) from exc
 
 
+class StartupListing:
+    """The names under the prefix, listed by a child process with one try of at most CHECK_TIMEOUT_SECONDS a call:
+    the check of the credentials at start-up, and what the start-up checks of orphans need.
+
+    A child, so that the server itself does not import boto3 (about 0.25 s of CPU with its first client) while
+    everything it serves comes from its cache: the child runs on another core beside the migrations and the
+    loads. result() raises ArtifactStoreRefused (bad credentials, no bucket) or ArtifactStoreUnreachable."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        timeout = min(store.timeout, CHECK_TIMEOUT_SECONDS)
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", __name__, store.url, str(timeout)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def result(self) -> set[str]:
+        try:
+            out, err = self._child.communicate(timeout=LISTING_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._child.kill()
+            self._child.communicate()
+            raise ArtifactStoreUnreachable(f"the artifact store {self.store.url} was not listed in time") from None
+        try:
+            answer = json.loads(out)
+        except ValueError:
+            why = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {self._child.returncode}"]
+            raise ArtifactStoreUnreachable(
+                f"the artifact store {self.store.url} could not be listed: {why[0]}"
+            ) from None
+        if "refused" in answer:
+            raise ArtifactStoreRefused(answer["refused"])
+        if "unreachable" in answer:
+            raise ArtifactStoreUnreachable(answer["unreachable"])
+        return set(answer["names"])
+
+
+def _list_for_a_parent(url: str, timeout: float) -> dict[str, Any]:
+    location = store_location(url)
+    assert location is not None
+    try:
+        return {"names": sorted(ObjectStore(location, timeout, retries=0).names())}
+    except ArtifactStoreRefused as exc:
+        return {"refused": str(exc)}
+    except ArtifactStoreUnreachable as exc:
+        return {"unreachable": str(exc)}
+
+
 def _mapped(exc: Exception, url: str, what: str, name: str) -> Exception:
     from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 
@@ -209,3 +257,7 @@ def _mapped(exc: Exception, url: str, what: str, name: str) -> Exception:
 def _short(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) < 200 else text[:200] + "..."
+
+
+if __name__ == "__main__":  # StartupListing's child: prints one JSON document, never a credential
+    print(json.dumps(_list_for_a_parent(sys.argv[1], float(sys.argv[2]))))

@@ -18,6 +18,9 @@ def main() -> None:
     recovering = arguments[:1] == [RECOVER]
     # The flags are read before server.app imports scikit-learn, so a bad one is reported at once.
     config = parse_config(arguments[1:] if recovering else arguments)
+    from server.storage.object_store import list_early
+
+    list_early(config.artifact_store, config.store_timeout_seconds)  # beside the imports below
     from server import app
 
     code = app.recover(config) if recovering else app.run(config)

@@ -139,8 +139,9 @@ class ObjectStore:
         return found
 
     def begin_listing(self) -> StartupListing:
-        """The start-up check, begun in a child process: see StartupListing."""
-        return StartupListing(self)
+        """The start-up check, begun in a child process (see StartupListing), or the one list_early began."""
+        early = _EARLY.pop((self.url, os.getpid()), None)
+        return early if early is not None else StartupListing(self.url, self.timeout)
 
     def _s3(self) -> Any:
         with self._lock:
@@ -189,11 +190,10 @@ class StartupListing:
     everything it serves comes from its cache: the child runs on another core beside the migrations and the
     loads. result() raises ArtifactStoreRefused (bad credentials, no bucket) or ArtifactStoreUnreachable."""
 
-    def __init__(self, store: ObjectStore) -> None:
-        self.store = store
-        timeout = min(store.timeout, CHECK_TIMEOUT_SECONDS)
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
         self._child = subprocess.Popen(
-            [sys.executable, "-m", __name__, store.url, str(timeout)],
+            [sys.executable, "-m", __name__, url, str(min(timeout, CHECK_TIMEOUT_SECONDS))],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -205,19 +205,29 @@ class StartupListing:
         except subprocess.TimeoutExpired:
             self._child.kill()
             self._child.communicate()
-            raise ArtifactStoreUnreachable(f"the artifact store {self.store.url} was not listed in time") from None
+            raise ArtifactStoreUnreachable(f"the artifact store {self.url} was not listed in time") from None
         try:
             answer = json.loads(out)
         except ValueError:
             why = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {self._child.returncode}"]
-            raise ArtifactStoreUnreachable(
-                f"the artifact store {self.store.url} could not be listed: {why[0]}"
-            ) from None
+            raise ArtifactStoreUnreachable(f"the artifact store {self.url} could not be listed: {why[0]}") from None
         if "refused" in answer:
             raise ArtifactStoreRefused(answer["refused"])
         if "unreachable" in answer:
             raise ArtifactStoreUnreachable(answer["unreachable"])
         return set(answer["names"])
+
+
+# Listings begun by list_early, by URL and process, for the ObjectStore that start-up opens later.
+_EARLY: dict[tuple[str, int], StartupListing] = {}
+
+
+def list_early(artifact_store: str | None, timeout: float) -> None:
+    """Begins the start-up listing of an s3:// --artifact-store before the server imports its libraries (about a
+    second), so that the child's work is done by the time start-up asks for it."""
+    location = store_location(artifact_store) if artifact_store else None
+    if location is not None:
+        _EARLY[(location.url, os.getpid())] = StartupListing(location.url, timeout)
 
 
 def _list_for_a_parent(url: str, timeout: float) -> dict[str, Any]:

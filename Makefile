@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# scripts/generate_protos.py: the bindings import each other through the package (from predserve.protos import ...).
 protos/%_pb2.py: protos/%.proto $(STAMP)
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $<
+	$(PY) scripts/generate_protos.py $<
 
 proto: $(PROTO_OUT)
 
@@ -35,15 +36,15 @@ run: $(PROTO_OUT)
 	@echo "  $(VENV)/bin/predserve --target $(RUN_TARGET) ingest --dataset iris --builtin iris"
 	@echo "  $(VENV)/bin/predserve --target $(RUN_TARGET) train --model-type iris_classifier --algorithm logistic_regression --dataset iris"
 	@echo "  $(VENV)/bin/predserve --target $(RUN_TARGET) predict --model-type iris_classifier --row 5.1,3.5,1.4,0.2 --proba"
-	$(PY) -m server $(RUN_ARGS)
+	$(PY) -m predserve.server $(RUN_ARGS)
 
 # Records the orphan artifacts of the models directory (a lost registry, a Train killed before its commit).
 recover: $(PROTO_OUT)
-	$(PY) -m server recover $(RUN_ARGS)
+	$(PY) -m predserve.server recover $(RUN_ARGS)
 
 lint: $(PROTO_OUT)
-	$(VENV)/bin/ruff check server client tests scripts bench harness
-	$(VENV)/bin/mypy server client bench harness
+	$(VENV)/bin/ruff check predserve tests scripts bench harness
+	$(VENV)/bin/mypy predserve bench harness
 
 # Four pytest processes on two cores: the tests mostly wait on the servers they start. --dist loadscope keeps a
 # module's tests in one process, so a module's shared server starts once.

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.procstats import cpu_seconds, process_tree
-from client.batches import BATCH_ROWS
-from client.csvfile import CsvFile
 from harness.launcher import PROJECT_ROOT, ServerProcess
 from harness.waiting import wait_until
-from protos import predserve_pb2 as pb
+from predserve.client.batches import BATCH_ROWS
+from predserve.client.csvfile import CsvFile
+from predserve.protos import predserve_pb2 as pb
 
 DATASET = "bench_ingest"
 CLI = PROJECT_ROOT / ".venv" / "bin" / "predserve"

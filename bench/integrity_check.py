@@ -12,9 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from server.config import MIGRATIONS_DIR
-from server.storage.migrations import MigrationRunner, migrations_for
-from server.storage.sqlite import SqliteDatabase
+from predserve.server.config import MIGRATIONS_DIR
+from predserve.server.storage.migrations import MigrationRunner, migrations_for
+from predserve.server.storage.sqlite import SqliteDatabase
 
 
 def main() -> None:

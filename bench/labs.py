@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from client.library import PredserveClient
 from harness.launcher import ServerProcess
+from predserve.client.library import PredserveClient
 
 logger = logging.getLogger(__name__)
 

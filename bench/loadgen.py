@@ -18,8 +18,8 @@ import grpc
 import numpy as np
 
 from bench.procstats import CpuMeter, CpuWindow
-from protos import grpc_predict_v2_pb2 as pb
-from protos import grpc_predict_v2_pb2_grpc as pb_grpc
+from predserve.protos import grpc_predict_v2_pb2 as pb
+from predserve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 
 CHANNEL_OPTIONS = [
     # One connection per channel: a shared subchannel would put every thread on one worker process.

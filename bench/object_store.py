@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procstats import cpu_seconds, process_tree
-from client.library import PredserveClient
 from harness.launcher import ServerProcess
 from harness.s3_server import S3Server
+from predserve.client.library import PredserveClient
 from tests.postgres_cluster import PostgresCluster, find_bindir
 from tests.support import IRIS_PROBES, iris_rows
 

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from bench import object_store
-from client.library import PredserveClient
 from harness.launcher import ServerProcess
 from harness.s3_server import S3Server
+from predserve.client.library import PredserveClient
 from tests.postgres_cluster import PostgresCluster, find_bindir
 from tests.support import IRIS_PROBES, iris_rows
 

@@ -29,10 +29,10 @@ from bench import ingest as ingest_bench
 from bench import training_data
 from bench.report import pyplot
 from bench.run import machine
-from client.library import PredserveClient
 from harness.launcher import ServerProcess
 from harness.ports import free_port
 from harness.waiting import wait_until
+from predserve.client.library import PredserveClient
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ def _rows(count: int) -> str:
 @contextmanager
 def _services(root: Path) -> Iterator[Any]:
     """predserve's services over a registry at root, as the server wires them (in this process)."""
-    from server.app import build_services
-    from server.settings import ServerConfig
+    from predserve.server.app import build_services
+    from predserve.server.settings import ServerConfig
 
     services = build_services(ServerConfig(db_path=root / "predictions.db", models_dir=root / "models"))
     try:
@@ -154,7 +154,7 @@ def _services(root: Path) -> Iterator[Any]:
 
 def populate_types(root: Path, count: int) -> None:
     """`count` model types, one iris logistic regression set each."""
-    from server.services.training import TrainCommand
+    from predserve.server.services.training import TrainCommand
 
     with _services(root) as services:
         _ingest_iris(services)
@@ -166,7 +166,7 @@ def populate_types(root: Path, count: int) -> None:
 
 def populate_sets(root: Path, count: int) -> None:
     """`count` sets of one model type (each its own artifact, as hourly retraining leaves them)."""
-    from server.services.training import TrainCommand
+    from predserve.server.services.training import TrainCommand
 
     with _services(root) as services:
         _ingest_iris(services)
@@ -180,7 +180,7 @@ def populate_sets(root: Path, count: int) -> None:
 def _ingest_iris(services: Any) -> None:
     from sklearn.datasets import load_iris
 
-    from server.domain import HistoryRow
+    from predserve.server.domain import HistoryRow
 
     bunch = load_iris()
     rows = [HistoryRow(tuple(map(float, x)), int(y)) for x, y in zip(bunch.data, bunch.target, strict=True)]
@@ -495,7 +495,7 @@ def row_counts(text: str) -> tuple[int, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("server").setLevel(logging.WARNING)
+    logging.getLogger("predserve").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
     defaults = Sizes()
     parser.add_argument("--large-types", type=int, default=defaults.large_types)

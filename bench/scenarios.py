@@ -20,7 +20,7 @@ from bench.procstats import memory_kib, process_tree
 from harness.launcher import PROJECT_ROOT
 from harness.ports import free_port
 from harness.waiting import wait_until
-from protos import grpc_predict_v2_pb2_grpc as pb_grpc
+from predserve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
 
 
 def inprocess_latencies(pipeline: Any, rows: Any, max_calls: int, max_seconds: float) -> np.ndarray:
@@ -121,7 +121,7 @@ def first_answer_seconds(
 _FLOOR_SCRIPT = """
 import json, sys, time
 imports_started = time.monotonic()
-import server.app  # the modules predserve imports before it can serve: grpc, numpy, scikit-learn, joblib
+import predserve.server.app  # the modules predserve imports before it can serve: grpc, numpy, scikit-learn, joblib
 import joblib
 imported = time.monotonic()
 loads = []
@@ -189,7 +189,7 @@ def train_overhead(lab: Lab, rounds: int) -> dict[str, Any]:
 
 _SIZES_SCRIPT = """
 import json, sys
-import server.app, joblib
+import predserve.server.app, joblib
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):

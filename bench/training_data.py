@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from server.app import Services, build_services
-from server.config import ServerConfig
-from server.domain import HistoryRow
-from server.services.training import TrainCommand
+from predserve.server.app import Services, build_services
+from predserve.server.config import ServerConfig
+from predserve.server.domain import HistoryRow
+from predserve.server.services.training import TrainCommand
 from tests.postgres_cluster import PostgresCluster, find_bindir
 
 DATASET = "bench"

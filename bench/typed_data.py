@@ -80,9 +80,9 @@ def ingest_figures(workdir: Path, rows: int) -> dict[str, Any]:
 
 def data_load_figures(workdir: Path, rows: int, repeats: int) -> dict[str, Any]:
     """Train's load of the typed dataset into its DataFrame, in process (no fit): rows/s of the best run."""
-    from server.app import build_services
-    from server.config import ServerConfig
-    from server.services.training import TrainCommand
+    from predserve.server.app import build_services
+    from predserve.server.config import ServerConfig
+    from predserve.server.services.training import TrainCommand
 
     typed_csv = workdir / "load.csv"
     write_typed_csv(typed_csv, rows)

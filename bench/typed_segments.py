@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from server.domain import Column, ColumnType, Schema
-from server.storage.tables import decode_segment, encode_segment
+from predserve.server.domain import Column, ColumnType, Schema
+from predserve.server.storage.tables import decode_segment, encode_segment
 
 ROWS = 1_000_000
 SEGMENT_ROWS = 16384

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from client.calls import AsyncInvoker, PredserveCalls, Prepared
-from client.errors import UnavailableError
+from predserve.client.calls import AsyncInvoker, PredserveCalls, Prepared
+from predserve.client.errors import UnavailableError
 
 R = TypeVar("R")
 

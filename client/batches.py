@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2 as pb
 
 TargetValue = str | int | float
 RowTuple = tuple[Sequence[float], TargetValue]

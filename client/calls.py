@@ -26,10 +26,10 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 import grpc
 from grpc_health.v1 import health_pb2
 
-from client.batches import BATCH_ROWS, BatchSource, Prefetch, RowIterable
-from client.batches import target_message as target_message  # the clients' own since the first release
-from client.connection import KEEPALIVE_SECONDS, ChannelModule, ChannelSettings
-from client.errors import (
+from predserve.client.batches import BATCH_ROWS, BatchSource, Prefetch, RowIterable
+from predserve.client.batches import target_message as target_message  # the clients' own since the first release
+from predserve.client.connection import KEEPALIVE_SECONDS, ChannelModule, ChannelSettings
+from predserve.client.errors import (
     DatasetNotFound,
     ErrorTable,
     ModelNotFound,
@@ -38,9 +38,9 @@ from client.errors import (
     PredserveClientError,
     error_for,
 )
-from client.named_rows import is_named, table_message
-from client.typed_csv import NamedRows, TypedCsvFile, column_specs, typed_source
-from protos import predserve_pb2 as pb
+from predserve.client.named_rows import is_named, table_message
+from predserve.client.typed_csv import NamedRows, TypedCsvFile, column_specs, typed_source
+from predserve.protos import predserve_pb2 as pb
 
 TargetValue = str | int | float
 R = TypeVar("R")

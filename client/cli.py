@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from client.batches import BATCH_ROWS
-from client.calls import ADMIN_DEADLINE_SECONDS, PREDICTION_DEADLINE_SECONDS, IngestProgress
-from client.csvfile import CsvFormatError, sample_column_types
-from client.library import (
+from predserve.client.batches import BATCH_ROWS
+from predserve.client.calls import ADMIN_DEADLINE_SECONDS, PREDICTION_DEADLINE_SECONDS, IngestProgress
+from predserve.client.csvfile import CsvFormatError, sample_column_types
+from predserve.client.library import (
     PredserveClient,
     PredserveClientError,
     TargetPortError,
@@ -30,8 +30,8 @@ from client.library import (
     read_token,
     target_value,
 )
-from client.scoring import SCORING_ROWS, ScoringCsv, schema_types, score
-from protos import predserve_pb2 as pb
+from predserve.client.scoring import SCORING_ROWS, ScoringCsv, schema_types, score
+from predserve.protos import predserve_pb2 as pb
 
 BUILTIN_DATASETS = ("iris", "wine", "breast_cancer", "diabetes", "digits")
 # Sets asked for per ListPredictionSets call by `sets --limit` and `--all`: a set with many features or

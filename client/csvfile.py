@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from client.batches import Batch, TargetValue
+from predserve.client.batches import Batch, TargetValue
 
 # Lines parsed per block: bounds the text and the cells held at once to a few MiB.
 BLOCK_LINES = 8192

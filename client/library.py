@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from client.calls import (
+from predserve.client.calls import (
     PROMOTION_POLICIES,
     PredserveCalls,
     Prepared,
@@ -22,7 +22,7 @@ from client.calls import (
     target_message,
     target_value,
 )
-from client.connection import (
+from predserve.client.connection import (
     BALANCED_SCHEMES,
     HEALTH_SERVICE,
     TargetPortError,
@@ -30,9 +30,9 @@ from client.connection import (
     read_token,
     token_from_env,
 )
-from client.errors import *  # noqa: F403  (the first release's callers import the errors from here)
-from client.errors import UnavailableError
-from client.errors import __all__ as _errors
+from predserve.client.errors import *  # noqa: F403  (the first release's callers import the errors from here)
+from predserve.client.errors import UnavailableError
+from predserve.client.errors import __all__ as _errors
 
 __all__ = [
     "BALANCED_SCHEMES",

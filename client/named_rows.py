@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2 as pb
 
 
 def is_named(rows: Any) -> bool:

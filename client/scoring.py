@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from client.calls import target_value
-from client.csvfile import CsvFormatError
-from client.errors import Overloaded
-from protos import predserve_pb2 as pb
+from predserve.client.calls import target_value
+from predserve.client.csvfile import CsvFormatError
+from predserve.client.errors import Overloaded
+from predserve.protos import predserve_pb2 as pb
 
 NUMBER, STRING = "number", "string"
 # Rows per Predict call; fewer when the server's --max-rows-per-request is lower (it says so, and is obeyed).

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.batches import MESSAGE_BYTES
-from client.csvfile import CsvFile, CsvFormatError
-from client.named_rows import is_frame, table_message
-from protos import predserve_pb2 as pb
+from predserve.client.batches import MESSAGE_BYTES
+from predserve.client.csvfile import CsvFile, CsvFormatError
+from predserve.client.named_rows import is_frame, table_message
+from predserve.protos import predserve_pb2 as pb
 
 NUMBER = "number"
 STRING = "string"

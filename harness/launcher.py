@@ -57,7 +57,7 @@ class ServerProcess:
         command = [
             sys.executable,
             "-m",
-            "server",
+            "predserve.server",
             "--host",
             "127.0.0.1",
             "--port",

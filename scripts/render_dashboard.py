@@ -32,15 +32,15 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
-from client.library import PredserveClient  # noqa: E402
 from harness import metrics  # noqa: E402
 from harness.launcher import ServerProcess  # noqa: E402
 from harness.metrics import SeriesKey  # noqa: E402
 from harness.waiting import wait_until  # noqa: E402
-from protos import grpc_predict_v2_pb2 as v2  # noqa: E402
-from protos import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
-from protos import predserve_pb2 as pb  # noqa: E402
-from protos import predserve_pb2_grpc as pb_grpc  # noqa: E402
+from predserve.client.library import PredserveClient  # noqa: E402
+from predserve.protos import grpc_predict_v2_pb2 as v2  # noqa: E402
+from predserve.protos import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
+from predserve.protos import predserve_pb2 as pb  # noqa: E402
+from predserve.protos import predserve_pb2_grpc as pb_grpc  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

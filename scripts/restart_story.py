@@ -106,7 +106,7 @@ class Story:
         shown = shlex.join(command)
         self.say(f"\n$ {shown}")
         completed = subprocess.run(
-            [sys.executable, "-m", "client", *command[1:]], cwd=PROJECT_ROOT, capture_output=True, text=True
+            [sys.executable, "-m", "predserve.client", *command[1:]], cwd=PROJECT_ROOT, capture_output=True, text=True
         )
         if completed.returncode != 0:
             raise SystemExit(f"command failed: {shown}\n{completed.stderr}")

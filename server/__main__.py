@@ -12,16 +12,16 @@ def main() -> None:
     # The base install is the client only; say so in one line rather than with an ImportError's traceback.
     if importlib.util.find_spec("sklearn") is None:
         sys.exit("predserve-server: the server needs its dependencies: pip install 'predserve[server]'")
-    from server.config import parse_config
+    from predserve.server.config import parse_config
 
     arguments = sys.argv[1:]
     recovering = arguments[:1] == [RECOVER]
     # The flags are read before server.app imports scikit-learn, so a bad one is reported at once.
     config = parse_config(arguments[1:] if recovering else arguments)
-    from server.storage.object_store import list_early
+    from predserve.server.storage.object_store import list_early
 
     list_early(config.artifact_store, config.store_timeout_seconds)  # beside the imports below
-    from server import app
+    from predserve.server import app
 
     code = app.recover(config) if recovering else app.run(config)
     # A call still running after the grace period (a long fit) was cancelled and will not commit.

@@ -22,52 +22,52 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos import grpc_predict_v2_pb2_grpc, predserve_pb2_grpc
-from server import workers
-from server.api.admitting import AdmissionInterceptor, CallSlots
-from server.api.auth import AuthInterceptor, AuthPolicy
-from server.api.decoding import DecodingInterceptor
-from server.api.observing import CallObserver
-from server.api.servicer import PredserveServicer
-from server.api.streams import IdleStreamReaper
-from server.api.tls import server_credentials
-from server.api.v2_servicer import InferenceServicer
-from server.config import ServerConfig, parse_config
-from server.domain import RuntimeChoice, VersionPolicy
-from server.model_store import ModelStore
-from server.observability.logs import configure_logging
-from server.observability.metrics import MetricsEndpoint
-from server.observability.telemetry import Telemetry
-from server.preflight import StartupCheckFailed, check_startup
-from server.publishing import MODEL_HEALTH_PREFIX as MODEL_HEALTH_PREFIX
-from server.publishing import (
+from predserve.protos import grpc_predict_v2_pb2_grpc, predserve_pb2_grpc
+from predserve.server import workers
+from predserve.server.api.admitting import AdmissionInterceptor, CallSlots
+from predserve.server.api.auth import AuthInterceptor, AuthPolicy
+from predserve.server.api.decoding import DecodingInterceptor
+from predserve.server.api.observing import CallObserver
+from predserve.server.api.servicer import PredserveServicer
+from predserve.server.api.streams import IdleStreamReaper
+from predserve.server.api.tls import server_credentials
+from predserve.server.api.v2_servicer import InferenceServicer
+from predserve.server.config import ServerConfig, parse_config
+from predserve.server.domain import RuntimeChoice, VersionPolicy
+from predserve.server.model_store import ModelStore
+from predserve.server.observability.logs import configure_logging
+from predserve.server.observability.metrics import MetricsEndpoint
+from predserve.server.observability.telemetry import Telemetry
+from predserve.server.preflight import StartupCheckFailed, check_startup
+from predserve.server.publishing import (
     SERVICE_NAME,
     V2_SERVICE_NAME,
     publish_health,
     publish_metrics,
     publish_train_health,
 )
-from server.retrying import until_the_registry_answers
-from server.security import security_summary, security_warnings
-from server.services.admission import FitCores, WorkSlots
-from server.services.batching import MicroBatcher
-from server.services.compilation import RuntimeBuilder
-from server.services.history import HistoryService
-from server.services.importing import ModelImportService
-from server.services.lifecycle import ModelLifecycleService
-from server.services.loading import ModelLoader
-from server.services.prediction import PredictionService
-from server.services.recovery import ArtifactRecoveryService
-from server.services.registration import SetRegistrar
-from server.services.registry import ModelRegistryService
-from server.services.reload import LiveReloader
-from server.services.training import ModelTrainingService
-from server.startup_checks import refuse_a_lost_registry, refuse_unservable, report_orphans
-from server.storage.artifacts import ArtifactStore
-from server.storage.cached_artifacts import open_artifact_store
-from server.storage.databases import RegistryDatabase, open_database
-from server.storage.migrations import MigrationRunner, migrations_for
-from server.storage.repositories import HistoryRepository, PredictionSetRepository
+from predserve.server.retrying import until_the_registry_answers
+from predserve.server.security import security_summary, security_warnings
+from predserve.server.services.admission import FitCores, WorkSlots
+from predserve.server.services.batching import MicroBatcher
+from predserve.server.services.compilation import RuntimeBuilder
+from predserve.server.services.history import HistoryService
+from predserve.server.services.importing import ModelImportService
+from predserve.server.services.lifecycle import ModelLifecycleService
+from predserve.server.services.loading import ModelLoader
+from predserve.server.services.prediction import PredictionService
+from predserve.server.services.recovery import ArtifactRecoveryService
+from predserve.server.services.registration import SetRegistrar
+from predserve.server.services.registry import ModelRegistryService
+from predserve.server.services.reload import LiveReloader
+from predserve.server.services.training import ModelTrainingService
+from predserve.server.startup_checks import refuse_a_lost_registry, refuse_unservable, report_orphans
+from predserve.server.storage.artifacts import ArtifactStore
+from predserve.server.storage.cached_artifacts import open_artifact_store
+from predserve.server.storage.databases import RegistryDatabase, open_database
+from predserve.server.storage.migrations import MigrationRunner, migrations_for
+from predserve.server.storage.history import HistoryRepository
+from predserve.server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 

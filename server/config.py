@@ -15,9 +15,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from server.domain import RuntimeChoice, VersionPolicy
-from server.observability.logs import LogFormat, LogLevel
-from server.option_kinds import (
+from predserve.server.domain import RuntimeChoice, VersionPolicy
+from predserve.server.observability.logs import LogFormat, LogLevel
+from predserve.server.option_kinds import (
     ARTIFACT_STORE,
     BOOLEAN,
     INTEGER,
@@ -41,9 +41,9 @@ from server.option_kinds import (
 )
 
 # ServerConfig and the paths are defined in server/settings.py and re-exported for the callers of this module.
-from server.settings import MIGRATIONS_DIR as MIGRATIONS_DIR
-from server.settings import PROJECT_ROOT, ServerConfig
-from server.storage.urls import DatabaseLocationError, postgres_url
+from predserve.server.settings import MIGRATIONS_DIR as MIGRATIONS_DIR
+from predserve.server.settings import PROJECT_ROOT, ServerConfig
+from predserve.server.storage.urls import DatabaseLocationError, postgres_url
 
 PROG = "predserve-server"
 

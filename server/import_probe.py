@@ -17,9 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from server.domain import Column, ColumnType, Schema
-from server.services.pipeline_inputs import frame_of_rows, infer_schema, merge_stated, rows_of_frame, sample_frame
-from server.storage.safe_pickle import load_restricted
+from predserve.server.domain import Column, ColumnType, Schema
+from predserve.server.services.pipeline_inputs import (
+    frame_of_rows,
+    infer_schema,
+    merge_stated,
+    rows_of_frame,
+    sample_frame,
+)
+from predserve.server.storage.safe_pickle import load_restricted
 
 SELF_CHECK_ROWS = 5
 

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from server.domain import PredictionSetRecord, Schema
-from server.errors import FailedPrecondition, NotFound
-from server.runtimes.base import Runtime
+from predserve.server.domain import PredictionSetRecord, Schema
+from predserve.server.errors import FailedPrecondition, NotFound
+from predserve.server.runtimes.base import Runtime
 
 
 @dataclass(frozen=True)

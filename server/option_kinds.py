@@ -93,7 +93,7 @@ def _optional_path(text: str) -> Path | None:
 def _artifact_store(text: str) -> str | None:
     """A directory, or an object store's URL that server/storage/object_store.py can open (StoreUrlError says
     why not, and is a ValueError)."""
-    from server.storage.object_store import store_location
+    from predserve.server.storage.object_store import store_location
 
     if not text.strip():
         return None

@@ -12,8 +12,8 @@ import ssl
 import stat
 from pathlib import Path
 
-from server.config import ServerConfig
-from server.observability.metrics import foreign_entries, running_writers
+from predserve.server.config import ServerConfig
+from predserve.server.observability.metrics import foreign_entries, running_writers
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 # More than a port number and a newline: not a file predserve wrote.

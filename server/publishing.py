@@ -12,10 +12,10 @@ from pathlib import Path
 
 from grpc_health.v1 import health, health_pb2
 
-from protos import grpc_predict_v2_pb2, predserve_pb2
-from server.model_store import LoadedModel, ModelStore, UnavailableModel
-from server.observability.telemetry import ServedSlot, Telemetry
-from server.storage.artifacts import unwritable_reason
+from predserve.protos import grpc_predict_v2_pb2, predserve_pb2
+from predserve.server.model_store import LoadedModel, ModelStore, UnavailableModel
+from predserve.server.observability.telemetry import ServedSlot, Telemetry
+from predserve.server.storage.artifacts import unwritable_reason
 
 logger = logging.getLogger(__name__)
 

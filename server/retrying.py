@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from server.errors import DatabaseUnreachable, Unavailable
+from predserve.server.errors import DatabaseUnreachable, Unavailable
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)

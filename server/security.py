@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.config import ServerConfig
+from predserve.server.config import ServerConfig
 
 
 def security_summary(config: ServerConfig) -> str:

@@ -10,10 +10,10 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.domain import RuntimeChoice, VersionPolicy
-from server.observability.logs import LogFormat, LogLevel
-from server.storage.postgres import DEFAULT_POOL_SIZE
-from server.storage.postgres_liveness import DEFAULT_REGISTRY_TIMEOUT_SECONDS
+from predserve.server.domain import RuntimeChoice, VersionPolicy
+from predserve.server.observability.logs import LogFormat, LogLevel
+from predserve.server.storage.postgres import DEFAULT_POOL_SIZE
+from predserve.server.storage.postgres_liveness import DEFAULT_REGISTRY_TIMEOUT_SECONDS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS_DIR = PROJECT_ROOT / "db" / "migrations"

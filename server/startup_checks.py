@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from server.errors import ArtifactStoreUnreachable
-from server.model_store import LoadedModel, ModelStore, UnavailableModel
-from server.storage.artifacts import ArtifactStore
-from server.storage.databases import RegistryDatabase
-from server.storage.repositories import PredictionSetRepository
+from predserve.server.errors import ArtifactStoreUnreachable
+from predserve.server.model_store import LoadedModel, ModelStore, UnavailableModel
+from predserve.server.storage.artifacts import ArtifactStore
+from predserve.server.storage.databases import RegistryDatabase
+from predserve.server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 

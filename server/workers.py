@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 
-from server.config import ServerConfig
+from predserve.server.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from server.domain import Column, ColumnType, PredictionSetRecord, Schema
-from server.model_store import LoadedModel, ModelStore
-from server.services.prediction import PredictionService
+from predserve.server.domain import Column, ColumnType, PredictionSetRecord, Schema
+from predserve.server.model_store import LoadedModel, ModelStore
+from predserve.server.services.prediction import PredictionService
 
 NUMBERS = ["age", "income"]
 STRINGS = ["plan", "country"]

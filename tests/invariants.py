@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.library import FailedPreconditionError, PredserveClient
-from protos import predserve_pb2 as pb
+from predserve.client.library import FailedPreconditionError, PredserveClient
+from predserve.protos import predserve_pb2 as pb
 from tests.support import ServerProcess
 
 TEMP_PREFIX = ".tmp-"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from client.library import PredserveClientError
+from predserve.client.library import PredserveClientError
 from tests.postgres_cluster import PostgresCluster
 from tests.support import ServerProcess, iris_rows
 from tests.test_postgres_outage import start_replica

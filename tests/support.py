@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client.library import PredserveClient
 from harness.launcher import PROJECT_ROOT
 from harness.launcher import ServerProcess as _ServerProcess
+from predserve.client.library import PredserveClient
 
 __all__ = [
     "PROJECT_ROOT",
@@ -51,7 +51,7 @@ IRIS_PROBES = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5],
 def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
     """`predserve --target <server> ARGS` as a user runs it, in its own process."""
     return subprocess.run(
-        [sys.executable, "-m", "client", "--target", server.target, *args],
+        [sys.executable, "-m", "predserve.client", "--target", server.target, *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

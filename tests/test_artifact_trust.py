@@ -16,9 +16,9 @@ from pathlib import Path
 import joblib
 import pytest
 
-from server.domain import ArtifactInfo
-from server.errors import ArtifactRejected
-from server.storage.artifacts import ArtifactStore
+from predserve.server.domain import ArtifactInfo
+from predserve.server.errors import ArtifactRejected
+from predserve.server.storage.artifacts import ArtifactStore
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 KEY = b"k" * 32

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from client import AsyncPredserveClient, DeadlineExceeded, PredserveClient, UnavailableError
+from predserve.client import AsyncPredserveClient, DeadlineExceeded, PredserveClient, UnavailableError
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 from tests.test_client_balancing import Replica, replicas  # noqa: F401  (the fixture)
 

@@ -13,9 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client.library import NotFoundError, PermissionDeniedError, PredserveClientError, UnauthenticatedError
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
+from predserve.client.library import NotFoundError, PermissionDeniedError, PredserveClientError, UnauthenticatedError
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
 from tests.support import IRIS_PROBES, PROJECT_ROOT, ServerProcess, iris_rows
 
 ADMIN = "admin-" + secrets.token_urlsafe(24)
@@ -111,7 +111,7 @@ def test_health_and_reflection_stay_open(guarded: ServerProcess) -> None:
 def test_cli_sends_the_token_from_a_file_or_the_environment(guarded: ServerProcess, tmp_path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(ADMIN + "\n")
-    command = [sys.executable, "-m", "client", "--target", guarded.target]
+    command = [sys.executable, "-m", "predserve.client", "--target", guarded.target]
     train = ["train", "--model-type", "iris_classifier", "--dataset", "iris", "--algorithm", "logistic_regression"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREDSERVE_")}
 

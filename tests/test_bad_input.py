@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 import pytest
 
-from client.library import PredserveClient, PredserveClientError
-from protos import predserve_pb2 as pb
+from predserve.client.library import PredserveClient, PredserveClientError
+from predserve.protos import predserve_pb2 as pb
 from tests.support import IRIS_PROBES, ServerProcess
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -93,7 +93,7 @@ def test_bad_input_gets_a_precise_status(
 
 def test_missing_target_in_ingest_stores_nothing(bad_input_server: ServerProcess) -> None:
     with grpc.insecure_channel(bad_input_server.target) as channel:
-        from protos import predserve_pb2_grpc
+        from predserve.protos import predserve_pb2_grpc
 
         stub = predserve_pb2_grpc.PredserveStub(channel)
         good = pb.Row(features=[1.0], target=pb.Target(integer=1))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes, load_iris
 
-from server.services.batching import MicroBatcher, batch_invariant
-from server.services.catalog import CATALOG, CLASSIFICATION
-from server.services.prediction import _predict
+from predserve.server.services.batching import MicroBatcher, batch_invariant
+from predserve.server.services.catalog import CATALOG, CLASSIFICATION
+from predserve.server.services.prediction import _predict
 
 CALLS = 48
 
@@ -150,7 +150,7 @@ def test_batching_off_calls_straight_through() -> None:
 def test_the_server_answers_concurrent_calls_as_an_unbatched_server_does(tmp_path: Any) -> None:
     """Real processes: one server batches (the default), a second on the same database does not."""
     from bench import loadgen
-    from protos import grpc_predict_v2_pb2_grpc as pb_grpc
+    from predserve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
     from tests.support import ServerProcess, iris_rows
 
     batching = ServerProcess(tmp_path).start()

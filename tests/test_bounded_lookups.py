@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from server.app import Services, build_services
-from server.config import ServerConfig
-from server.domain import HistoryRow
-from server.errors import StorageError
-from server.model_store import LoadedModel
-from server.services.training import TrainCommand
-from server.storage.sqlite import SqliteDatabase
+from predserve.server.app import Services, build_services
+from predserve.server.config import ServerConfig
+from predserve.server.domain import HistoryRow
+from predserve.server.errors import StorageError
+from predserve.server.model_store import LoadedModel
+from predserve.server.services.training import TrainCommand
+from predserve.server.storage.sqlite import SqliteDatabase
 from tests.support import iris_rows
 
 SETS = 2000

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from client.aio import AsyncPredserveClient
+from predserve.client.aio import AsyncPredserveClient
 from tests.support import ServerProcess
 from tests.test_cli import cli
 from tests.test_paging import START, add_sets, migrated

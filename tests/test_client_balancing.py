@@ -16,11 +16,17 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from client.cli import main as cli_main
-from client.library import BALANCED_SCHEMES, HEALTH_SERVICE, PredserveClient, PredserveClientError, channel_target
 from harness.waiting import wait_until
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
+from predserve.client.cli import main as cli_main
+from predserve.client.library import (
+    BALANCED_SCHEMES,
+    HEALTH_SERVICE,
+    PredserveClient,
+    PredserveClientError,
+    channel_target,
+)
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
 
 
 class NumberedReplica(pb_grpc.PredserveServicer):

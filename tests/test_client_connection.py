@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from client import AsyncPredserveClient, PredserveClient
 from harness.waiting import wait_until
+from predserve.client import AsyncPredserveClient, PredserveClient
 from tests.support import ServerProcess
 
 CALLS = 30

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from client import (
+from predserve.client import (
     AsyncPredserveClient,
     DatasetNotFound,
     DeadlineExceeded,

@@ -19,7 +19,7 @@ from tests.support import IRIS_PROBES, PROJECT_ROOT, ServerProcess, iris_rows
 pytestmark = pytest.mark.slow
 
 # What the wheel is built from: the packages pyproject.toml lists, the SQL they apply, the metadata.
-SOURCES = ("pyproject.toml", "README.md", "client", "server", "protos", "db/migrations")
+SOURCES = ("pyproject.toml", "README.md", "predserve", "client", "server", "protos", "db/migrations")
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +79,17 @@ def in_venv(python: Path, code: str, cwd: Path, *args: str) -> subprocess.Comple
 
 def test_the_wheel_holds_the_generated_protos_and_the_migrations(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"protos/predserve_pb2.py", "protos/predserve_pb2_grpc.py", "client/aio.py", "server/__main__.py"} <= names
-    assert "db/migrations/0001_phase4_baseline.sql" in names
-    assert "db/migrations/postgresql/0001_phase4_baseline.sql" in names
-    assert not any(n.startswith(("tests/", "harness/", "bench/")) for n in names)
+    package = {"predserve/protos/predserve_pb2.py", "predserve/protos/predserve_pb2_grpc.py", "predserve/client/aio.py"}
+    assert package | {"predserve/server/__main__.py", "predserve/__init__.py"} <= names
+    assert "predserve/db/migrations/0001_phase4_baseline.sql" in names
+    assert "predserve/db/migrations/postgresql/0001_phase4_baseline.sql" in names
+
+
+def test_the_wheel_adds_exactly_one_top_level_package(wheel: Path) -> None:
+    """A service with modules named server, client or protos of its own installs predserve beside them."""
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    (dist_info,) = [top for top in tops if top.endswith(".dist-info")]
+    assert tops == {"predserve", dist_info}
 
 
 def test_the_base_install_has_no_server_dependencies(client_venv: Path, tmp_path: Path) -> None:
@@ -90,7 +97,7 @@ def test_the_base_install_has_no_server_dependencies(client_venv: Path, tmp_path
         result = in_venv(client_venv, f"import {module}", tmp_path)
         assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr, module
     installed = in_venv(
-        client_venv, "import client, grpc, google.protobuf, grpc_health; print(client.__file__)", tmp_path
+        client_venv, "import predserve, grpc, google.protobuf, grpc_health; print(predserve.__file__)", tmp_path
     )
     assert installed.returncode == 0, installed.stderr
     assert "site-packages" in installed.stdout  # the wheel's copy, not the work tree's
@@ -101,7 +108,7 @@ def test_the_client_only_install_calls_a_running_server(
 ) -> None:
     code = """
         import asyncio, json, sys
-        from client import AsyncPredserveClient, ModelNotFound, PredserveClient
+        from predserve import AsyncPredserveClient, ModelNotFound, PredserveClient
 
         target, rows = sys.argv[1], json.loads(sys.argv[2])
         with PredserveClient(target) as client:
@@ -187,7 +194,7 @@ def test_the_client_only_install_predicts_by_name_without_pandas(
     names, _ = iris_rows()
     code = """
         import json, sys
-        from client import PredserveClient
+        from predserve import PredserveClient
 
         target, names, rows = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
         with PredserveClient(target) as client:

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.connection import KEEPALIVE_SECONDS, channel_options
+from predserve.client.connection import KEEPALIVE_SECONDS, channel_options
 from tests.support import ServerProcess
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from client.library import PredserveClientError
+from predserve.client.library import PredserveClientError
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 SLOW_PARAMS = {"n_estimators": 400, "max_features": None}
@@ -118,7 +118,7 @@ def test_a_train_past_its_deadline_records_nothing(prepared: ServerProcess) -> N
         with pytest.raises(PredserveClientError) as error:
             client.train("slow_forest", dataset="slow", algorithm="random_forest", params=SLOW_PARAMS)
     assert error.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
-    prepared.wait_for_log("WARNING server.services.training: Train of slow_forest abandoned", timeout=60)
+    prepared.wait_for_log("WARNING predserve.server.services.training: Train of slow_forest abandoned", timeout=60)
     assert "Traceback" not in prepared.log()
     assert set_count(prepared.db) == before
     assert not [p for p in prepared.models_dir.iterdir() if p.name.startswith("slow_forest")]

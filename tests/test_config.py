@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from client.cli import main as cli_main
-from client.library import TargetPortError, channel_target
-from server.config import (
+from predserve.client.cli import main as cli_main
+from predserve.client.library import TargetPortError, channel_target
+from predserve.server.config import (
     ARTIFACT_STORE,
     BOOLEAN,
     INTEGER,
@@ -33,9 +33,9 @@ from server.config import (
     ServerConfig,
     parse_config,
 )
-from server.domain import RuntimeChoice, VersionPolicy
-from server.observability.logs import LogFormat, LogLevel
-from server.preflight import StartupCheckFailed, check_startup
+from predserve.server.domain import RuntimeChoice, VersionPolicy
+from predserve.server.observability.logs import LogFormat, LogLevel
+from predserve.server.preflight import StartupCheckFailed, check_startup
 from tests.certificates import Pki, make_pki
 from tests.support import PROJECT_ROOT
 
@@ -215,7 +215,7 @@ def run_server(tmp_path: Path, argv: list[str], env: dict[str, str] | None = Non
     clean = {key: value for key, value in os.environ.items() if not key.startswith("PREDSERVE_")}
     location = ["--db", str(tmp_path / "x.db"), "--models-dir", str(tmp_path / "m")]
     return subprocess.run(
-        [sys.executable, "-m", "server", "--port", "0", *location, *argv],
+        [sys.executable, "-m", "predserve.server", "--port", "0", *location, *argv],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -354,7 +354,7 @@ def test_cli_refuses_a_bad_port_with_one_line_and_status_2(capsys: pytest.Captur
 @pytest.mark.slow
 def test_the_cli_process_refuses_a_bad_port() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "client", "--target", "127.0.0.1:99999", "models"],
+        [sys.executable, "-m", "predserve.client", "--target", "127.0.0.1:99999", "models"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from server.config import OPTIONS, parse_config
+from predserve.server.config import OPTIONS, parse_config
 from tests.support import PROJECT_ROOT
 from tests.test_deploy import by_kind
 
@@ -85,7 +85,7 @@ def test_it_is_multi_stage_with_the_server_extra(image: list[Stage]) -> None:
     build, runtime = image
     assert build.name and runtime.base == build.base  # the venv's interpreter is the same in both
     assert any("[server]" in run for run in build.all("RUN"))
-    assert any("grpc_tools.protoc" in run for run in build.all("RUN"))  # bindings are not committed
+    assert any("scripts/generate_protos.py" in run for run in build.all("RUN"))  # bindings are not committed
     assert all(copy.startswith(f"--from={build.name} ") for copy in runtime.all("COPY"))
 
 
@@ -99,7 +99,7 @@ def test_user_ports_and_entrypoint_match_the_deployment(image: list[Stage], pod:
 
     assert json.loads(runtime.all("ENTRYPOINT")[0]) == ["predserve-server"]
     scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["predserve-server"] == "server.__main__:main"
+    assert scripts["predserve-server"] == "predserve.server.__main__:main"
 
     exposed = {int(port) for argument in runtime.all("EXPOSE") for port in argument.split()}
     container = container_of(pod)

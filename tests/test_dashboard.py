@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from client import ModelNotFound
 from harness import metrics
 from harness.waiting import wait_until
-from protos import grpc_predict_v2_pb2 as v2
-from protos import grpc_predict_v2_pb2_grpc as v2_grpc
+from predserve.client import ModelNotFound
+from predserve.protos import grpc_predict_v2_pb2 as v2
+from predserve.protos import grpc_predict_v2_pb2_grpc as v2_grpc
 from tests.support import IRIS_PROBES, PROJECT_ROOT, ServerProcess, iris_rows
 
 DASHBOARD = PROJECT_ROOT / "deploy" / "grafana" / "predserve-dashboard.json"

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from server.app import build_services
-from server.config import MIGRATIONS_DIR, ServerConfig
-from server.domain import HistoryRow
-from server.errors import InvalidArgument
-from server.services.catalog import find_recipe, parse_params
-from server.services.history import HistoryService
-from server.services.training import TrainCommand
-from server.storage.databases import RegistryDatabase, open_database
-from server.storage.migrations import MigrationRunner, migrations_for
-from server.storage.repositories import HistoryRepository
+from predserve.server.app import build_services
+from predserve.server.config import MIGRATIONS_DIR, ServerConfig
+from predserve.server.domain import HistoryRow
+from predserve.server.errors import InvalidArgument
+from predserve.server.services.catalog import find_recipe, parse_params
+from predserve.server.services.history import HistoryService
+from predserve.server.services.training import TrainCommand
+from predserve.server.storage.databases import RegistryDatabase, open_database
+from predserve.server.storage.history import HistoryRepository
+from predserve.server.storage.migrations import MigrationRunner, migrations_for
 from tests.support import iris_rows
 
 ROWS = [HistoryRow((1.0, 2.0), 0), HistoryRow((3.0, 4.0), 1)]

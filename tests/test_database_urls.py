@@ -12,11 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from server.config import ServerConfig, parse_config
-from server.errors import StorageError
-from server.storage.databases import open_database
-from server.storage.postgres import PostgresChangeFeed, PostgresDatabase, _translate_postgres
-from server.storage.urls import DatabaseLocationError, postgres_url, redact_url, scrub
+from predserve.server.config import ServerConfig, parse_config
+from predserve.server.errors import StorageError
+from predserve.server.storage.databases import open_database
+from predserve.server.storage.postgres import PostgresChangeFeed, PostgresDatabase, _translate_postgres
+from predserve.server.storage.urls import DatabaseLocationError, postgres_url, redact_url, scrub
 from tests.support import PROJECT_ROOT, ServerProcess
 
 MARKER = "S3cretMarker"
@@ -170,7 +170,7 @@ def run_server(tmp_path: Path, location: str, env_name: str | None = None) -> su
     clean = {key: value for key, value in os.environ.items() if not key.startswith("PREDSERVE_")}
     db = [] if env_name else ["--db", location]
     return subprocess.run(
-        [sys.executable, "-m", "server", "--port", "0", "--models-dir", str(tmp_path / "models"), *db],
+        [sys.executable, "-m", "predserve.server", "--port", "0", "--models-dir", str(tmp_path / "models"), *db],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

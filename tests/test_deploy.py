@@ -11,8 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from client.library import HEALTH_SERVICE
-from server.config import MIN_HMAC_KEY_BYTES
+from predserve.client.library import HEALTH_SERVICE
+from predserve.server.config import MIN_HMAC_KEY_BYTES
 from tests.support import PROJECT_ROOT
 
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"

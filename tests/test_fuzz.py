@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
-from server.app import build_server, build_services
-from server.config import ServerConfig
-from server.services.catalog import CATALOG
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
+from predserve.server.app import build_server, build_services
+from predserve.server.config import ServerConfig
+from predserve.server.services.catalog import CATALOG
 from tests.support import IRIS_PROBES, iris_rows
 
 ACCEPTABLE = {
@@ -65,7 +65,7 @@ def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pb_grpc.Predserve
 
 
 def _history_row(features: list[float], target: int):  # noqa: ANN202
-    from server.domain import HistoryRow
+    from predserve.server.domain import HistoryRow
 
     return HistoryRow(tuple(features), target)
 

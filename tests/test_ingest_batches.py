@@ -19,10 +19,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client import AsyncPredserveClient, IngestProgress
 from harness.waiting import wait_until
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
+from predserve.client import AsyncPredserveClient, IngestProgress
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
 from tests.support import PROJECT_ROOT, ServerProcess
 from tests.test_cli import cli, cli_json
 
@@ -173,8 +173,9 @@ def test_an_ingest_killed_mid_file_resumes_when_run_again(
     db = Path(server.db)
 
     def command() -> list[str]:
-        return [sys.executable, "-m", "client", "--target", server.target, "--json", "ingest", "--dataset", "killed",
-                "--csv", str(csv_path), "--target-column", "label", "--batch-rows", str(batch_rows)]  # fmt: skip
+        return [sys.executable, "-m", "predserve.client", "--target", server.target, "--json", "ingest",
+                "--dataset", "killed", "--csv", str(csv_path), "--target-column", "label",
+                "--batch-rows", str(batch_rows)]  # fmt: skip
 
     ingest = subprocess.Popen(command(), cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

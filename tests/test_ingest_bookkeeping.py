@@ -16,9 +16,9 @@ import joblib
 import numpy as np
 import pytest
 
-from client.library import PredserveClientError
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
+from predserve.client.library import PredserveClientError
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
 from tests.support import ServerProcess
 from tests.test_cli import cli
 from tests.test_ingest_batches import columns_request, stored_numbers

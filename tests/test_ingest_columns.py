@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.batches import Batch, RowIterable
-from client.csvfile import CsvFile, CsvFormatError
-from protos import predserve_pb2 as pb
-from server.api import converters
-from server.domain import HistoryRow
-from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from server.services.history import HistoryService, Upload
-from server.storage.databases import open_database
-from server.storage.ingests import BatchAlreadyStored, IngestBatch, IngestProgress, content_sha256
-from server.storage.repositories import HistoryRepository
+from predserve.client.batches import Batch, RowIterable
+from predserve.client.csvfile import CsvFile, CsvFormatError
+from predserve.protos import predserve_pb2 as pb
+from predserve.server.api import converters
+from predserve.server.domain import HistoryRow
+from predserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from predserve.server.services.history import HistoryService, Upload
+from predserve.server.storage.databases import open_database
+from predserve.server.storage.history import HistoryRepository
+from predserve.server.storage.ingests import BatchAlreadyStored, IngestBatch, IngestProgress, content_sha256
 from tests.test_data_rules import migrated
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2 as pb
 from tests.faults.baseline import FOREST, Baseline
 from tests.invariants import InvariantViolation, check_invariants
 from tests.support import ServerProcess

@@ -16,8 +16,8 @@ import grpc
 import joblib
 import pytest
 
-from client.library import PredserveClient, PredserveClientError, target_value
 from harness.waiting import wait_until
+from predserve.client.library import PredserveClient, PredserveClientError, target_value
 from tests.support import IRIS_PROBES, PROJECT_ROOT, ServerProcess, iris_rows
 
 WEAK = {"n_estimators": 1, "max_depth": 1}
@@ -146,7 +146,7 @@ def test_import_registers_an_outside_pipeline_after_probing_it(iris_server: Serv
         [
             sys.executable,
             "-m",
-            "client",
+            "predserve.client",
             "--target",
             iris_server.target,
             "--json",

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from server.storage.safe_pickle import load_restricted
+from predserve.server.storage.safe_pickle import load_restricted
 from tests import poison
 
 Snapshot = dict[type, dict[str, int]]

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from server.config import MIGRATIONS_DIR
-from server.errors import Unavailable
-from server.storage.migrations import MigrationRunner, discover_migrations
-from server.storage.sqlite import SqliteDatabase
+from predserve.server.config import MIGRATIONS_DIR
+from predserve.server.errors import Unavailable
+from predserve.server.storage.migrations import MigrationRunner, discover_migrations
+from predserve.server.storage.sqlite import SqliteDatabase
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from client.library import PredserveClientError
 from harness.metrics import metrics_url, samples, scrape
 from harness.s3_server import S3Server, free_port
 from harness.waiting import wait_until
-from server.publishing import MODEL_HEALTH_PREFIX
+from predserve.client.library import PredserveClientError
+from predserve.server.publishing import MODEL_HEALTH_PREFIX
 from tests.object_stores import (
     BUCKET,
     PREFIX,
@@ -249,7 +249,7 @@ def test_recover_registers_an_orphan_object_of_the_bucket_and_gc_deletes_there(
         [
             sys.executable,
             "-m",
-            "server",
+            "predserve.server",
             "recover",
             *a.extra_args[:2],
             "--db",

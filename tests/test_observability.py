@@ -18,10 +18,10 @@ import pytest
 from bench.procstats import process_tree
 from harness.metrics import metrics_url, samples, scrape, server_with_metrics
 from harness.waiting import wait_until
-from protos import grpc_predict_v2_pb2 as v2
-from protos import grpc_predict_v2_pb2_grpc as v2_grpc
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
+from predserve.protos import grpc_predict_v2_pb2 as v2
+from predserve.protos import grpc_predict_v2_pb2_grpc as v2_grpc
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 ADMIN = "admin-" + secrets.token_urlsafe(24)

@@ -17,10 +17,10 @@ import pytest
 
 from harness.metrics import metrics_url, samples, scrape, server_with_metrics
 from harness.ports import free_port
-from server.observability.metrics import METRICS_FILE
-from server.preflight import StartupCheckFailed, check_startup
-from server.settings import ServerConfig
-from server.storage.artifacts import ArtifactStore
+from predserve.server.observability.metrics import METRICS_FILE
+from predserve.server.preflight import StartupCheckFailed, check_startup
+from predserve.server.settings import ServerConfig
+from predserve.server.storage.artifacts import ArtifactStore
 from tests.support import ServerProcess, iris_rows
 
 IRIS = "iris_classifier"

@@ -11,15 +11,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
-from server.config import MIGRATIONS_DIR
-from server.errors import InvalidArgument
-from server.model_store import ModelStore
-from server.services.registry import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ModelRegistryService, SetFilter
-from server.storage.databases import RegistryDatabase, open_database
-from server.storage.migrations import MigrationRunner, migrations_for
-from server.storage.repositories import PredictionSetRepository
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
+from predserve.server.config import MIGRATIONS_DIR
+from predserve.server.errors import InvalidArgument
+from predserve.server.model_store import ModelStore
+from predserve.server.services.registry import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ModelRegistryService, SetFilter
+from predserve.server.storage.databases import RegistryDatabase, open_database
+from predserve.server.storage.migrations import MigrationRunner, migrations_for
+from predserve.server.storage.repositories import PredictionSetRepository
 from tests.support import ServerProcess
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

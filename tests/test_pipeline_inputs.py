@@ -13,9 +13,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from client.csvfile import CsvFormatError, sample_column_types
-from server.domain import Column, ColumnType, Schema
-from server.services.pipeline_inputs import frame_of_rows, infer_schema, merge_stated, rows_of_frame, sample_frame
+from predserve.client.csvfile import CsvFormatError, sample_column_types
+from predserve.server.domain import Column, ColumnType, Schema
+from predserve.server.services.pipeline_inputs import (
+    frame_of_rows,
+    infer_schema,
+    merge_stated,
+    rows_of_frame,
+    sample_frame,
+)
 
 NUMBER, STRING = ColumnType.NUMBER, ColumnType.STRING
 FRAME = pd.DataFrame(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from client.library import PredserveClientError
 from harness.waiting import wait_until
+from predserve.client.library import PredserveClientError
 from tests.partitions import replica_with_iris
 from tests.postgres_cluster import PostgresCluster
 from tests.support import ServerProcess, iris_rows

@@ -13,11 +13,11 @@ import psycopg
 import pytest
 
 from harness.waiting import wait_until
-from server.errors import Cancelled, Unavailable
-from server.settings import MIGRATIONS_DIR
-from server.storage.migrations import MigrationRunner, migrations_for
-from server.storage.postgres import LATE_COMMIT, PostgresDatabase
-from server.storage.sqlite import SqliteDatabase
+from predserve.server.errors import Cancelled, Unavailable
+from predserve.server.settings import MIGRATIONS_DIR
+from predserve.server.storage.migrations import MigrationRunner, migrations_for
+from predserve.server.storage.postgres import LATE_COMMIT, PostgresDatabase
+from predserve.server.storage.sqlite import SqliteDatabase
 from tests.partitions import (
     ALGORITHM,
     FREEZE_AT,

@@ -18,8 +18,8 @@ import grpc
 import psycopg
 import pytest
 
-from client.library import PredserveClientError
 from harness.waiting import wait_until
+from predserve.client.library import PredserveClientError
 from tests.postgres_cluster import Databases, PostgresCluster, find_bindir
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 

@@ -22,8 +22,8 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.library import PredserveClientError
 from harness.waiting import wait_until
+from predserve.client.library import PredserveClientError
 from tests.partitions import replica_with_iris, train_reporting
 from tests.postgres_cluster import PostgresCluster
 from tests.support import IRIS_PROBES, PROJECT_ROOT, ServerProcess, iris_rows
@@ -208,7 +208,7 @@ def test_files_of_trains_the_database_crash_cut_short_are_deleted_once_it_return
     assert failures, "no Train was cut short"
     assert not [name for name in files_in(models) if name.endswith(".unsettled")]
     result = subprocess.run(
-        [sys.executable, "-m", "server", "recover", "--db", url, "--models-dir", str(models)],
+        [sys.executable, "-m", "predserve.server", "recover", "--db", url, "--models-dir", str(models)],
         capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT,
     )  # fmt: skip
     assert result.stdout.strip() == "0 of 0 orphan artifact(s) recovered", result.stdout + result.stderr

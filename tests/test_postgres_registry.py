@@ -12,15 +12,16 @@ import numpy as np
 import psycopg
 import pytest
 
-from server.config import MIGRATIONS_DIR, ServerConfig, parse_config
-from server.domain import ArtifactInfo, NewPredictionSet, SelfCheck
-from server.errors import StorageError, Unavailable
-from server.failpoints import ENV_VAR, MID_MIGRATION
-from server.storage.databases import open_database
-from server.storage.migrations import MigrationRunner, discover_migrations, migrations_for
-from server.storage.postgres import PostgresDatabase, redact_url
-from server.storage.repositories import HistoryRepository, PredictionSetRepository
-from server.storage.sqlite import SqliteDatabase
+from predserve.server.config import MIGRATIONS_DIR, ServerConfig, parse_config
+from predserve.server.domain import ArtifactInfo, NewPredictionSet, SelfCheck
+from predserve.server.errors import StorageError, Unavailable
+from predserve.server.failpoints import ENV_VAR, MID_MIGRATION
+from predserve.server.storage.databases import open_database
+from predserve.server.storage.history import HistoryRepository
+from predserve.server.storage.migrations import MigrationRunner, discover_migrations, migrations_for
+from predserve.server.storage.postgres import PostgresDatabase, redact_url
+from predserve.server.storage.repositories import PredictionSetRepository
+from predserve.server.storage.sqlite import SqliteDatabase
 from tests.support import ServerProcess
 from tests.test_migrations import INGEST_BATCHES_COLUMNS, PREDICTION_SETS_COLUMNS
 

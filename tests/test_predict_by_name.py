@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from client.aio import AsyncPredserveClient
-from client.library import PredserveClientError, target_value
-from client.named_rows import table_message
-from protos import grpc_predict_v2_pb2 as v2
-from protos import grpc_predict_v2_pb2_grpc as v2_grpc
-from protos import predserve_pb2 as pb
-from server.api import converters, v2_converters
-from server.errors import InvalidArgument
+from predserve.client.aio import AsyncPredserveClient
+from predserve.client.library import PredserveClientError, target_value
+from predserve.client.named_rows import table_message
+from predserve.protos import grpc_predict_v2_pb2 as v2
+from predserve.protos import grpc_predict_v2_pb2_grpc as v2_grpc
+from predserve.protos import predserve_pb2 as pb
+from predserve.server.api import converters, v2_converters
+from predserve.server.errors import InvalidArgument
 from tests.churn import (
     PROBES,
     SCHEMA,
@@ -75,8 +75,8 @@ def service(pipelines: dict[str, Any]) -> Any:
 def loaded_iris() -> Any:
     from sklearn.linear_model import LogisticRegression
 
-    from server.domain import PredictionSetRecord
-    from server.model_store import LoadedModel
+    from predserve.server.domain import PredictionSetRecord
+    from predserve.server.model_store import LoadedModel
 
     names, rows = iris_rows()
     pipeline = LogisticRegression(max_iter=500).fit([r for r, _ in rows], [y for _, y in rows])

@@ -23,8 +23,8 @@ import pytest
 from harness.metrics import metrics_url, samples, scrape, server_with_metrics
 from harness.ports import free_port
 from harness.waiting import wait_until
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 pytestmark = pytest.mark.slow  # a server with two workers, a Prometheus, and scrapes a second apart

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2 as pb
 from tests.support import ServerProcess, iris_rows
 
 pytestmark = pytest.mark.slow

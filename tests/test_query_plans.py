@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from server.config import MIGRATIONS_DIR
-from server.model_store import ModelStore
-from server.services.registry import ModelRegistryService, SetFilter
-from server.storage.databases import RegistryDatabase, open_database
-from server.storage.history import HistoryRepository
-from server.storage.ingests import IngestBatch, IngestRepository
-from server.storage.migrations import MigrationRunner, migrations_for
-from server.storage.repositories import PredictionSetRepository
+from predserve.server.config import MIGRATIONS_DIR
+from predserve.server.model_store import ModelStore
+from predserve.server.services.registry import ModelRegistryService, SetFilter
+from predserve.server.storage.databases import RegistryDatabase, open_database
+from predserve.server.storage.history import HistoryRepository
+from predserve.server.storage.ingests import IngestBatch, IngestRepository
+from predserve.server.storage.migrations import MigrationRunner, migrations_for
+from predserve.server.storage.repositories import PredictionSetRepository
 from tests.test_postgres_registry import new_set
 
 TYPES = 20

@@ -16,9 +16,9 @@ import grpc
 import psycopg
 import pytest
 
-from client.library import PredserveClient, PredserveClientError
 from harness.waiting import wait_until
-from server.failpoints import AFTER_COMMIT, DURING_FIT
+from predserve.client.library import PredserveClient, PredserveClientError
+from predserve.server.failpoints import AFTER_COMMIT, DURING_FIT
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 pytestmark = pytest.mark.slow  # three replicas, one with two workers, restarted and killed

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client.library import target_value
+from predserve.client.library import target_value
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 from tests.test_migrations import phase4_database
 

@@ -13,10 +13,10 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import PolynomialFeatures
 
-from server.runtimes import CompiledForm, Refusal, compile_pipeline, load_runtime, proof_rows, prove
-from server.runtimes.fidelity import EXTREME_ROWS
-from server.runtimes.stored import pack
-from server.services.catalog import CATALOG, CLASSIFICATION, REGRESSION
+from predserve.server.runtimes import CompiledForm, Refusal, compile_pipeline, load_runtime, proof_rows, prove
+from predserve.server.runtimes.fidelity import EXTREME_ROWS
+from predserve.server.runtimes.stored import pack
+from predserve.server.services.catalog import CATALOG, CLASSIFICATION, REGRESSION
 
 TOLERANCE = 1e-9
 # Recipes with no compiled form, and why; the issue asks every recipe for a fast form or a reason here.
@@ -213,7 +213,7 @@ def test_the_direct_gtil_call_gives_what_treelite_gtil_predict_gives(recipe, dat
     for one row and for many, and the public function must still be there to fall back to."""
     import treelite.gtil
 
-    from server.runtimes.gtil import GtilCall
+    from predserve.server.runtimes.gtil import GtilCall
 
     pipeline, rows = fitted[(recipe.name, dataset)]
     runtime = compile_pipeline(pipeline, recipe.task)
@@ -236,7 +236,7 @@ def test_the_direct_gtil_call_gives_what_treelite_gtil_predict_gives(recipe, dat
 def test_recorded_answers_round_trip_and_prove_the_form_as_the_pipeline_does(recipe, dataset, fitted):
     """The answers stored with a form read back equal (text labels as objects too), prove it as the live
     pipeline does, and a form proven against answers moved past the tolerance is refused."""
-    from server.runtimes.fidelity import prove_against, prove_recording, split_reference, with_reference
+    from predserve.server.runtimes.fidelity import prove_against, prove_recording, split_reference, with_reference
 
     pipeline, rows = fitted[(recipe.name, dataset)]
     compiled = compile_pipeline(pipeline, recipe.task)
@@ -256,7 +256,7 @@ def test_recorded_answers_round_trip_and_prove_the_form_as_the_pipeline_does(rec
 
 
 def test_a_form_without_recorded_answers_reads_as_such_and_damage_is_a_value_error():
-    from server.runtimes.fidelity import prove_recording, split_reference, with_reference
+    from predserve.server.runtimes.fidelity import prove_recording, split_reference, with_reference
 
     pipeline, rows = _fit("logistic_regression", "iris")
     compiled = compile_pipeline(pipeline, CLASSIFICATION)
@@ -274,8 +274,8 @@ def test_a_form_without_recorded_answers_reads_as_such_and_damage_is_a_value_err
 def test_the_proof_requires_the_pipelines_refusals(recipe_name):
     """Proof rows end with finite extremes the pipeline refuses; a form that answers them (as forms did before
     they checked the pipeline's input domain) fails its proof, and the stored answers keep which rows were refused."""
-    from server.runtimes.domain import OutsideDomain
-    from server.runtimes.fidelity import prove_recording, split_reference, with_reference
+    from predserve.server.runtimes.domain import OutsideDomain
+    from predserve.server.runtimes.fidelity import prove_recording, split_reference, with_reference
 
     dataset = "diabetes" if recipe_name == "ridge" else "breast_cancer"
     pipeline, rows = _fit(recipe_name, dataset)

@@ -19,9 +19,9 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from server.config import parse_config
-from server.services.catalog import CATALOG, CLASSIFICATION
-from server.storage.safe_pickle import ForbiddenGlobal, load_restricted
+from predserve.server.config import parse_config
+from predserve.server.services.catalog import CATALOG, CLASSIFICATION
+from predserve.server.storage.safe_pickle import ForbiddenGlobal, load_restricted
 
 
 class Reduces:

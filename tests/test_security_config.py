@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.api.auth import AuthPolicy, Role, required_role
-from server.config import parse_config
-from server.security import security_warnings
+from predserve.server.api.auth import AuthPolicy, Role, required_role
+from predserve.server.config import parse_config
+from predserve.server.security import security_warnings
 
 
 def test_tokens_and_key_come_from_the_environment_or_files_and_stay_out_of_repr(tmp_path: Path) -> None:

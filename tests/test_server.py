@@ -7,7 +7,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client.library import PredserveClientError, target_value
+from predserve.client.library import PredserveClientError, target_value
 from tests.support import IRIS_PROBES, ServerProcess, diabetes_rows, iris_rows
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client.library import PredserveClientError
+from predserve.client.library import PredserveClientError
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 pytestmark = pytest.mark.slow  # PREDSERVE_SOAK_SECONDS of load and restarts

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client.library import PredserveClientError
+from predserve.client.library import PredserveClientError
 from tests.certificates import Pki, make_pki
 from tests.support import PROJECT_ROOT, ServerProcess
 
@@ -76,7 +76,7 @@ def test_mutual_tls_refuses_a_client_without_an_accepted_certificate(mtls_server
 
 
 def test_cli_speaks_mutual_tls(mtls_server: ServerProcess, pki: Pki, tmp_path: Path) -> None:
-    base = [sys.executable, "-m", "client", "--target", mtls_server.target, "--ca", str(pki.ca)]
+    base = [sys.executable, "-m", "predserve.client", "--target", mtls_server.target, "--ca", str(pki.ca)]
     with_cert = base + ["--cert", str(pki.client_cert), "--key", str(pki.client_key), "health"]
     accepted = subprocess.run(with_cert, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert (accepted.returncode, accepted.stdout.strip()) == (0, "SERVING"), accepted.stderr

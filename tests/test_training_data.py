@@ -18,10 +18,10 @@ import numpy as np
 import psycopg
 import pytest
 
-from server.app import Services, build_services
-from server.config import ServerConfig
-from server.domain import HistoryRow
-from server.services.training import TrainCommand
+from predserve.server.app import Services, build_services
+from predserve.server.config import ServerConfig
+from predserve.server.domain import HistoryRow
+from predserve.server.services.training import TrainCommand
 
 # The Phase-4 schema the migration tests start from (the same DDL as /work/shared/fixtures/phase4_schema.sql).
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -135,7 +135,7 @@ def test_rows_written_without_a_binary_copy_are_read_from_json(
     services.history.ingest("d", [], rows(X[:30], [0, 1, 2] * 10))
     with sqlite3.connect(tmp_path / "train.db") as conn:
         conn.execute("INSERT INTO data_history (dataset, features, target) VALUES ('d', '[9.0, 9.0, 9.0]', '2')")
-    with caplog.at_level(logging.WARNING, logger="server.storage.history"):
+    with caplog.at_level(logging.WARNING, logger="predserve.server.storage.history"):
         data = training_data(services, "d")
     assert "dataset d: its binary copy holds 30 of its 31 rows; reading its JSON rows instead" in caplog.text
     assert len(data.targets) == 31 and data.features[-1].tolist() == [9.0, 9.0, 9.0]

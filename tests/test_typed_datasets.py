@@ -14,13 +14,13 @@ import grpc
 import numpy as np
 import pytest
 
-from client.calls import LIST_DATASETS
-from client.csvfile import CsvFile
-from client.typed_csv import TypedCsvFile, typed_source
-from protos import predserve_pb2 as pb
-from server.domain import Column, ColumnType, Schema
-from server.storage.databases import RegistryDatabase, open_database
-from server.storage.repositories import HistoryRepository
+from predserve.client.calls import LIST_DATASETS
+from predserve.client.csvfile import CsvFile
+from predserve.client.typed_csv import TypedCsvFile, typed_source
+from predserve.protos import predserve_pb2 as pb
+from predserve.server.domain import Column, ColumnType, Schema
+from predserve.server.storage.databases import RegistryDatabase, open_database
+from predserve.server.storage.history import HistoryRepository
 from tests.support import ServerProcess, cli, cli_json
 from tests.test_query_plans import migrated
 
@@ -198,8 +198,8 @@ def test_list_datasets_needs_the_predict_token(tmp_path: Path) -> None:
 
 def ingest_churn(database: RegistryDatabase, tmp_path: Path, batch_rows: int = 2) -> HistoryRepository:
     """CHURN in batches through the service, as the server stores it."""
-    from server.api import converters
-    from server.services.history import HistoryService
+    from predserve.server.api import converters
+    from predserve.server.services.history import HistoryService
 
     path = tmp_path / "churn.csv"
     path.write_text(CHURN)

@@ -16,11 +16,17 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from server.runtimes.base import Refusal
-from server.runtimes.domain import OutsideDomain
-from server.runtimes.tables import Block, Impute, TableProgram
-from server.runtimes.typed import TableRuntime, compile_typed
-from server.runtimes.typed_proof import columns_of, pipeline_frame, program_matches, prove_typed, typed_proof_frame
+from predserve.server.runtimes.base import Refusal
+from predserve.server.runtimes.domain import OutsideDomain
+from predserve.server.runtimes.tables import Block, Impute, TableProgram
+from predserve.server.runtimes.typed import TableRuntime, compile_typed
+from predserve.server.runtimes.typed_proof import (
+    columns_of,
+    pipeline_frame,
+    program_matches,
+    prove_typed,
+    typed_proof_frame,
+)
 
 NUMBERS, TEXT = ["age", "income", "tenure"], ["plan", "country"]
 

@@ -28,12 +28,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from client.cli import main as cli_main
-from protos import grpc_predict_v2_pb2 as v2
-from protos import grpc_predict_v2_pb2_grpc as v2_grpc
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
-from server.services.catalog import CATALOG, CLASSIFICATION
+from predserve.client.cli import main as cli_main
+from predserve.protos import grpc_predict_v2_pb2 as v2
+from predserve.protos import grpc_predict_v2_pb2_grpc as v2_grpc
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
+from predserve.server.services.catalog import CATALOG, CLASSIFICATION
 from tests.support import ServerProcess, iris_rows
 
 COLUMNS = [("age", "number"), ("plan", "string"), ("income", "number"), ("country", "string")]

@@ -18,11 +18,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client.library import target_value
-from protos import grpc_predict_v2_pb2 as v2
-from protos import grpc_predict_v2_pb2_grpc as v2_grpc
-from server.model_store import ModelStore
-from server.services.prediction import PredictionService
+from predserve.client.library import target_value
+from predserve.protos import grpc_predict_v2_pb2 as v2
+from predserve.protos import grpc_predict_v2_pb2_grpc as v2_grpc
+from predserve.server.model_store import ModelStore
+from predserve.server.services.prediction import PredictionService
 from tests.support import IRIS_PROBES, ServerProcess, diabetes_rows, iris_rows, run_triton_check
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

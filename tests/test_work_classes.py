@@ -11,8 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from protos import grpc_predict_v2_pb2, predserve_pb2
-from server.api.admitting import HEALTH_THREADS, AdmissionInterceptor, CallSlots, WorkClass, work_class
+from predserve.protos import grpc_predict_v2_pb2, predserve_pb2
+from predserve.server.api.admitting import HEALTH_THREADS, AdmissionInterceptor, CallSlots, WorkClass, work_class
 
 PREDICT = "/predserve.v1.Predserve/Predict"
 CALL_SLOTS = 2

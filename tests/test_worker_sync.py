@@ -21,17 +21,24 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.library import PredserveClient, PredserveClientError
 from harness.waiting import wait_until
-from protos import grpc_predict_v2_pb2 as v2
-from protos import grpc_predict_v2_pb2_grpc as v2_grpc
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
-from server.app import MODEL_HEALTH_PREFIX, SERVICE_NAME, V2_SERVICE_NAME, Services, build_server, build_services
-from server.config import ServerConfig
-from server.domain import HistoryRow
-from server.errors import Unavailable
-from server.services.training import TrainCommand
+from predserve.client.library import PredserveClient, PredserveClientError
+from predserve.protos import grpc_predict_v2_pb2 as v2
+from predserve.protos import grpc_predict_v2_pb2_grpc as v2_grpc
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
+from predserve.server.app import (
+    SERVICE_NAME,
+    V2_SERVICE_NAME,
+    Services,
+    build_server,
+    build_services,
+)
+from predserve.server.config import ServerConfig
+from predserve.server.domain import HistoryRow
+from predserve.server.errors import Unavailable
+from predserve.server.publishing import MODEL_HEALTH_PREFIX
+from predserve.server.services.training import TrainCommand
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 pytestmark = [pytest.mark.slow]

@@ -22,9 +22,9 @@ from typing import Any
 
 import grpc
 
-from server.api.status import STATUS_BY_KIND
-from server.errors import ResourceExhausted
-from server.services.admission import WorkSlots
+from predserve.server.api.status import STATUS_BY_KIND
+from predserve.server.errors import ResourceExhausted
+from predserve.server.services.admission import WorkSlots
 
 logger = logging.getLogger(__name__)
 

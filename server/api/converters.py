@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from protos import predserve_pb2 as pb
-from server.api.ingest_tables import TableParts
-from server.domain import (
+from predserve.protos import predserve_pb2 as pb
+from predserve.server.api.ingest_tables import TableParts
+from predserve.server.domain import (
     Column,
     ColumnType,
     DatasetSummary,
@@ -19,15 +19,15 @@ from server.domain import (
     Schema,
     TargetValue,
 )
-from server.errors import InvalidArgument, ResourceExhausted
-from server.services.history import ColumnRows, IngestOutcome, Upload, check_batch_rows
-from server.services.importing import ImportCommand
-from server.services.input_tables import InputColumn, InputTable, NumberColumn, StringColumn
-from server.services.lifecycle import Collection, Promotion
-from server.services.prediction import PredictionResult
-from server.services.registration import PromotionPolicy, Registration
-from server.services.registry import SKLEARN, ModelStatusView, SetFilter, SetPage
-from server.services.training import TrainCommand
+from predserve.server.errors import InvalidArgument, ResourceExhausted
+from predserve.server.services.history import ColumnRows, IngestOutcome, Upload, check_batch_rows
+from predserve.server.services.importing import ImportCommand
+from predserve.server.services.input_tables import InputColumn, InputTable, NumberColumn, StringColumn
+from predserve.server.services.lifecycle import Collection, Promotion
+from predserve.server.services.prediction import PredictionResult
+from predserve.server.services.registration import PromotionPolicy, Registration
+from predserve.server.services.registry import SKLEARN, ModelStatusView, SetFilter, SetPage
+from predserve.server.services.training import TrainCommand
 
 
 def target_from_proto(target: pb.Target, index: int) -> TargetValue:

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from server.errors import InvalidArgument
+from predserve.server.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
 

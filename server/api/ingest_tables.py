@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from protos import predserve_pb2 as pb
-from server.errors import InvalidArgument
-from server.services.typed_ingest import TableColumns
+from predserve.protos import predserve_pb2 as pb
+from predserve.server.errors import InvalidArgument
+from predserve.server.services.typed_ingest import TableColumns
 
 
 class TableParts:

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from server.observability.telemetry import FinishedCall, Telemetry
+from predserve.server.observability.telemetry import FinishedCall, Telemetry
 
 access_logger = logging.getLogger("predserve.access")
 

@@ -6,17 +6,17 @@ from collections.abc import Iterator
 
 import grpc
 
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
-from server.api import converters
-from server.api.status import maps_errors
-from server.api.streams import IdleStreamReaper
-from server.services.history import HistoryService
-from server.services.importing import ModelImportService
-from server.services.lifecycle import ModelLifecycleService
-from server.services.prediction import PredictionService
-from server.services.registry import ModelRegistryService
-from server.services.training import ModelTrainingService
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
+from predserve.server.api import converters
+from predserve.server.api.status import maps_errors
+from predserve.server.api.streams import IdleStreamReaper
+from predserve.server.services.history import HistoryService
+from predserve.server.services.importing import ModelImportService
+from predserve.server.services.lifecycle import ModelLifecycleService
+from predserve.server.services.prediction import PredictionService
+from predserve.server.services.registry import ModelRegistryService
+from predserve.server.services.training import ModelTrainingService
 
 
 class PredserveServicer(pb_grpc.PredserveServicer):

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from server.errors import ErrorKind, PredserveError
+from predserve.server.errors import ErrorKind, PredserveError
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import grpc
 
-from server.errors import Cancelled
+from predserve.server.errors import Cancelled
 
 logger = logging.getLogger(__name__)
 

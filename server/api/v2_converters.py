@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from protos import grpc_predict_v2_pb2 as pb
-from server.domain import ColumnType, Schema, TargetValue
-from server.errors import InvalidArgument
-from server.services.input_tables import InputColumn, InputTable, NumberColumn, StringColumn
-from server.services.prediction import ModelDescription, PredictionResult
+from predserve.protos import grpc_predict_v2_pb2 as pb
+from predserve.server.domain import ColumnType, Schema, TargetValue
+from predserve.server.errors import InvalidArgument
+from predserve.server.services.input_tables import InputColumn, InputTable, NumberColumn, StringColumn
+from predserve.server.services.prediction import ModelDescription, PredictionResult
 
 PLATFORM = "sklearn"
 INPUT_NAME = "features"

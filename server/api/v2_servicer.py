@@ -6,12 +6,12 @@ from importlib import metadata
 
 import grpc
 
-from protos import grpc_predict_v2_pb2 as pb
-from protos import grpc_predict_v2_pb2_grpc as pb_grpc
-from server.api import v2_converters
-from server.api.status import maps_errors
-from server.services.prediction import PredictionService
-from server.services.registry import ModelRegistryService
+from predserve.protos import grpc_predict_v2_pb2 as pb
+from predserve.protos import grpc_predict_v2_pb2_grpc as pb_grpc
+from predserve.server.api import v2_converters
+from predserve.server.api.status import maps_errors
+from predserve.server.services.prediction import PredictionService
+from predserve.server.services.registry import ModelRegistryService
 
 SERVER_NAME = "predserve"
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from server.observability.telemetry import Telemetry
+from predserve.server.observability.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class MetricsEndpoint:
         return endpoint
 
     def telemetry(self, known_model_type: Callable[[str], bool]) -> Telemetry:
-        from server.observability.prometheus import PrometheusTelemetry
+        from predserve.server.observability.prometheus import PrometheusTelemetry
 
         return PrometheusTelemetry(known_model_type)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from server.observability.telemetry import FinishedCall, ServedSlot, Telemetry, TrainEnd
+from predserve.server.observability.telemetry import FinishedCall, ServedSlot, Telemetry, TrainEnd
 
 # 100 µs (an empty call on this machine costs about 300 µs) to 30 s (a Train or a slow import).
 REQUEST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

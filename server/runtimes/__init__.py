@@ -8,9 +8,9 @@ that `load_runtime` turns back into something that predicts, and `prove` decides
 
 from __future__ import annotations
 
-from server.runtimes.base import CompiledForm, Proof, Refusal, Runtime
-from server.runtimes.compile import compile_pipeline, load_runtime
-from server.runtimes.fidelity import proof_rows, prove
+from predserve.server.runtimes.base import CompiledForm, Proof, Refusal, Runtime
+from predserve.server.runtimes.compile import compile_pipeline, load_runtime
+from predserve.server.runtimes.fidelity import proof_rows, prove
 
 __all__ = [
     "CompiledForm",

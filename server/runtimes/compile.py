@@ -43,10 +43,10 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from server.runtimes import linear, trees, typed
-from server.runtimes.base import CompiledForm, Refusal, Runtime
-from server.runtimes.scaling import Standardization
-from server.runtimes.stored import UnstorableClasses
+from predserve.server.runtimes import linear, trees, typed
+from predserve.server.runtimes.base import CompiledForm, Refusal, Runtime
+from predserve.server.runtimes.scaling import Standardization
+from predserve.server.runtimes.stored import UnstorableClasses
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 
-from server.runtimes.base import Proof, Runtime, as_rows
-from server.runtimes.domain import OutsideDomain
-from server.runtimes.stored import UnstorableClasses, pack, require, unpack
+from predserve.server.runtimes.base import Proof, Runtime, as_rows
+from predserve.server.runtimes.domain import OutsideDomain
+from predserve.server.runtimes.stored import UnstorableClasses, pack, require, unpack
 
 # Beyond the training range by this fraction of each feature's span (of its magnitude when the span is zero).
 BEYOND = 0.1

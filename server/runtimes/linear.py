@@ -7,10 +7,10 @@ import numpy as np
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from server.runtimes.base import as_rows
-from server.runtimes.domain import AFTER_SCALING, require_finite
-from server.runtimes.scaling import Standardization
-from server.runtimes.stored import classes_from_arrays, classes_to_arrays, pack, require, unpack
+from predserve.server.runtimes.base import as_rows
+from predserve.server.runtimes.domain import AFTER_SCALING, require_finite
+from predserve.server.runtimes.scaling import Standardization
+from predserve.server.runtimes.stored import classes_from_arrays, classes_to_arrays, pack, require, unpack
 
 FORMAT = "numpy-linear"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
-from server.runtimes.stored import require
+from predserve.server.runtimes.stored import require
 
 MEAN_KEY = "scaler_mean"
 SCALE_KEY = "scaler_scale"

@@ -29,7 +29,7 @@ from sklearn.preprocessing import (
     StandardScaler,
 )
 
-from server.runtimes.domain import OutsideDomain
+from predserve.server.runtimes.domain import OutsideDomain
 
 Columns = Mapping[str, np.ndarray]
 

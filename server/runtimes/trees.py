@@ -19,11 +19,11 @@ from sklearn.ensemble import (
     RandomForestRegressor,
 )
 
-from server.runtimes.base import as_rows
-from server.runtimes.domain import PAST_FLOAT32, require_finite
-from server.runtimes.gtil import GtilCall
-from server.runtimes.scaling import Standardization
-from server.runtimes.stored import classes_from_arrays, classes_to_arrays, pack, require, unpack
+from predserve.server.runtimes.base import as_rows
+from predserve.server.runtimes.domain import PAST_FLOAT32, require_finite
+from predserve.server.runtimes.gtil import GtilCall
+from predserve.server.runtimes.scaling import Standardization
+from predserve.server.runtimes.stored import classes_from_arrays, classes_to_arrays, pack, require, unpack
 
 FORMAT = "treelite"
 FOREST = "forest"

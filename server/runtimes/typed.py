@@ -16,11 +16,11 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from threadpoolctl import ThreadpoolController
 
-from server.runtimes import linear, trees
-from server.runtimes.base import Refusal
-from server.runtimes.domain import OutsideDomain
-from server.runtimes.stored import pack, require, unpack
-from server.runtimes.tables import (
+from predserve.server.runtimes import linear, trees
+from predserve.server.runtimes.base import Refusal
+from predserve.server.runtimes.domain import OutsideDomain
+from predserve.server.runtimes.stored import pack, require, unpack
+from predserve.server.runtimes.tables import (
     NUMBER_IN,
     TEXT_IN,
     Block,

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from server.runtimes.base import Proof
-from server.runtimes.domain import OutsideDomain
-from server.runtimes.fidelity import _deviation, _labels_differ
-from server.runtimes.tables import Columns
+from predserve.server.runtimes.base import Proof
+from predserve.server.runtimes.domain import OutsideDomain
+from predserve.server.runtimes.fidelity import _deviation, _labels_differ
+from predserve.server.runtimes.tables import Columns
 
 UNSEEN = "\x00never-seen-in-training"
 EXTREMES = (1e308, -1e308, 3.5e38)

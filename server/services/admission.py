@@ -15,7 +15,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from server.errors import ResourceExhausted
+from predserve.server.errors import ResourceExhausted
 
 
 class WorkSlots:

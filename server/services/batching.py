@@ -39,7 +39,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, ExtraTreeClassifier, ExtraTreeRegressor
 
-from server.observability.telemetry import Telemetry
+from predserve.server.observability.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 
-from server.domain import ColumnType, Schema
-from server.errors import InvalidArgument
+from predserve.server.domain import ColumnType, Schema
+from predserve.server.errors import InvalidArgument
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from server.domain import (
+from predserve.server.domain import (
     ArtifactInfo,
     ColumnType,
     PredictionSetRecord,
@@ -28,14 +28,14 @@ from server.domain import (
     Schema,
     SelfCheck,
 )
-from server.errors import PredserveError
-from server.runtimes import Refusal, Runtime, compile_pipeline, load_runtime, proof_rows, prove
-from server.runtimes.fidelity import prove_against, prove_recording, split_reference, with_reference
-from server.runtimes.stored import UnstorableClasses
-from server.runtimes.typed import TableRuntime, compile_typed
-from server.runtimes.typed_proof import program_matches, prove_typed, refused_rows, typed_proof_frame
-from server.services.pipeline_inputs import frame_of_rows
-from server.storage.artifacts import ArtifactStore
+from predserve.server.errors import PredserveError
+from predserve.server.runtimes import Refusal, Runtime, compile_pipeline, load_runtime, proof_rows, prove
+from predserve.server.runtimes.fidelity import prove_against, prove_recording, split_reference, with_reference
+from predserve.server.runtimes.stored import UnstorableClasses
+from predserve.server.runtimes.typed import TableRuntime, compile_typed
+from predserve.server.runtimes.typed_proof import program_matches, prove_typed, refused_rows, typed_proof_frame
+from predserve.server.services.pipeline_inputs import frame_of_rows
+from predserve.server.storage.artifacts import ArtifactStore
 
 logger = logging.getLogger(__name__)
 

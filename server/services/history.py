@@ -14,11 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.domain import Column, DatasetSummary, HistoryRow, TargetValue
-from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from server.services.typed_ingest import TableColumns, as_typed, numeric_matrix, typed_rows
-from server.services.validation import check_feature_names, check_finite, check_name, check_targets, feature_matrix
-from server.storage.ingests import (
+from predserve.server.domain import Column, DatasetSummary, HistoryRow, TargetValue
+from predserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from predserve.server.services.typed_ingest import TableColumns, as_typed, numeric_matrix, typed_rows
+from predserve.server.services.validation import (
+    check_feature_names,
+    check_finite,
+    check_name,
+    check_targets,
+    feature_matrix,
+)
+from predserve.server.storage.ingests import (
     MAX_POSITION,
     BatchAlreadyStored,
     BatchOutOfTurn,
@@ -28,8 +34,8 @@ from server.storage.ingests import (
     StoredBatch,
     content_sha256,
 )
-from server.storage.repositories import HistoryRepository
-from server.storage.tables import TypedRows, table_sha256
+from predserve.server.storage.history import HistoryRepository
+from predserve.server.storage.tables import TypedRows, table_sha256
 
 # An ingest id goes into log lines and error messages: printable, no spaces, bounded.
 INGEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")

@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from server.domain import IMPORTED, Column, Schema, SelfCheck, SetDescription
-from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from server.services.admission import WorkSlots
-from server.services.catalog import CLASSIFICATION, EVALUATED_ROWS, PRIMARY_METRIC, REGRESSION
-from server.services.compilation import MAX_HELD_OUT_ROWS, ProofEvidence
-from server.services.pipeline_inputs import frame_of_rows, rows_of_frame
-from server.services.registration import ArtifactBytes, PromotionPolicy, Registration, SetRegistrar
-from server.services.validation import check_feature_names, check_name, feature_matrix
-from server.storage.repositories import HistoryRepository
+from predserve.server.domain import IMPORTED, Column, Schema, SelfCheck, SetDescription
+from predserve.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from predserve.server.services.admission import WorkSlots
+from predserve.server.services.catalog import CLASSIFICATION, EVALUATED_ROWS, PRIMARY_METRIC, REGRESSION
+from predserve.server.services.compilation import MAX_HELD_OUT_ROWS, ProofEvidence
+from predserve.server.services.pipeline_inputs import frame_of_rows, rows_of_frame
+from predserve.server.services.registration import ArtifactBytes, PromotionPolicy, Registration, SetRegistrar
+from predserve.server.services.validation import check_feature_names, check_name, feature_matrix
+from predserve.server.storage.history import HistoryRepository
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class ModelImportService:
         with self.registrar.scratch_copy(data) as copy:
             try:
                 completed = subprocess.run(
-                    [sys.executable, "-m", "server.import_probe", str(copy), *self.trusted_modules],
+                    [sys.executable, "-m", "predserve.server.import_probe", str(copy), *self.trusted_modules],
                     input=json.dumps(request),
                     capture_output=True,
                     text=True,

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from server.domain import Column, ColumnType, Schema
-from server.errors import InvalidArgument
-from server.services.validation import check_feature_name
+from predserve.server.domain import Column, ColumnType, Schema
+from predserve.server.errors import InvalidArgument
+from predserve.server.services.validation import check_feature_name
 
 # Characters of a pipeline's own refusal quoted back to the caller.
 _REASON_CHARS = 200

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from server.domain import PredictionSetRecord
-from server.errors import ArtifactRejected, FailedPrecondition, InvalidArgument, NotFound
-from server.model_store import LoadedModel
-from server.services.registration import SetRegistrar, log_refused_collection
-from server.services.validation import check_name
-from server.storage.artifacts import ArtifactStore
-from server.storage.repositories import PredictionSetRepository
+from predserve.server.domain import PredictionSetRecord
+from predserve.server.errors import ArtifactRejected, FailedPrecondition, InvalidArgument, NotFound
+from predserve.server.model_store import LoadedModel
+from predserve.server.services.registration import SetRegistrar, log_refused_collection
+from predserve.server.services.validation import check_name
+from predserve.server.storage.artifacts import ArtifactStore
+from predserve.server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from server.domain import PredictionSetRecord, Schema, SelfCheck, VersionPolicy
-from server.errors import ArtifactRejected, ArtifactStoreUnreachable, FailedPrecondition
-from server.model_store import LoadedModel, ModelStore, UnavailableModel
-from server.observability.telemetry import Telemetry
-from server.services.compilation import RuntimeBuilder
-from server.services.pipeline_inputs import pipeline_input
-from server.storage.artifacts import ArtifactStore, load_pipeline
-from server.storage.repositories import PredictionSetRepository
+from predserve.server.domain import PredictionSetRecord, Schema, SelfCheck, VersionPolicy
+from predserve.server.errors import ArtifactRejected, ArtifactStoreUnreachable, FailedPrecondition
+from predserve.server.model_store import LoadedModel, ModelStore, UnavailableModel
+from predserve.server.observability.telemetry import Telemetry
+from predserve.server.services.compilation import RuntimeBuilder
+from predserve.server.services.pipeline_inputs import pipeline_input
+from predserve.server.storage.artifacts import ArtifactStore, load_pipeline
+from predserve.server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from server.domain import Column, ColumnType, Schema
+from predserve.server.domain import Column, ColumnType, Schema
 
 if TYPE_CHECKING:  # imported where a frame is built: the import probe of a matrix pipeline never needs it
     import pandas as pd

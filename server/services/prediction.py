@@ -15,13 +15,20 @@ from typing import Any
 import numpy as np
 import sklearn
 
-from server.domain import TargetValue
-from server.errors import ErrorKind, FailedPrecondition, InvalidArgument, NotFound, PredserveError, Unavailable
-from server.model_store import LoadedModel, ModelStore
-from server.observability.telemetry import Telemetry
-from server.runtimes.domain import OutsideDomain, locate_refusal
-from server.services.batching import Answer, MicroBatcher
-from server.services.input_tables import (
+from predserve.server.domain import TargetValue
+from predserve.server.errors import (
+    ErrorKind,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PredserveError,
+    Unavailable,
+)
+from predserve.server.model_store import LoadedModel, ModelStore
+from predserve.server.observability.telemetry import Telemetry
+from predserve.server.runtimes.domain import OutsideDomain, locate_refusal
+from predserve.server.services.batching import Answer, MicroBatcher
+from predserve.server.services.input_tables import (
     InputTable,
     columns_frame,
     refusal_message,
@@ -29,9 +36,9 @@ from server.services.input_tables import (
     table_columns,
     table_matrix,
 )
-from server.services.loading import ModelLoader
-from server.services.validation import check_finite, check_name, check_row_limit, feature_matrix
-from server.storage.repositories import PredictionSetRepository
+from predserve.server.services.loading import ModelLoader
+from predserve.server.services.validation import check_finite, check_name, check_row_limit, feature_matrix
+from predserve.server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 

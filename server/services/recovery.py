@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from server.errors import PredserveError
-from server.services.importing import ImportCommand, ModelImportService
-from server.services.registration import PromotionPolicy
-from server.storage.artifacts import ArtifactStore, model_type_of
-from server.storage.repositories import PredictionSetRepository
+from predserve.server.errors import PredserveError
+from predserve.server.services.importing import ImportCommand, ModelImportService
+from predserve.server.services.registration import PromotionPolicy
+from predserve.server.storage.artifacts import ArtifactStore, model_type_of
+from predserve.server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 

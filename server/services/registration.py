@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server import failpoints
-from server.domain import IMPORTED, ArtifactInfo, NewPredictionSet, PredictionSetRecord, SetDescription
-from server.errors import ArtifactRejected, ArtifactStoreUnreachable, Cancelled, PredserveError
-from server.model_store import LoadedModel, ModelStore, UnavailableModel
-from server.services.catalog import PRIMARY_METRIC
-from server.services.compilation import ProofEvidence, RuntimeBuilder
-from server.services.loading import ModelLoader
-from server.storage.artifacts import ArtifactStore
-from server.storage.repositories import PredictionSetRepository
+from predserve.server import failpoints
+from predserve.server.domain import IMPORTED, ArtifactInfo, NewPredictionSet, PredictionSetRecord, SetDescription
+from predserve.server.errors import ArtifactRejected, ArtifactStoreUnreachable, Cancelled, PredserveError
+from predserve.server.model_store import LoadedModel, ModelStore, UnavailableModel
+from predserve.server.services.catalog import PRIMARY_METRIC
+from predserve.server.services.compilation import ProofEvidence, RuntimeBuilder
+from predserve.server.services.loading import ModelLoader
+from predserve.server.storage.artifacts import ArtifactStore
+from predserve.server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 

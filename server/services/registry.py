@@ -8,11 +8,11 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 
-from server.domain import PredictionSetRecord
-from server.errors import InvalidArgument
-from server.model_store import LoadedModel, ModelStore
-from server.services.validation import check_name
-from server.storage.repositories import PredictionSetRepository, SetFilter
+from predserve.server.domain import PredictionSetRecord
+from predserve.server.errors import InvalidArgument
+from predserve.server.model_store import LoadedModel, ModelStore
+from predserve.server.services.validation import check_name
+from predserve.server.storage.repositories import PredictionSetRepository, SetFilter
 
 SKLEARN = "sklearn"  # the pipeline's own predict answers
 

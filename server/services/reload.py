@@ -18,12 +18,12 @@ import logging
 import os
 import threading
 
-from server.errors import ArtifactMissing, PredserveError
-from server.model_store import LoadedModel, ModelStore, UnavailableModel
-from server.observability.telemetry import Telemetry
-from server.retrying import until_it_works
-from server.services.registration import SetRegistrar
-from server.storage.repositories import PredictionSetRepository
+from predserve.server.errors import ArtifactMissing, PredserveError
+from predserve.server.model_store import LoadedModel, ModelStore, UnavailableModel
+from predserve.server.observability.telemetry import Telemetry
+from predserve.server.retrying import until_it_works
+from predserve.server.services.registration import SetRegistrar
+from predserve.server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
 

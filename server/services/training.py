@@ -14,13 +14,13 @@ from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_
 from sklearn.model_selection import train_test_split
 from sklearn.utils._param_validation import InvalidParameterError
 
-from server import failpoints
-from server.domain import HistoryRow, Schema, SelfCheck, SetDescription, TargetValue, TypedDataset
-from server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from server.model_store import LoadedModel
-from server.observability.telemetry import Telemetry, TrainEnd
-from server.services.admission import FitCores, WorkSlots
-from server.services.catalog import (
+from predserve.server import failpoints
+from predserve.server.domain import HistoryRow, Schema, SelfCheck, SetDescription, TargetValue, TypedDataset
+from predserve.server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from predserve.server.model_store import LoadedModel
+from predserve.server.observability.telemetry import Telemetry, TrainEnd
+from predserve.server.services.admission import FitCores, WorkSlots
+from predserve.server.services.catalog import (
     ACCURACY,
     CATALOG,
     CLASSIFICATION,
@@ -33,10 +33,10 @@ from server.services.catalog import (
     find_recipe,
     parse_params,
 )
-from server.services.compilation import ProofEvidence
-from server.services.pipeline_inputs import rows_of_frame
-from server.services.registration import FittedPipeline, PromotionPolicy, Registration, SetRegistrar
-from server.services.validation import (
+from predserve.server.services.compilation import ProofEvidence
+from predserve.server.services.pipeline_inputs import rows_of_frame
+from predserve.server.services.registration import FittedPipeline, PromotionPolicy, Registration, SetRegistrar
+from predserve.server.services.validation import (
     check_feature_names,
     check_finite,
     check_name,
@@ -44,8 +44,8 @@ from server.services.validation import (
     check_targets,
     feature_matrix,
 )
-from server.storage.history import DatasetColumns
-from server.storage.repositories import HistoryRepository
+from predserve.server.storage.history import DatasetColumns
+from predserve.server.storage.history import HistoryRepository
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.domain import Column, ColumnType, Schema, TargetValue
-from server.errors import InvalidArgument
-from server.services.validation import check_feature_names
-from server.storage.tables import TypedRows
+from predserve.server.domain import Column, ColumnType, Schema, TargetValue
+from predserve.server.errors import InvalidArgument
+from predserve.server.services.validation import check_feature_names
+from predserve.server.storage.tables import TypedRows
 
 # Text a number column reads as 1 and 0 besides numbers (what pyarrow's CSV reader reads as booleans).
 _BOOLEANS = {"true": 1.0, "false": 0.0}

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from server.errors import InvalidArgument, ResourceExhausted
+from predserve.server.errors import InvalidArgument, ResourceExhausted
 
 # Names become parts of file names and log lines: letters, digits, '_' and '-' only.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")

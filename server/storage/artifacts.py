@@ -34,9 +34,9 @@ from typing import Any
 
 import joblib
 
-from server import failpoints
-from server.domain import ArtifactInfo
-from server.errors import (
+from predserve.server import failpoints
+from predserve.server.domain import ArtifactInfo
+from predserve.server.errors import (
     ArtifactMissing,
     ArtifactRejected,
     ModelsDirectoryUnwritable,
@@ -44,8 +44,8 @@ from server.errors import (
     ResourceExhausted,
     StorageError,
 )
-from server.storage.permissions import warn_if_others_can_write
-from server.storage.safe_pickle import load_restricted
+from predserve.server.storage.permissions import warn_if_others_can_write
+from predserve.server.storage.safe_pickle import load_restricted
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from server import failpoints
-from server.domain import ArtifactInfo
-from server.errors import ArtifactMissing, ArtifactRejected, ArtifactStoreUnreachable, PredserveError
-from server.observability.telemetry import Telemetry
-from server.storage.artifacts import RUNTIME_SUFFIX, SUFFIX, TEMP_PREFIX, ArtifactStore, writer_tag
-from server.storage.object_store import ObjectStore, StartupListing, directory_of, store_location
+from predserve.server import failpoints
+from predserve.server.domain import ArtifactInfo
+from predserve.server.errors import ArtifactMissing, ArtifactRejected, ArtifactStoreUnreachable, PredserveError
+from predserve.server.observability.telemetry import Telemetry
+from predserve.server.storage.artifacts import RUNTIME_SUFFIX, SUFFIX, TEMP_PREFIX, ArtifactStore, writer_tag
+from predserve.server.storage.object_store import ObjectStore, StartupListing, directory_of, store_location
 
 logger = logging.getLogger(__name__)
 

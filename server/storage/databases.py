@@ -13,10 +13,10 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from server.storage.postgres import DEFAULT_POOL_SIZE, PostgresDatabase
-from server.storage.postgres_liveness import DEFAULT_REGISTRY_TIMEOUT_SECONDS
-from server.storage.sqlite import SqliteDatabase
-from server.storage.urls import postgres_url
+from predserve.server.storage.postgres import DEFAULT_POOL_SIZE, PostgresDatabase
+from predserve.server.storage.postgres_liveness import DEFAULT_REGISTRY_TIMEOUT_SECONDS
+from predserve.server.storage.sqlite import SqliteDatabase
+from predserve.server.storage.urls import postgres_url
 
 
 class Cursor(Protocol):

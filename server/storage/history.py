@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from server.domain import Dataset, DatasetSummary, Schema, TargetValue, TypedDataset
-from server.errors import InvalidArgument
-from server.storage import tables
-from server.storage.columns import (
+from predserve.server.domain import Dataset, DatasetSummary, Schema, TargetValue, TypedDataset
+from predserve.server.errors import InvalidArgument
+from predserve.server.storage import tables
+from predserve.server.storage.columns import (
     INT64,
     LABELS,
     NUMERIC_KINDS,
@@ -29,12 +29,12 @@ from server.storage.columns import (
     encode_targets,
     target_values,
 )
-from server.storage.databases import Connection, RegistryDatabase
-from server.storage.documents import feature_documents, target_documents
-from server.storage.ingests import IngestBatch, IngestProgress, record_batch
-from server.storage.tables import TypedRows
-from server.storage.tables import dataset_row as _dataset_row
-from server.storage.tables import dataset_schema as _schema
+from predserve.server.storage.databases import Connection, RegistryDatabase
+from predserve.server.storage.documents import feature_documents, target_documents
+from predserve.server.storage.ingests import IngestBatch, IngestProgress, record_batch
+from predserve.server.storage.tables import TypedRows
+from predserve.server.storage.tables import dataset_row as _dataset_row
+from predserve.server.storage.tables import dataset_schema as _schema
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.domain import TargetValue
-from server.storage.columns import FEATURE_DTYPE, encode_targets
-from server.storage.databases import Connection, RegistryDatabase
+from predserve.server.domain import TargetValue
+from predserve.server.storage.columns import FEATURE_DTYPE, encode_targets
+from predserve.server.storage.databases import Connection, RegistryDatabase
 
 # Batch numbers and rows are counted below this bound, far beyond any ingest: the number after a batch and the
 # row after its last one then always fit the int64 of the columns and of the proto's fields.

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server import failpoints
-from server.errors import PredserveError, StorageError
-from server.storage.databases import Connection, RegistryDatabase
-from server.storage.history import copy_history
+from predserve.server import failpoints
+from predserve.server.errors import PredserveError, StorageError
+from predserve.server.storage.databases import Connection, RegistryDatabase
+from predserve.server.storage.history import copy_history
 
 logger = logging.getLogger(__name__)
 

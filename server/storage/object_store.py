@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from server.errors import ArtifactMissing, ArtifactRejected, ArtifactStoreRefused, ArtifactStoreUnreachable
+from predserve.server.errors import ArtifactMissing, ArtifactRejected, ArtifactStoreRefused, ArtifactStoreUnreachable
 
 logger = logging.getLogger(__name__)
 

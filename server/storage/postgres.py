@@ -23,9 +23,9 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from server.errors import Cancelled, DatabaseUnreachable, ResourceExhausted, StorageError, Unavailable
-from server.storage.postgres_feed import CHANGES_CHANNEL, PostgresChangeFeed
-from server.storage.postgres_liveness import (
+from predserve.server.errors import Cancelled, DatabaseUnreachable, ResourceExhausted, StorageError, Unavailable
+from predserve.server.storage.postgres_feed import CHANGES_CHANNEL, PostgresChangeFeed
+from predserve.server.storage.postgres_liveness import (
     DEFAULT_REGISTRY_TIMEOUT_SECONDS,
     LATE_COMMIT,
     STATEMENT_TIMEOUT_SECONDS,
@@ -35,10 +35,10 @@ from server.storage.postgres_liveness import (
     connect_options,
     probe_target,
 )
-from server.storage.urls import first_line, redact_url, scrub
+from predserve.server.storage.urls import first_line, redact_url, scrub
 
 if TYPE_CHECKING:
-    from server.storage.databases import Connection
+    from predserve.server.storage.databases import Connection
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import psycopg
 
-from server.storage.postgres_liveness import CONNECT_TIMEOUT_SECONDS
-from server.storage.urls import first_line, scrub
+from predserve.server.storage.postgres_liveness import CONNECT_TIMEOUT_SECONDS
+from predserve.server.storage.urls import first_line, scrub
 
 logger = logging.getLogger(__name__)
 

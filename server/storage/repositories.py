@@ -1,7 +1,6 @@
 """PredictionSetRepository: every statement on prediction_sets and promotions, and the mapping of their rows
 to domain records. Each statement is written once, for both dialects, and each reads through an index
-(tests/test_query_plans.py). HistoryRepository, for data_history, is in server/storage/history.py.
-"""
+(tests/test_query_plans.py). HistoryRepository, for data_history, is in server/storage/history.py."""
 
 from __future__ import annotations
 
@@ -11,12 +10,17 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from server.domain import ArtifactInfo, NewPredictionSet, PredictionSetRecord, RuntimeRecord, Schema, SelfCheck
-from server.errors import StorageError
-from server.storage.databases import ChangeFeed, Connection, RegistryDatabase
-from server.storage.history import HistoryRepository
+from predserve.server.domain import (
+    ArtifactInfo,
+    NewPredictionSet,
+    PredictionSetRecord,
+    RuntimeRecord,
+    Schema,
+    SelfCheck,
+)
+from predserve.server.errors import StorageError
+from predserve.server.storage.databases import ChangeFeed, Connection, RegistryDatabase
 
-__all__ = ["HistoryRepository", "PredictionSetRepository", "SetFilter"]
 
 # known_paths asks about this many names per statement (SQLite allows 32,766 parameters, older builds 999).
 _NAMES_PER_STATEMENT = 500

@@ -17,8 +17,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from server.errors import Cancelled, DataLoss, ResourceExhausted, StorageError, Unavailable
-from server.storage.permissions import warn_if_others_can_write
+from predserve.server.errors import Cancelled, DataLoss, ResourceExhausted, StorageError, Unavailable
+from predserve.server.storage.permissions import warn_if_others_can_write
 
 logger = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from server.domain import ColumnSummary, ColumnType, DatasetSummary, Schema, TargetValue, TypedDataset
-from server.errors import FailedPrecondition
-from server.storage.columns import encode_targets, target_values
-from server.storage.databases import Connection
+from predserve.server.domain import ColumnSummary, ColumnType, DatasetSummary, Schema, TargetValue, TypedDataset
+from predserve.server.errors import FailedPrecondition
+from predserve.server.storage.columns import encode_targets, target_values
+from predserve.server.storage.databases import Connection
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2 as pb
 from tests.support import ServerProcess, iris_rows
 
 FOREST = "iris_forest"  # the model type the tests break: two sets, so it has something to fall back to

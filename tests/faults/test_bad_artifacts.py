@@ -23,7 +23,7 @@ from sklearn.datasets import load_diabetes, load_iris
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import Ridge
 
-from client.library import FailedPreconditionError
+from predserve.client.library import FailedPreconditionError
 from tests.faults.baseline import CLASSIFIER, FOREST, Baseline, Launch
 from tests.invariants import check_invariants, sha256_of
 from tests.support import IRIS_PROBES

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from client.library import PredserveClientError
 from harness.waiting import wait_until
+from predserve.client.library import PredserveClientError
 from tests.faults.baseline import FOREST, SMALL_FOREST, Baseline, Launch
 from tests.invariants import check_invariants
 from tests.support import ServerProcess, iris_rows

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from client.library import PredserveClientError
-from server.config import MIGRATIONS_DIR
-from server.failpoints import ENV_VAR, MID_MIGRATION
-from server.storage.migrations import MigrationRunner, discover_migrations
-from server.storage.sqlite import SqliteDatabase
+from predserve.client.library import PredserveClientError
+from predserve.server.config import MIGRATIONS_DIR
+from predserve.server.failpoints import ENV_VAR, MID_MIGRATION
+from predserve.server.storage.migrations import MigrationRunner, discover_migrations
+from predserve.server.storage.sqlite import SqliteDatabase
 from tests.faults.baseline import CLASSIFIER, FOREST, SMALL_FOREST, Baseline, Launch
 from tests.invariants import TEMP_PREFIX, check_invariants, read_rows
 from tests.support import ServerProcess

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client.library import DataLossError
+from predserve.client.library import DataLossError
 from tests.faults.baseline import CLASSIFIER, Baseline, Launch
 from tests.support import IRIS_PROBES, iris_rows
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes, load_iris
 
-from client.library import InvalidInput
-from server.services.catalog import CATALOG, CLASSIFICATION
+from predserve.client.library import InvalidInput
+from predserve.server.services.catalog import CATALOG, CLASSIFICATION
 from tests.support import ServerProcess, diabetes_rows, iris_rows
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]

@@ -130,7 +130,7 @@ def test_recover_skips_hostile_orphans_and_says_why(baseline: Baseline, tmp_path
     sparse.touch(mode=0o600)
     make_sparse(sparse)
     result = subprocess.run(
-        [sys.executable, "-m", "server", "recover", "--db", str(workdir / "predictions.db")]
+        [sys.executable, "-m", "predserve.server", "recover", "--db", str(workdir / "predictions.db")]
         + ["--models-dir", str(models)],
         cwd=PROJECT_ROOT,
         capture_output=True,

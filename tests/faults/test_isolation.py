@@ -15,8 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]

@@ -24,7 +24,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 
-from client.library import FailedPreconditionError
+from predserve.client.library import FailedPreconditionError
 from tests.faults.baseline import CLASSIFIER, FOREST, Baseline, Launch
 from tests.invariants import sha256_of
 from tests.support import IRIS_PROBES, ServerProcess

@@ -14,10 +14,10 @@ import grpc
 import joblib
 import pytest
 
-from client.library import FailedPreconditionError
-from protos import grpc_predict_v2_pb2, predserve_pb2
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
+from predserve.client.library import FailedPreconditionError
+from predserve.protos import grpc_predict_v2_pb2, predserve_pb2
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
 from tests.faults.baseline import Launch
 from tests.faults.noisy_artifacts import PrintsAndExits, RidgePrintingAtExit
 from tests.support import ServerProcess, diabetes_rows

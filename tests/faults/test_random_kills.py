@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from client.library import PredserveClientError
-from protos import predserve_pb2 as pb
+from predserve.client.library import PredserveClientError
+from predserve.protos import predserve_pb2 as pb
 from tests.faults.baseline import CLASSIFIER, FOREST, Baseline, Launch
 from tests.invariants import check_invariants
 from tests.support import ServerProcess

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.faults]
 
 def recover(workdir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server", "recover", "--db", str(workdir / "predictions.db")]
+        [sys.executable, "-m", "predserve.server", "recover", "--db", str(workdir / "predictions.db")]
         + ["--models-dir", str(workdir / "models")],
         cwd=PROJECT_ROOT,
         capture_output=True,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from client.library import PredserveClientError, UnavailableError
+from predserve.client.library import PredserveClientError, UnavailableError
 from tests.faults.baseline import CLASSIFIER, FOREST, Baseline, Launch
 from tests.invariants import TEMP_PREFIX, check_invariants
 from tests.support import IRIS_PROBES, ServerProcess

@@ -20,13 +20,13 @@ import joblib
 import numpy as np
 import pytest
 
-from protos import grpc_predict_v2_pb2 as v2
-from protos import grpc_predict_v2_pb2_grpc as v2_grpc
-from server.app import build_services
-from server.config import ServerConfig
-from server.domain import HistoryRow
-from server.services import prediction
-from server.services.training import TrainCommand
+from predserve.protos import grpc_predict_v2_pb2 as v2
+from predserve.protos import grpc_predict_v2_pb2_grpc as v2_grpc
+from predserve.server.app import build_services
+from predserve.server.config import ServerConfig
+from predserve.server.domain import HistoryRow
+from predserve.server.services import prediction
+from predserve.server.services.training import TrainCommand
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -221,7 +221,7 @@ def test_a_runtime_that_raises_leaves_the_pipeline_to_answer(tmp_path: Path) -> 
 def forge_reference(server: ServerProcess, model_type: str, shift: float) -> None:
     """Rewrites a set's compiled file with the pipeline's recorded answers moved by `shift`, and records the new
     file's SHA-256 and size, as someone with write access to both and no signing key could."""
-    from server.runtimes.fidelity import Reference, split_reference, with_reference
+    from predserve.server.runtimes.fidelity import Reference, split_reference, with_reference
 
     name = compiled_file(server.db, model_type)
     assert name is not None
@@ -244,7 +244,7 @@ def test_a_load_proves_the_form_against_the_answers_recorded_with_it(tmp_path: P
     """The compiled file records the pipeline's answers on the proof rows and the artifact that gave them. At load
     the form is proven against those answers (a forged answer is found), unless the libraries changed since the
     fit: then against the pipeline itself, which the forgery cannot fool."""
-    from server.runtimes.fidelity import split_reference
+    from predserve.server.runtimes.fidelity import split_reference
 
     server = ServerProcess(tmp_path).start()
     try:

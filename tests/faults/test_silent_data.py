@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from client.library import InvalidArgumentError
+from predserve.client.library import InvalidArgumentError
 from tests.support import ServerProcess, iris_rows
 
 pytestmark = [pytest.mark.faults]

@@ -17,10 +17,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.waiting import wait_until
-from protos import grpc_predict_v2_pb2 as v2
-from protos import grpc_predict_v2_pb2_grpc as v2_grpc
-from protos import predserve_pb2 as pb
-from protos import predserve_pb2_grpc as pb_grpc
+from predserve.protos import grpc_predict_v2_pb2 as v2
+from predserve.protos import grpc_predict_v2_pb2_grpc as v2_grpc
+from predserve.protos import predserve_pb2 as pb
+from predserve.protos import predserve_pb2_grpc as pb_grpc
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 pytestmark = [pytest.mark.faults]  # about 5 s in all: one server start, one Train, then under a second a test

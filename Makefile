@@ -66,7 +66,7 @@ restart-test: $(PROTO_OUT)
 demo: $(PROTO_OUT)
 	$(PY) scripts/restart_story.py --mode demo
 
-# Runs the README's typed walkthrough against a fresh server and writes its transcript into README.md.
+# Runs the typed walkthrough of docs/tables.md against a fresh server and writes its transcript there.
 walkthrough: $(PROTO_OUT)
 	$(PY) scripts/typed_walkthrough.py --write
 
@@ -98,7 +98,7 @@ bench-compare: $(PROTO_OUT) $(BENCH_STAMP)
 	$(PY) -m bench compare $(BENCH_ARGS)
 
 # A real server with --workers 2 under a minute of load, scraped every second: redraws
-# docs/observability-dashboard.png and refreshes docs/observability-scrape.txt and the README's scrape block.
+# docs/observability-dashboard.png and refreshes docs/observability-scrape.txt and the scrape block of docs/observability.md.
 dashboard: $(PROTO_OUT) $(BENCH_STAMP)
 	$(PY) scripts/render_dashboard.py
 

@@ -1,11 +1,11 @@
-"""Draws docs/observability-dashboard.png from a real run, and refreshes the README's scrape excerpt.
+"""Draws docs/observability-dashboard.png from a real run, and refreshes the scrape excerpt of docs/observability.md.
 
 `make dashboard` runs it: a real predserve with --workers 2 and --metrics-port on 127.0.0.1 in a temporary
 directory, two model types trained, a bounded load of Predict, V2 ModelInfer and refused calls with Trains and
 a promotion along the way, /metrics scraped every second. The PNG draws the panels of
 deploy/grafana/predserve-dashboard.json from that scrape series, computed as PromQL would (rates from counter
 differences, quantiles from bucket differences as histogram_quantile does), and docs/observability-scrape.txt
-is an excerpt of the last scrape, copied verbatim into the README between its scrape markers.
+is an excerpt of the last scrape, copied verbatim into docs/observability.md between its scrape markers.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ logger = logging.getLogger("render_dashboard")
 
 PNG = ROOT / "docs" / "observability-dashboard.png"
 SCRAPE_EXCERPT = ROOT / "docs" / "observability-scrape.txt"
-README = ROOT / "README.md"
+README = ROOT / "docs" / "observability.md"
 SCRAPE_BEGIN = "<!-- scrape:begin -->"
 SCRAPE_END = "<!-- scrape:end -->"
 

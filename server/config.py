@@ -1,7 +1,7 @@
 """Server configuration: the settings (server/settings.py) built from flags, environment and defaults.
 
 Each option is declared once, in OPTIONS: its field, flag, environment variable, how its text is read,
-its allowed range and its help. The argparse parser, the environment fallbacks and the README's table
+its allowed range and its help. The argparse parser, the environment fallbacks and the table of docs/configuration.md
 (checked by tests/test_config.py) all follow that table; the defaults are the dataclass's own.
 """
 

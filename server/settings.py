@@ -79,7 +79,7 @@ class ServerConfig:
     # name when unpickled (server/storage/safe_pickle.py): their code runs at every load.
     trusted_modules: tuple[str, ...] = ()
     # Most pooled PostgreSQL connections one serving process holds; it holds one more to LISTEN. The default
-    # lets 3 replicas of 2 workers use 30 of PostgreSQL's default 100 slots (README: Running several replicas).
+    # lets 3 replicas of 2 workers use 30 of PostgreSQL's default 100 slots (docs/deployment.md: Running several replicas).
     db_pool_size: int = DEFAULT_POOL_SIZE
     registry_timeout_seconds: float = DEFAULT_REGISTRY_TIMEOUT_SECONDS
     # Which form answers Predict: a compiled one proven faithful to the pipeline, or the pipeline itself.

@@ -149,7 +149,7 @@ def test_the_image_name_is_the_one_the_readme_builds(pod: dict[str, Any]) -> Non
     version = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
     image = container_of(pod)["image"]
     assert image == f"registry.example.com/predserve:{version}"
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    readme = (PROJECT_ROOT / "docs" / "deployment.md").read_text()
     assert f"podman build -f Containerfile -t {image} ." in readme
     assert f"-t {image}" in CONTAINERFILE.read_text()
 

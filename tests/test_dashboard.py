@@ -1,4 +1,5 @@
-"""The operator's kit: the Grafana dashboard, its PNG and the README's scrape excerpt, held to a real server.
+"""The operator's kit: the Grafana dashboard, its PNG and the scrape excerpt of docs/observability.md, held to a
+real server.
 
 The metric names come from a real scrape of a real server (two workers, a Train, Predicts, a ModelInfer and an
 unknown model type), never from a list kept here: a metric renamed in the server fails these tests until the
@@ -33,7 +34,7 @@ from tests.support import IRIS_PROBES, PROJECT_ROOT, ServerProcess, iris_rows
 DASHBOARD = PROJECT_ROOT / "deploy" / "grafana" / "predserve-dashboard.json"
 PNG = PROJECT_ROOT / "docs" / "observability-dashboard.png"
 SCRAPE_EXCERPT = PROJECT_ROOT / "docs" / "observability-scrape.txt"
-README = PROJECT_ROOT / "README.md"
+PAGE = PROJECT_ROOT / "docs" / "observability.md"
 METRIC_DEFINITIONS = PROJECT_ROOT / "server" / "observability" / "prometheus.py"
 RENDER_SCRIPT = PROJECT_ROOT / "scripts" / "render_dashboard.py"
 SCRAPE_BLOCK = re.compile(r"<!-- scrape:begin -->\n```\n(.*?)```\n<!-- scrape:end -->", re.DOTALL)
@@ -236,8 +237,10 @@ def test_quantiles_are_interpolated_within_a_bucket_as_histogram_quantile_does()
 
 
 def test_the_readme_shows_the_generated_scrape_excerpt_verbatim() -> None:
-    blocks = SCRAPE_BLOCK.findall(README.read_text())
-    assert blocks == [SCRAPE_EXCERPT.read_text()], "run `make dashboard` to refresh the README's scrape block"
+    blocks = SCRAPE_BLOCK.findall(PAGE.read_text())
+    assert blocks == [SCRAPE_EXCERPT.read_text()], (
+        "run `make dashboard` to refresh the scrape block of docs/observability.md"
+    )
 
 
 def test_the_scrape_excerpt_has_the_families_a_real_server_exports(scraped: Scraped) -> None:
@@ -254,7 +257,7 @@ def test_the_scrape_excerpt_has_the_families_a_real_server_exports(scraped: Scra
 
 
 def test_the_readme_documents_every_metric(scraped: Scraped) -> None:
-    section = README.read_text().split("\n## Observability\n", 1)[1].split("\n## ", 1)[0]
+    section = PAGE.read_text()
     documented = set(re.findall(r"`([a-z_]+)`", section))
     families = {re.sub(r"_(bucket|sum|count)$", "", name) for name in declared_sample_names()}
     exported = {name for name in scraped.families if name.startswith(("predserve_", "process_"))}

@@ -530,7 +530,7 @@ def test_cli_obeys_the_servers_row_limit(tmp_path: Path, typed_server: TypedServ
 
 
 def test_the_readme_predict_by_name_example(typed_server: TypedServer) -> None:
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    readme = (PROJECT_ROOT / "docs" / "client.md").read_text()
     code = readme.split("<!-- predict-by-name-example -->\n```python\n", 1)[1].split("\n```", 1)[0]
     result = subprocess.run(
         [sys.executable, "-c", code],

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import PROJECT_ROOT, ServerProcess, iris_rows
 
-README = PROJECT_ROOT / "README.md"
+README = PROJECT_ROOT / "docs" / "client.md"
 EXAMPLE = re.compile(r"<!-- client-example: (?P<name>[\w-]+) -->\n```python\n(?P<code>.*?)\n```", re.DOTALL)
 
 

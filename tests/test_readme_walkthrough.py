@@ -1,5 +1,5 @@
-"""The README's typed walkthrough is what a run prints: scripts/typed_walkthrough.py runs its commands against a
-fresh server, and the transcript must equal the README's, up to an artifact's time stamp and random suffix."""
+"""The typed walkthrough of docs/tables.md is what a run prints: scripts/typed_walkthrough.py runs its commands
+against a fresh server, and the transcript must equal the page's, up to an artifact's time stamp and random suffix."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ def walkthrough() -> ModuleType:
 @pytest.mark.slow
 def test_the_readme_shows_what_the_walkthrough_prints() -> None:
     script = walkthrough()
-    shown = script.readme_transcript((PROJECT_ROOT / "README.md").read_text())
-    assert shown is not None, "README.md has lost its walkthrough markers"
+    shown = script.readme_transcript(script.DOC.read_text())
+    assert shown is not None, "docs/tables.md has lost its walkthrough markers"
     run = script.transcript()
-    assert script.normalised(run) == script.normalised(shown), "README.md is stale: run `make walkthrough`"
+    assert script.normalised(run) == script.normalised(shown), "docs/tables.md is stale: run `make walkthrough`"
     # The story it tells: a typed dataset, a compiled typed set, a missing value and an unseen country answered.
     assert "plan: string (20 missing)" in run
     assert "table-numpy-linear" in run
@@ -38,7 +38,7 @@ def test_the_readme_shows_what_the_walkthrough_prints() -> None:
 
 def test_a_changed_transcript_is_caught() -> None:
     script = walkthrough()
-    shown = script.readme_transcript((PROJECT_ROOT / "README.md").read_text())
+    shown = script.readme_transcript(script.DOC.read_text())
     assert shown is not None
     edited = shown.replace("ingested 400 rows", "ingested 401 rows")
     assert script.normalised(edited) != script.normalised(shown)

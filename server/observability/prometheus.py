@@ -5,7 +5,7 @@ multiprocess directory first: prometheus-client picks where values live when it 
 --workers N every worker must write its own file there for the one endpoint to sum them.
 
 Metric names and labels are part of predserve's interface (dashboards and alerts use them): change them
-only with the README's Observability section. No label ever holds a token, a feature value or a path,
+only with docs/observability.md. No label ever holds a token, a feature value or a path,
 and `model_type` holds only model types the server knows, so a caller cannot create series at will.
 """
 

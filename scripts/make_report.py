@@ -98,7 +98,12 @@ def _cell(text: str) -> str:
 
 def migrations_section() -> str:
     parts = []
-    for title, directory in (("SQLite", "db/migrations"), ("PostgreSQL", "db/migrations/postgresql")):
+    dialects = (
+        ("Both dialects", "db/migrations"),
+        ("SQLite", "db/migrations/sqlite"),
+        ("PostgreSQL", "db/migrations/postgresql"),
+    )
+    for title, directory in dialects:
         parts.append(f"#### {title}")
         for path in sorted((ROOT / directory).glob("*.sql")):
             parts.append(f"##### `{directory}/{path.name}`\n\n```sql\n{path.read_text().strip()}\n```")

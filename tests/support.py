@@ -45,6 +45,9 @@ def diabetes_rows() -> list[tuple[list[float], float]]:
     return [(list(map(float, x)), float(y)) for x, y in zip(bunch.data, bunch.target, strict=True)]
 
 
+# Every migration's number, in order: the one list the tests compare what was applied with.
+EVERY_MIGRATION = list(range(1, 12))
+
 IRIS_PROBES = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5], [6.3, 2.5, 4.9, 1.5]]
 
 

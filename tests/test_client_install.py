@@ -81,7 +81,8 @@ def test_the_wheel_holds_the_generated_protos_and_the_migrations(wheel: Path) ->
     names = set(zipfile.ZipFile(wheel).namelist())
     package = {"predserve/protos/predserve_pb2.py", "predserve/protos/predserve_pb2_grpc.py", "predserve/client/aio.py"}
     assert package | {"predserve/server/__main__.py", "predserve/__init__.py"} <= names
-    assert "predserve/db/migrations/0001_phase4_baseline.sql" in names
+    assert "predserve/db/migrations/sqlite/0001_phase4_baseline.sql" in names
+    assert "predserve/db/migrations/0004_add_artifact_signature.sql" in names  # both dialects
     assert "predserve/db/migrations/postgresql/0001_phase4_baseline.sql" in names
 
 

@@ -10,8 +10,9 @@ import pytest
 
 from predserve.server.config import MIGRATIONS_DIR
 from predserve.server.errors import Unavailable
-from predserve.server.storage.migrations import MigrationRunner, discover_migrations
+from predserve.server.storage.migrations import MigrationRunner, dialect_migrations, discover_migrations
 from predserve.server.storage.sqlite import SqliteDatabase
+from tests.support import EVERY_MIGRATION
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -60,7 +61,7 @@ INGEST_BATCHES_COLUMNS = [
 
 def migrate(path: Path) -> list[int]:
     runner = MigrationRunner(SqliteDatabase(path))
-    return [m.version for m in runner.apply(discover_migrations(MIGRATIONS_DIR))]
+    return [m.version for m in runner.apply(dialect_migrations(MIGRATIONS_DIR, SqliteDatabase.migrations_subdir))]
 
 
 def schema(path: Path) -> list[tuple[str, str]]:
@@ -94,14 +95,14 @@ def phase4_database(path: Path) -> None:
 
 
 def test_migration_files_are_numbered_contiguously_from_one() -> None:
-    names = sorted(p.name for p in MIGRATIONS_DIR.glob("*.sql"))
+    names = sorted(p.name for p in [*MIGRATIONS_DIR.glob("*.sql"), *(MIGRATIONS_DIR / "sqlite").glob("*.sql")])
     assert all(re.fullmatch(r"\d{4}_[a-z0-9_]+\.sql", n) for n in names), names
-    assert [int(n[:4]) for n in names] == list(range(1, len(names) + 1))
+    assert [int(n[:4]) for n in names] == EVERY_MIGRATION
 
 
 def test_blank_database_gets_the_exact_schema(tmp_path: Path) -> None:
     db = tmp_path / "blank.db"
-    assert migrate(db) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert migrate(db) == EVERY_MIGRATION
     assert [name for name, _ in schema(db)] == [
         "data_history",
         "data_segments",
@@ -155,7 +156,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(tmp_path: Path) -> 
             "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets"
         ).fetchall()
 
-    assert migrate(db) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert migrate(db) == EVERY_MIGRATION
 
     with sqlite3.connect(db) as conn:
         promotions = conn.execute("SELECT model_type, prediction_set_id, reason FROM promotions").fetchall()

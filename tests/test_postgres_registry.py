@@ -18,11 +18,11 @@ from predserve.server.errors import StorageError, Unavailable
 from predserve.server.failpoints import ENV_VAR, MID_MIGRATION
 from predserve.server.storage.databases import open_database
 from predserve.server.storage.history import HistoryRepository
-from predserve.server.storage.migrations import MigrationRunner, discover_migrations, migrations_for
+from predserve.server.storage.migrations import MigrationRunner, dialect_migrations, discover_migrations, migrations_for
 from predserve.server.storage.postgres import PostgresDatabase, redact_url
 from predserve.server.storage.repositories import PredictionSetRepository
 from predserve.server.storage.sqlite import SqliteDatabase
-from tests.support import ServerProcess
+from tests.support import EVERY_MIGRATION, ServerProcess
 from tests.test_migrations import INGEST_BATCHES_COLUMNS, PREDICTION_SETS_COLUMNS
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -80,10 +80,30 @@ def new_set(model_type: str = "iris_classifier", path: str = "a.joblib") -> NewP
 
 
 def test_both_dialects_have_the_same_numbered_migrations() -> None:
-    sqlite = [(m.version, m.name) for m in discover_migrations(MIGRATIONS_DIR)]
-    postgres = [(m.version, m.name) for m in discover_migrations(POSTGRES_MIGRATIONS)]
+    sqlite = [(m.version, m.name) for m in dialect_migrations(MIGRATIONS_DIR, SqliteDatabase.migrations_subdir)]
+    postgres = [(m.version, m.name) for m in dialect_migrations(MIGRATIONS_DIR, PostgresDatabase.migrations_subdir)]
     assert postgres == sqlite
-    assert [version for version, _ in sqlite] == list(range(1, len(sqlite) + 1))
+    assert [version for version, _ in sqlite] == EVERY_MIGRATION
+
+
+def test_a_migration_is_written_once_or_once_for_each_dialect() -> None:
+    """Shared where the dialects agree; where they differ, a file in each dialect's folder, never in one only."""
+    sqlite = {p.name for p in (MIGRATIONS_DIR / SqliteDatabase.migrations_subdir).glob("*.sql")}
+    postgres = {p.name for p in POSTGRES_MIGRATIONS.glob("*.sql")}
+    assert sqlite == postgres
+    shared = {p.read_text() for p in MIGRATIONS_DIR.glob("*.sql")}
+    assert all(
+        (MIGRATIONS_DIR / "sqlite" / name).read_text() != (POSTGRES_MIGRATIONS / name).read_text() for name in sqlite
+    )
+    assert shared and not {p.name for p in MIGRATIONS_DIR.glob("*.sql")} & sqlite
+
+
+def test_a_number_both_shared_and_for_one_dialect_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "postgresql").mkdir()
+    for folder in (tmp_path, tmp_path / "postgresql"):
+        (folder / "0001_one.sql").write_text("SELECT 1;")
+    with pytest.raises(StorageError, match=r"\[1\] are both shared and written for postgresql"):
+        dialect_migrations(tmp_path, "postgresql")
 
 
 def test_the_backend_is_chosen_by_the_database_url() -> None:
@@ -99,7 +119,7 @@ def test_the_backend_is_chosen_by_the_database_url() -> None:
 
 
 def test_blank_database_gets_the_exact_schema(database: PostgresDatabase, postgres_url: str) -> None:
-    assert migrate(database) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert migrate(database) == EVERY_MIGRATION
     assert schema(postgres_url) == [
         ("data_history", "r"),
         ("data_history_pkey", "i"),
@@ -170,7 +190,7 @@ def test_phase4_database_upgrades_in_place_keeping_every_row(database: PostgresD
     sets_sql = "SELECT id, model_type, dataset, created_at, metrics FROM prediction_sets ORDER BY id"
     sets_before = query(postgres_url, sets_sql)
 
-    assert migrate(database) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert migrate(database) == EVERY_MIGRATION
 
     assert query(postgres_url, "SELECT * FROM data_history ORDER BY id") == history_before
     assert query(postgres_url, sets_sql) == sets_before
@@ -193,7 +213,7 @@ def test_kill_mid_migration_of_a_phase4_registry(
     """The crash point SQLite's test uses, on PostgreSQL: SIGKILL between two statements of migration 0002."""
     phase4_registry(postgres_url)
     # 0001 is a no-op on a Phase-4 database; applying it first makes the kill land inside 0002.
-    MigrationRunner(database).apply(discover_migrations(POSTGRES_MIGRATIONS)[:1])
+    MigrationRunner(database).apply(migrations_for(database, MIGRATIONS_DIR)[:1])
     database.close()
     sets_sql = "SELECT id, model_type, dataset, created_at, is_current, metrics FROM prediction_sets ORDER BY id"
     sets_before = query(postgres_url, sets_sql)
@@ -254,7 +274,7 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
         thread.join(timeout=60)
     assert errors == []
     # Each migration applied exactly once, in order, whichever replica got to it first.
-    assert sorted(v for versions in applied for v in versions) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert sorted(v for versions in applied for v in versions) == EVERY_MIGRATION
     assert all(versions == sorted(versions) for versions in applied)
     assert [MigrationRunner(d).applied_versions() for d in databases] == [{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}] * 4
     for database in databases:

@@ -1,7 +1,7 @@
 """Numbered SQL migrations: found on disk, applied in order, each in one transaction with its record.
 
-db/migrations/NNNN_what_it_does.sql holds SQLite's, db/migrations/postgresql/ PostgreSQL's, with the
-same numbers and names. The database only lends a transaction (`migrating()`); which statements run,
+db/migrations/NNNN_what_it_does.sql is written once for both dialects; a migration whose SQL differs between
+them has a file of the same number and name in db/migrations/sqlite/ and in db/migrations/postgresql/ instead. The database only lends a transaction (`migrating()`); which statements run,
 in which order, and how an applied migration is recorded are decided here, once for both dialects.
 A migration whose work SQL cannot express also has a data step (DATA_STEPS), run after its statements
 in the same transaction.
@@ -56,8 +56,19 @@ def discover_migrations(directory: Path) -> list[Migration]:
 
 
 def migrations_for(database: RegistryDatabase, directory: Path) -> list[Migration]:
-    """The migrations of the database's dialect, under db/migrations."""
-    return discover_migrations(directory / database.migrations_subdir)
+    """The migrations of the database's dialect: those both dialects share, and its own."""
+    return dialect_migrations(directory, database.migrations_subdir)
+
+
+def dialect_migrations(directory: Path, dialect: str) -> list[Migration]:
+    """The shared migrations of `directory` and those of its `dialect` folder, in order; a number in both is
+    refused: a migration is written once for both dialects, or once for each."""
+    shared = {m.version: m for m in discover_migrations(directory)}
+    own = {m.version: m for m in discover_migrations(directory / dialect)}
+    twice = sorted(shared.keys() & own.keys())
+    if twice:
+        raise StorageError(f"migration(s) {twice} are both shared and written for {dialect}: keep one of them")
+    return sorted([*shared.values(), *own.values()], key=lambda m: m.version)
 
 
 class MigrationRunner:

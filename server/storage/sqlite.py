@@ -28,7 +28,7 @@ class SqliteDatabase:
 
     now_sql = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
     timestamp_type = "TEXT"
-    migrations_subdir = ""
+    migrations_subdir = "sqlite"
 
     def __init__(self, path: Path, busy_timeout_seconds: float = 5.0) -> None:
         self.path = path

@@ -17,11 +17,11 @@ import pytest
 from predserve.client.library import PredserveClientError
 from predserve.server.config import MIGRATIONS_DIR
 from predserve.server.failpoints import ENV_VAR, MID_MIGRATION
-from predserve.server.storage.migrations import MigrationRunner, discover_migrations
+from predserve.server.storage.migrations import MigrationRunner, migrations_for
 from predserve.server.storage.sqlite import SqliteDatabase
 from tests.faults.baseline import CLASSIFIER, FOREST, SMALL_FOREST, Baseline, Launch
 from tests.invariants import TEMP_PREFIX, check_invariants, read_rows
-from tests.support import ServerProcess
+from tests.support import EVERY_MIGRATION, ServerProcess
 from tests.test_migrations import columns, phase4_database
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]  # about 3 s a test: a baseline copy, a kill, a restart
@@ -116,7 +116,7 @@ def test_kill_mid_migration_of_a_phase4_database(launch: Launch, tmp_path: Path)
     db = tmp_path / "phase4.db"
     phase4_database(db)
     # 0001 is a no-op on a Phase-4 database; applying it first makes the kill land inside 0002.
-    MigrationRunner(SqliteDatabase(db)).apply(discover_migrations(MIGRATIONS_DIR)[:1])
+    MigrationRunner(SqliteDatabase(db)).apply(migrations_for(SqliteDatabase(db), MIGRATIONS_DIR)[:1])
     rows_before = dump_rows(db)
 
     server = launch(tmp_path, db=db, env={ENV_VAR: MID_MIGRATION})
@@ -131,7 +131,7 @@ def test_kill_mid_migration_of_a_phase4_database(launch: Launch, tmp_path: Path)
 
     server.env = {}
     server.start()
-    assert applied_versions(db) == [m.version for m in discover_migrations(MIGRATIONS_DIR)]
+    assert applied_versions(db) == EVERY_MIGRATION
     assert "model_artifact_path" in columns(db, "prediction_sets")
     snapshot = check_invariants(db, server.models_dir, server=server)
     assert dump_rows(db) == rows_before

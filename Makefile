@@ -17,7 +17,7 @@ endif
 RUN_ARGS ?=
 RUN_TARGET = $(or $(PREDSERVE_HOST),127.0.0.1):$(or $(PREDSERVE_PORT),50051)
 
-.PHONY: run recover test test-quick lint soak restart-test walkthrough demo proto report bench bench-compare bench-replicas bench-scale dashboard clean
+.PHONY: docs run recover test test-quick lint soak restart-test walkthrough demo proto report bench bench-compare bench-replicas bench-scale dashboard clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,7 @@ recover: $(PROTO_OUT)
 	$(PY) -m predserve.server recover $(RUN_ARGS)
 
 lint: $(PROTO_OUT)
-	$(VENV)/bin/ruff check predserve tests scripts bench harness
+	$(VENV)/bin/ruff check predserve server client tests scripts bench harness
 	$(VENV)/bin/mypy predserve bench harness
 
 # Six pytest processes on two cores: the tests mostly wait on the servers they start (864 tests: 9 min 21 s with six,
@@ -65,6 +65,10 @@ restart-test: $(PROTO_OUT)
 
 demo: $(PROTO_OUT)
 	$(PY) scripts/restart_story.py --mode demo
+
+# Writes docs/configuration.md's table of server options from their declarations (server/options.py).
+docs: $(PROTO_OUT)
+	$(PY) scripts/render_options.py
 
 # Runs the typed walkthrough of docs/tables.md against a fresh server and writes its transcript there.
 walkthrough: $(PROTO_OUT)

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from predserve.server.config import MIGRATIONS_DIR
+from predserve.server.settings import MIGRATIONS_DIR
 from predserve.server.storage.migrations import MigrationRunner, migrations_for
 from predserve.server.storage.sqlite import SqliteDatabase
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from predserve.server.app import Services, build_services
-from predserve.server.config import ServerConfig
 from predserve.server.domain import HistoryRow
 from predserve.server.services.training import TrainCommand
+from predserve.server.settings import ServerConfig
 from tests.postgres_cluster import PostgresCluster, find_bindir
 
 DATASET = "bench"

@@ -1,8 +1,5 @@
-"""Bootstrap: the one place that wires concrete adapters together and tells the start-up story.
-
-migrate the database -> load the current pipeline of every model type -> (in each serving process) sync
-with the database -> bind the port -> SERVING.
-"""
+"""Bootstrap: the one place that wires concrete adapters together and tells the start-up story: migrate the
+database -> load every type's current pipeline -> (in each serving process) sync with it -> bind -> SERVING."""
 
 from __future__ import annotations
 
@@ -32,12 +29,13 @@ from predserve.server.api.servicer import PredserveServicer
 from predserve.server.api.streams import IdleStreamReaper
 from predserve.server.api.tls import server_credentials
 from predserve.server.api.v2_servicer import InferenceServicer
-from predserve.server.config import ServerConfig, parse_config
+from predserve.server.config import parse_config
 from predserve.server.domain import RuntimeChoice, VersionPolicy
 from predserve.server.model_store import ModelStore
 from predserve.server.observability.logs import configure_logging
 from predserve.server.observability.metrics import MetricsEndpoint
 from predserve.server.observability.telemetry import Telemetry
+from predserve.server.options import flag_of
 from predserve.server.preflight import StartupCheckFailed, check_startup
 from predserve.server.publishing import (
     SERVICE_NAME,
@@ -61,12 +59,13 @@ from predserve.server.services.registration import SetRegistrar
 from predserve.server.services.registry import ModelRegistryService
 from predserve.server.services.reload import LiveReloader
 from predserve.server.services.training import ModelTrainingService
+from predserve.server.settings import ServerConfig
 from predserve.server.startup_checks import refuse_a_lost_registry, refuse_unservable, report_orphans
 from predserve.server.storage.artifacts import ArtifactStore
 from predserve.server.storage.cached_artifacts import open_artifact_store
 from predserve.server.storage.databases import RegistryDatabase, open_database
-from predserve.server.storage.migrations import MigrationRunner, migrations_for
 from predserve.server.storage.history import HistoryRepository
+from predserve.server.storage.migrations import MigrationRunner, migrations_for
 from predserve.server.storage.repositories import PredictionSetRepository
 
 logger = logging.getLogger(__name__)
@@ -169,7 +168,7 @@ def _services_on(
         refuse_unservable(store)
 
     registrar = SetRegistrar(sets, artifacts, loader, store, runtimes)
-    heavy_work = WorkSlots(config.max_concurrent_trains, "Trains and imports", "--max-concurrent-trains")
+    heavy_work = WorkSlots(config.max_concurrent_trains, "Trains and imports", flag_of("max_concurrent_trains"))
     importer = ModelImportService(
         history_repository,
         registrar,

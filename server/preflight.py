@@ -12,8 +12,9 @@ import ssl
 import stat
 from pathlib import Path
 
-from predserve.server.config import ServerConfig
 from predserve.server.observability.metrics import foreign_entries, running_writers
+from predserve.server.options import flag_of
+from predserve.server.settings import ServerConfig
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 # More than a port number and a newline: not a file predserve wrote.
@@ -41,7 +42,7 @@ def check_startup(config: ServerConfig) -> None:
 
 def _check_models_dir(path: Path) -> None:
     if not path.exists():
-        _check_creatable("--models-dir", path)
+        _check_creatable(flag_of("models_dir"), path)
         return
     if not path.is_dir():
         raise StartupCheckFailed(f"--models-dir {path} is not a directory")
@@ -51,7 +52,7 @@ def _check_models_dir(path: Path) -> None:
 
 def _check_sqlite_file(path: Path) -> None:
     if not path.exists():
-        _check_creatable("--db", path)
+        _check_creatable(flag_of("db_path"), path)
         return
     if path.is_dir():
         raise StartupCheckFailed(f"--db {path} is a directory, not a SQLite database file")
@@ -100,11 +101,11 @@ def _check_port_file(path: Path, config: ServerConfig) -> None:
 def _check_metrics_dir(path: Path, config: ServerConfig) -> None:
     """--metrics-dir is wiped at start, so it may hold metric files only, of no running process when metrics
     are on (the rule and its reasons: server/observability/metrics.py), and no other option's data."""
-    others = [("--models-dir", config.models_dir)]
+    others = [(flag_of("models_dir"), config.models_dir)]
     if config.database_url is None:
         others.append(("--db file", config.db_path))
     if config.port_file is not None:
-        others.append(("--port-file", config.port_file))
+        others.append((flag_of("port_file"), config.port_file))
     for option, other in others:
         if _within(other, path):
             relation = "is" if _within(path, other) else "holds"
@@ -116,7 +117,7 @@ def _check_metrics_dir(path: Path, config: ServerConfig) -> None:
     if _within(path, config.models_dir):
         raise StartupCheckFailed(f"--metrics-dir {path} is inside the --models-dir {config.models_dir}")
     if not path.exists() and not path.is_symlink():
-        _check_creatable("--metrics-dir", path)
+        _check_creatable(flag_of("metrics_dir"), path)
         return
     if not path.is_dir():
         raise StartupCheckFailed(f"--metrics-dir {path} is not a directory")
@@ -165,9 +166,9 @@ def _refuse_password() -> str:
 
 
 def _check_tls_pair(cert: Path, key: Path) -> None:
-    _check_readable("--tls-cert", cert)
-    _check_readable("--tls-key", key)
-    _check_certificates("--tls-cert", cert)
+    _check_readable(flag_of("tls_cert"), cert)
+    _check_readable(flag_of("tls_key"), key)
+    _check_certificates(flag_of("tls_cert"), cert)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(cert, key, password=_refuse_password)
@@ -181,8 +182,8 @@ def _check_tls_pair(cert: Path, key: Path) -> None:
 
 
 def _check_client_ca(ca: Path) -> None:
-    _check_readable("--tls-client-ca", ca)
-    _check_certificates("--tls-client-ca", ca)
+    _check_readable(flag_of("tls_client_ca"), ca)
+    _check_certificates(flag_of("tls_client_ca"), ca)
 
 
 def _check_certificates(option: str, path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from predserve.server.config import ServerConfig
+from predserve.server.settings import ServerConfig
 
 
 def security_summary(config: ServerConfig) -> str:

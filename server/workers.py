@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 
-from predserve.server.config import ServerConfig
+from predserve.server.settings import ServerConfig
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from predserve.server.app import Services, build_services
-from predserve.server.config import ServerConfig
 from predserve.server.domain import HistoryRow
 from predserve.server.errors import StorageError
 from predserve.server.model_store import LoadedModel
 from predserve.server.services.training import TrainCommand
+from predserve.server.settings import ServerConfig
 from predserve.server.storage.sqlite import SqliteDatabase
 from tests.support import iris_rows
 

@@ -3,6 +3,7 @@ table, and bad values or unusable files stop the real server with one line befor
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -17,7 +18,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from predserve.client.cli import main as cli_main
 from predserve.client.library import TargetPortError, channel_target
-from predserve.server.config import (
+from predserve.server.config import parse_config
+from predserve.server.domain import RuntimeChoice, VersionPolicy
+from predserve.server.observability.logs import LogFormat, LogLevel
+from predserve.server.option_kinds import (
     ARTIFACT_STORE,
     BOOLEAN,
     INTEGER,
@@ -25,17 +29,12 @@ from predserve.server.config import (
     NUMBER,
     OPTIONAL_PATH,
     OPTIONAL_TEXT,
-    OPTIONS,
     PATH,
-    SECRET_VARIABLES,
     TEXT,
-    Option,
-    ServerConfig,
-    parse_config,
 )
-from predserve.server.domain import RuntimeChoice, VersionPolicy
-from predserve.server.observability.logs import LogFormat, LogLevel
+from predserve.server.options import OPTIONS, SECRET_VARIABLES, Option
 from predserve.server.preflight import StartupCheckFailed, check_startup
+from predserve.server.settings import ServerConfig
 from tests.certificates import Pki, make_pki
 from tests.support import PROJECT_ROOT
 
@@ -150,6 +149,15 @@ def readme_rows() -> list[list[str]]:
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     # A cell may hold an escaped pipe (`warn\|refuse`).
     return [[cell.strip() for cell in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
+
+
+def test_the_configuration_page_shows_the_table_the_declarations_make() -> None:
+    spec = importlib.util.spec_from_file_location("render_options", PROJECT_ROOT / "scripts" / "render_options.py")
+    assert spec is not None and spec.loader is not None
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    page = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
+    assert render.table_of(page) == render.markdown_table(), "docs/configuration.md is stale: run `make docs`"
 
 
 def test_the_readme_lists_exactly_the_table() -> None:

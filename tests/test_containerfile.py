@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from predserve.server.config import OPTIONS, parse_config
+from predserve.server.config import parse_config
+from predserve.server.options import OPTIONS
 from tests.support import PROJECT_ROOT
 from tests.test_deploy import by_kind
 

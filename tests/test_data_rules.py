@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from predserve.server.app import build_services
-from predserve.server.config import MIGRATIONS_DIR, ServerConfig
 from predserve.server.domain import HistoryRow
 from predserve.server.errors import InvalidArgument
 from predserve.server.services.catalog import find_recipe, parse_params
 from predserve.server.services.history import HistoryService
 from predserve.server.services.training import TrainCommand
+from predserve.server.settings import MIGRATIONS_DIR, ServerConfig
 from predserve.server.storage.databases import RegistryDatabase, open_database
 from predserve.server.storage.history import HistoryRepository
 from predserve.server.storage.migrations import MigrationRunner, migrations_for

@@ -12,8 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from predserve.server.config import ServerConfig, parse_config
+from predserve.server.config import parse_config
 from predserve.server.errors import StorageError
+from predserve.server.settings import ServerConfig
 from predserve.server.storage.databases import open_database
 from predserve.server.storage.postgres import PostgresChangeFeed, PostgresDatabase, _translate_postgres
 from predserve.server.storage.urls import DatabaseLocationError, postgres_url, redact_url, scrub

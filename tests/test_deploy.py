@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from predserve.client.library import HEALTH_SERVICE
-from predserve.server.config import MIN_HMAC_KEY_BYTES
+from predserve.server.options import MIN_HMAC_KEY_BYTES
 from tests.support import PROJECT_ROOT
 
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"

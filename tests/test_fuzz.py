@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from predserve.protos import predserve_pb2 as pb
 from predserve.protos import predserve_pb2_grpc as pb_grpc
 from predserve.server.app import build_server, build_services
-from predserve.server.config import ServerConfig
 from predserve.server.services.catalog import CATALOG
+from predserve.server.settings import ServerConfig
 from tests.support import IRIS_PROBES, iris_rows
 
 ACCEPTABLE = {

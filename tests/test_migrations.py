@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from predserve.server.config import MIGRATIONS_DIR
 from predserve.server.errors import Unavailable
+from predserve.server.settings import MIGRATIONS_DIR
 from predserve.server.storage.migrations import MigrationRunner, dialect_migrations, discover_migrations
 from predserve.server.storage.sqlite import SqliteDatabase
 from tests.support import EVERY_MIGRATION

@@ -13,10 +13,10 @@ import pytest
 
 from predserve.protos import predserve_pb2 as pb
 from predserve.protos import predserve_pb2_grpc as pb_grpc
-from predserve.server.config import MIGRATIONS_DIR
 from predserve.server.errors import InvalidArgument
 from predserve.server.model_store import ModelStore
 from predserve.server.services.registry import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ModelRegistryService, SetFilter
+from predserve.server.settings import MIGRATIONS_DIR
 from predserve.server.storage.databases import RegistryDatabase, open_database
 from predserve.server.storage.migrations import MigrationRunner, migrations_for
 from predserve.server.storage.repositories import PredictionSetRepository

@@ -12,10 +12,11 @@ import numpy as np
 import psycopg
 import pytest
 
-from predserve.server.config import MIGRATIONS_DIR, ServerConfig, parse_config
+from predserve.server.config import parse_config
 from predserve.server.domain import ArtifactInfo, NewPredictionSet, SelfCheck
 from predserve.server.errors import StorageError, Unavailable
 from predserve.server.failpoints import ENV_VAR, MID_MIGRATION
+from predserve.server.settings import MIGRATIONS_DIR, ServerConfig
 from predserve.server.storage.databases import open_database
 from predserve.server.storage.history import HistoryRepository
 from predserve.server.storage.migrations import MigrationRunner, dialect_migrations, discover_migrations, migrations_for

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from predserve.server.config import MIGRATIONS_DIR
 from predserve.server.model_store import ModelStore
 from predserve.server.services.registry import ModelRegistryService, SetFilter
+from predserve.server.settings import MIGRATIONS_DIR
 from predserve.server.storage.databases import RegistryDatabase, open_database
 from predserve.server.storage.history import HistoryRepository
 from predserve.server.storage.ingests import IngestBatch, IngestRepository

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from predserve.server.app import build_services
-from predserve.server.config import ServerConfig
 from predserve.server.domain import ArtifactInfo, HistoryRow
 from predserve.server.errors import ArtifactRejected, InvalidArgument, StorageError, Unavailable
 from predserve.server.model_store import LoadedModel, ModelStore, UnavailableModel
 from predserve.server.services.catalog import CATALOG, REGRESSION, find_recipe, parse_params
 from predserve.server.services.loading import ModelLoader
 from predserve.server.services.training import TrainCommand
+from predserve.server.settings import ServerConfig
 from predserve.server.storage.artifacts import ArtifactStore
 from tests.support import IRIS_PROBES, diabetes_rows, iris_rows
 

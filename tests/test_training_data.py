@@ -19,9 +19,9 @@ import psycopg
 import pytest
 
 from predserve.server.app import Services, build_services
-from predserve.server.config import ServerConfig
 from predserve.server.domain import HistoryRow
 from predserve.server.services.training import TrainCommand
+from predserve.server.settings import ServerConfig
 
 # The Phase-4 schema the migration tests start from (the same DDL as /work/shared/fixtures/phase4_schema.sql).
 FIXTURES = Path(__file__).parent / "fixtures"

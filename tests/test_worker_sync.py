@@ -34,11 +34,11 @@ from predserve.server.app import (
     build_server,
     build_services,
 )
-from predserve.server.config import ServerConfig
 from predserve.server.domain import HistoryRow
 from predserve.server.errors import Unavailable
 from predserve.server.publishing import MODEL_HEALTH_PREFIX
 from predserve.server.services.training import TrainCommand
+from predserve.server.settings import ServerConfig
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 pytestmark = [pytest.mark.slow]

@@ -24,6 +24,7 @@ import grpc
 
 from predserve.server.api.status import STATUS_BY_KIND
 from predserve.server.errors import ResourceExhausted
+from predserve.server.options import flag_of
 from predserve.server.services.admission import WorkSlots
 
 logger = logging.getLogger(__name__)
@@ -77,12 +78,14 @@ class CallSlots:
     def __init__(self, calls: int, streams: int, trains: int) -> None:
         self.by_class = {
             WorkClass.CALLS: WorkSlots(
-                calls, "Predict, ModelInfer, listing and other unary calls", "--max-concurrent-rpcs"
+                calls, "Predict, ModelInfer, listing and other unary calls", flag_of("max_concurrent_rpcs")
             ),
-            WorkClass.STREAMS: WorkSlots(streams, "IngestHistory and ImportModel streams", "--max-concurrent-streams"),
+            WorkClass.STREAMS: WorkSlots(
+                streams, "IngestHistory and ImportModel streams", flag_of("max_concurrent_streams")
+            ),
             # Train also takes one of the slots it shares with imports (server/services/training.py); this
             # one bounds its thread from the start, while it still converts and checks its request.
-            WorkClass.TRAINS: WorkSlots(trains, "Trains", "--max-concurrent-trains"),
+            WorkClass.TRAINS: WorkSlots(trains, "Trains", flag_of("max_concurrent_trains")),
             WorkClass.REFLECTION: WorkSlots(REFLECTION_STREAMS, "server reflection streams", "fixed"),
         }
         self.threads = calls + streams + trains + REFLECTION_STREAMS + SPARE_THREADS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from predserve.server.config import ServerConfig
+from predserve.server.settings import ServerConfig
 
 
 def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:

@@ -24,6 +24,7 @@ from predserve.server.services.validation import (
     check_targets,
     feature_matrix,
 )
+from predserve.server.storage.history import HistoryRepository
 from predserve.server.storage.ingests import (
     MAX_POSITION,
     BatchAlreadyStored,
@@ -34,7 +35,6 @@ from predserve.server.storage.ingests import (
     StoredBatch,
     content_sha256,
 )
-from predserve.server.storage.history import HistoryRepository
 from predserve.server.storage.tables import TypedRows, table_sha256
 
 # An ingest id goes into log lines and error messages: printable, no spaces, bounded.

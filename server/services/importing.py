@@ -22,6 +22,7 @@ import numpy as np
 
 from predserve.server.domain import IMPORTED, Column, Schema, SelfCheck, SetDescription
 from predserve.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from predserve.server.options import flag_of
 from predserve.server.services.admission import WorkSlots
 from predserve.server.services.catalog import CLASSIFICATION, EVALUATED_ROWS, PRIMARY_METRIC, REGRESSION
 from predserve.server.services.compilation import MAX_HELD_OUT_ROWS, ProofEvidence
@@ -71,7 +72,7 @@ class ModelImportService:
         self.max_bytes = max_bytes
         self.trusted_modules = trusted_modules
         # Shared with training: an import probes, unpickles and scores, as heavy as a small Train.
-        self.slots = slots or WorkSlots(2, "Trains and imports", "--max-concurrent-trains")
+        self.slots = slots or WorkSlots(2, "Trains and imports", flag_of("max_concurrent_trains"))
 
     def import_model(self, command: ImportCommand) -> Registration:
         model_type = check_name("model_type", command.model_type)

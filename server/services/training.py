@@ -19,6 +19,7 @@ from predserve.server.domain import HistoryRow, Schema, SelfCheck, SetDescriptio
 from predserve.server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from predserve.server.model_store import LoadedModel
 from predserve.server.observability.telemetry import Telemetry, TrainEnd
+from predserve.server.options import flag_of
 from predserve.server.services.admission import FitCores, WorkSlots
 from predserve.server.services.catalog import (
     ACCURACY,
@@ -44,8 +45,7 @@ from predserve.server.services.validation import (
     check_targets,
     feature_matrix,
 )
-from predserve.server.storage.history import DatasetColumns
-from predserve.server.storage.history import HistoryRepository
+from predserve.server.storage.history import DatasetColumns, HistoryRepository
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class ModelTrainingService:
         self.registrar = registrar
         self.max_rows = max_rows
         self.time_limit_seconds = time_limit_seconds
-        self.slots = slots or WorkSlots(2, "Trains and imports", "--max-concurrent-trains")
+        self.slots = slots or WorkSlots(2, "Trains and imports", flag_of("max_concurrent_trains"))
         self.cores = cores or FitCores(1)
         self.telemetry = telemetry or Telemetry()
 

@@ -1,8 +1,9 @@
 """Numbered SQL migrations: found on disk, applied in order, each in one transaction with its record.
 
 db/migrations/NNNN_what_it_does.sql is written once for both dialects; a migration whose SQL differs between
-them has a file of the same number and name in db/migrations/sqlite/ and in db/migrations/postgresql/ instead. The database only lends a transaction (`migrating()`); which statements run,
-in which order, and how an applied migration is recorded are decided here, once for both dialects.
+them has a file of the same number and name in db/migrations/sqlite/ and in db/migrations/postgresql/ instead.
+The database only lends a transaction (`migrating()`); which statements run, in which order, and how an applied
+migration is recorded are decided here, once for both dialects.
 A migration whose work SQL cannot express also has a data step (DATA_STEPS), run after its statements
 in the same transaction.
 """

@@ -21,7 +21,6 @@ from predserve.server.domain import (
 from predserve.server.errors import StorageError
 from predserve.server.storage.databases import ChangeFeed, Connection, RegistryDatabase
 
-
 # known_paths asks about this many names per statement (SQLite allows 32,766 parameters, older builds 999).
 _NAMES_PER_STATEMENT = 500
 # older_retained reads this many sets per query; each one its caller tries costs an artifact read.

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from predserve.client.library import PredserveClientError
-from predserve.server.config import MIGRATIONS_DIR
 from predserve.server.failpoints import ENV_VAR, MID_MIGRATION
+from predserve.server.settings import MIGRATIONS_DIR
 from predserve.server.storage.migrations import MigrationRunner, migrations_for
 from predserve.server.storage.sqlite import SqliteDatabase
 from tests.faults.baseline import CLASSIFIER, FOREST, SMALL_FOREST, Baseline, Launch

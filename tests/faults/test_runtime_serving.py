@@ -23,10 +23,10 @@ import pytest
 from predserve.protos import grpc_predict_v2_pb2 as v2
 from predserve.protos import grpc_predict_v2_pb2_grpc as v2_grpc
 from predserve.server.app import build_services
-from predserve.server.config import ServerConfig
 from predserve.server.domain import HistoryRow
 from predserve.server.services import prediction
 from predserve.server.services.training import TrainCommand
+from predserve.server.settings import ServerConfig
 from tests.support import IRIS_PROBES, ServerProcess, iris_rows
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]

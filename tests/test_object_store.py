@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from harness.metrics import metrics_url, samples, scrape
-from harness.s3_server import S3Server, free_port
+from harness.ports import free_port
+from harness.s3_server import S3Server
 from harness.waiting import wait_until
 from predserve.client.library import PredserveClientError
 from predserve.server.publishing import MODEL_HEALTH_PREFIX

@@ -49,7 +49,7 @@ class CachedArtifactStore(ArtifactStore):
         self.fetch_concurrency = fetch_concurrency
         self.telemetry = telemetry or Telemetry()
         self._protected: Callable[[], Collection[str]] = frozenset
-        self._evicting = threading.Lock()
+        self._lock = threading.Lock()  # eviction, the fresh files and the down state
         self._fresh: set[str] = set()
         self._down: tuple[float, str] | None = None  # until when the store is taken as down, and why
         self._listing: StartupListing | None = None
@@ -193,7 +193,7 @@ class CachedArtifactStore(ArtifactStore):
     def _get_unless_known_down(self, info: ArtifactInfo) -> bytes:
         """A store that just failed to answer is not asked again for DOWN_SECONDS: a start-up or a sync with many
         sets to fetch then costs one timeout, not one per set; the ticks after that ask again."""
-        with self._evicting:
+        with self._lock:
             down = self._down
         if down is not None and time.monotonic() < down[0]:
             raise ArtifactStoreUnreachable(f"{down[1]} (not asked again for {DOWN_SECONDS:.0f} s)")
@@ -204,7 +204,7 @@ class CachedArtifactStore(ArtifactStore):
             raise
 
     def _mark_down(self, reason: str) -> None:
-        with self._evicting:
+        with self._lock:
             self._down = (time.monotonic() + DOWN_SECONDS, reason)
 
     def _fetch_quietly(self, info: ArtifactInfo) -> str:
@@ -240,7 +240,7 @@ class CachedArtifactStore(ArtifactStore):
 
     def trim(self) -> None:
         """After a swap: the files it brought in are protected as served now, the others may go."""
-        with self._evicting:
+        with self._lock:
             self._fresh.clear()
         self._evict_over_budget()
 
@@ -249,7 +249,7 @@ class CachedArtifactStore(ArtifactStore):
         yet (a set's artifact, then its compiled form), stay until the next swap."""
         if not self.max_bytes:
             return
-        with self._evicting:
+        with self._lock:
             if fresh:
                 self._fresh.add(fresh)
             files = _cached_files(self.root)

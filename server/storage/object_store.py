@@ -96,7 +96,6 @@ class ObjectStore:
         self._lock = threading.Lock()
         self._client: Any = None
         self._client_pid = 0
-        self._session_of: dict[int, Any] = {}
 
     @property
     def url(self) -> str:
@@ -146,30 +145,25 @@ class ObjectStore:
     def _s3(self) -> Any:
         with self._lock:
             if self._client is None or self._client_pid != os.getpid():
-                self._client = self._new_client(self.timeout, self.retries)
+                self._client = self._new_client()
                 self._client_pid = os.getpid()
             return self._client
 
-    def _new_client(self, timeout: float, retries: int) -> Any:
+    def _new_client(self) -> Any:
         import boto3
         from botocore.config import Config
 
         config = Config(
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            retries={"max_attempts": retries + 1, "mode": "standard"},
+            connect_timeout=self.timeout,
+            read_timeout=self.timeout,
+            retries={"max_attempts": self.retries + 1, "mode": "standard"},
             # The checksums boto3 adds by default since 1.36 are refused by some S3-compatible services; the
             # artifact's SHA-256 recorded in the registry is checked at every read anyway.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        return self._session(boto3).client("s3", config=config)
-
-    def _session(self, boto3: Any) -> Any:
-        """One session per process: its clients share the S3 service description, read once (~100 ms)."""
-        if self._session_of.get(os.getpid()) is None:
-            self._session_of = {os.getpid(): boto3.session.Session()}
-        return self._session_of[os.getpid()]
+        # A session of its own: boto3's default one is shared by every client of the process, and not thread-safe.
+        return boto3.session.Session().client("s3", config=config)
 
     @contextlib.contextmanager
     def _calling(self, what: str, name: str) -> Iterator[None]:
